@@ -1,0 +1,63 @@
+"""Exact k-nearest-neighbour density on a faiss flat index (CPU here; GPU when faiss-gpu and CUDA are present).
+
+NovelSum and NovelSelect both weight samples by a local density estimated on a reference pool; this module is
+the one place that estimate is made, so the metric and the selector can never drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import faiss
+import numpy as np
+
+from metrics.validation import InputError, check_nonnegative, check_positive_int
+
+log = logging.getLogger(__name__)
+
+NeighbourMode = Literal["reference", "exact"]
+DENSITY_EPS = 1e-9  # the authors' regulariser
+
+
+def flat_l2_index(data: np.ndarray, device: str = "cpu") -> faiss.Index:
+    """A faiss ``IndexFlatL2`` holding ``data``, moved to the GPU when ``device`` is CUDA and faiss can."""
+    index = faiss.IndexFlatL2(data.shape[1])
+    if device.startswith("cuda") and hasattr(faiss, "StandardGpuResources"):
+        gpu_id = int(device.split(":")[1]) if ":" in device else 0
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu_id, index)
+    elif device.startswith("cuda"):
+        log.warning("device=%s but this faiss build has no GPU support; searching on the CPU", device)
+    index.add(np.ascontiguousarray(data, dtype=np.float32))
+    return index
+
+
+def knn_sq_distances(query: np.ndarray, reference: np.ndarray, neighbors: int, *,
+                     mode: NeighbourMode = "reference", device: str = "cpu") -> np.ndarray:
+    """Squared L2 distances from each query row to its ``neighbors`` nearest rows of the de-duplicated reference.
+
+    ``mode="reference"`` is the NovelSum authors' rule: search ``neighbors + 1`` and always drop the first hit
+    (right when every query row is in the reference, where that hit is the row itself). ``mode="exact"`` drops
+    the first hit only when it *is* the query row, so a query from outside the reference keeps its true
+    nearest neighbour.
+    """
+    neighbors = check_positive_int(neighbors, "neighbors")
+    ref = np.unique(np.asarray(reference, dtype=np.float32), axis=0)
+    if ref.shape[0] < neighbors + 1:
+        raise InputError(f"the reference has {ref.shape[0]} distinct rows; neighbors={neighbors} needs at least "
+                         f"{neighbors + 1}: lower neighbors or use a larger reference pool")
+    dist, idx = flat_l2_index(ref, device).search(np.ascontiguousarray(query, dtype=np.float32), neighbors + 1)
+    if mode == "reference":
+        return dist[:, 1:]
+    if mode != "exact":
+        raise InputError(f"unknown neighbour mode {mode!r}; use 'reference' or 'exact'")
+    is_self = np.all(ref[idx[:, 0]] == query, axis=1)
+    return np.where(is_self[:, None], dist[:, 1:], dist[:, :-1])
+
+
+def local_density(query: np.ndarray, reference: np.ndarray, neighbors: int = 10, power: float = 0.5, *,
+                  mode: NeighbourMode = "reference", device: str = "cpu") -> np.ndarray:
+    """Density factor ``1 / (mean of the k nearest squared-L2 distances + 1e-9) ** power`` (Yang et al. 2025)."""
+    power = check_nonnegative(power, "density_power")
+    mean_sq = knn_sq_distances(query, reference, neighbors, mode=mode, device=device).mean(axis=1)
+    return 1.0 / np.power(mean_sq.astype(np.float64) + DENSITY_EPS, power)

@@ -1,0 +1,7 @@
+"""Subset builders. Importing the package registers every selector."""
+
+from selection import basic, kcenter, novelselect as _novelselect_module  # noqa: F401  (registration)
+from selection.novelselect import novelselect
+from selection.registry import PoolInputs, Selection, available, get_selector, register, select
+
+__all__ = ["PoolInputs", "Selection", "available", "get_selector", "novelselect", "register", "select"]

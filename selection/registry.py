@@ -1,0 +1,105 @@
+"""The one selector registry: every subset builder is a plain function registered here by name.
+
+A selector is called as ``fn(inputs, n, seed, **params)`` and returns ``n`` row indices into the pool.
+:func:`select` validates the budget, the parameters and the result, and attaches a provenance record.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from metrics.validation import InputError, as_embeddings, check_positive_int
+
+
+@dataclass(frozen=True)
+class PoolInputs:
+    """What a selector may read about the pool. ``size`` is the number of rows."""
+
+    size: int
+    embeddings: np.ndarray | None = None
+    quality: np.ndarray | None = None
+    tags: list[list[str]] | None = None
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class Selector:
+    name: str
+    fn: Callable[..., list[int]]
+    needs: frozenset[str]
+    distinct: bool = True  # False for selectors that repeat rows on purpose (duplicate)
+
+
+@dataclass
+class Selection:
+    indices: list[int]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+_SELECTORS: dict[str, Selector] = {}
+
+
+def register(name: str, *, needs: tuple[str, ...] = (), distinct: bool = True) -> Callable:
+    def wrap(fn: Callable[..., list[int]]) -> Callable[..., list[int]]:
+        _SELECTORS[name] = Selector(name, fn, frozenset(needs), distinct)
+        return fn
+    return wrap
+
+
+def available() -> list[str]:
+    return sorted(_SELECTORS)
+
+
+def get_selector(name: str) -> Selector:
+    if name not in _SELECTORS:
+        raise InputError(f"unknown selector {name!r}; known selectors: {', '.join(available())}")
+    return _SELECTORS[name]
+
+
+def _check_params(sel: Selector, params: dict[str, Any]) -> None:
+    accepted = list(inspect.signature(sel.fn).parameters)[3:]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise InputError(f"selector {sel.name!r} has no parameter(s) {unknown}; it accepts {accepted}")
+
+
+def _check_inputs(sel: Selector, pool: PoolInputs) -> PoolInputs:
+    if pool.size <= 0:
+        raise InputError("the pool is empty: nothing to select from")
+    for need in sel.needs:
+        value = getattr(pool, need)
+        if value is None:
+            raise InputError(f"selector {sel.name!r} needs the pool's {need}, which were not provided")
+        if len(value) != pool.size:
+            raise InputError(f"the pool's {need} have {len(value)} rows but the pool has {pool.size}")
+    if "embeddings" in sel.needs:
+        pool = PoolInputs(pool.size, as_embeddings(pool.embeddings, "pool embeddings"), pool.quality,
+                          pool.tags, pool.fingerprint)
+    if pool.quality is not None and not np.isfinite(np.asarray(pool.quality, dtype=float)).all():
+        raise InputError("the pool's quality scores contain NaN or inf")
+    return pool
+
+
+def select(name: str, pool: PoolInputs, n: int, seed: int, **params: Any) -> Selection:
+    """Run selector ``name`` for a budget of ``n`` rows; raise :class:`InputError` on any bad input."""
+    sel = get_selector(name)
+    n = check_positive_int(n, "subset size n")
+    if sel.distinct and n > pool.size:
+        raise InputError(f"subset size n={n} is larger than the pool ({pool.size} rows): lower n or use a "
+                         "larger pool")
+    _check_params(sel, params)
+    pool = _check_inputs(sel, pool)
+    indices = [int(i) for i in sel.fn(pool, n, int(seed), **params)]
+    if len(indices) != n or min(indices) < 0 or max(indices) >= pool.size:
+        raise RuntimeError(f"selector {name!r} returned {len(indices)} indices for n={n}")
+    if sel.distinct and len(set(indices)) != n:
+        raise RuntimeError(f"selector {name!r} returned repeated rows")
+    provenance = {"selector": name, "params": params, "seed": int(seed), "n": n,
+                  "pool_size": pool.size, "pool_fingerprint": pool.fingerprint,
+                  "unique_rows": len(set(indices))}
+    return Selection(indices, provenance)
