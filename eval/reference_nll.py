@@ -1,0 +1,63 @@
+"""Offline performance signal: likelihood of AlpacaEval's GPT-4 Turbo reference answers.
+
+performance = -(sum of assistant-token NLL) / (number of assistant tokens), over a fixed seeded sample of the
+805 AlpacaEval instructions, each rendered with the fine-tuned model's chat template. Higher is better. It
+needs no judge and no network, so it is the embedded default; judge-based AlpacaEval / MT-Bench register
+beside it in :mod:`eval.evaluators`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from finetune.models import load_causal_lm, load_tokenizer
+from finetune.sft import tokenize_with_assistant_mask
+from metrics.validation import InputError
+
+log = logging.getLogger(__name__)
+
+
+def load_reference(path: str | Path, n: int | None, seed: int) -> list[dict[str, str]]:
+    """A seeded sample of ``n`` (instruction, output) rows of an AlpacaEval reference file, in file order."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"AlpacaEval reference file {path} not found: set eval.reference_path (the data lives "
+                         "in ../shared/data/alpaca_eval/)")
+    rows = json.loads(path.read_text())
+    if not isinstance(rows, list) or not rows or not all({"instruction", "output"} <= set(r) for r in rows):
+        raise InputError(f"{path}: expected a JSON list of records with 'instruction' and 'output'")
+    if n is None or n >= len(rows):
+        return rows
+    pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=n, replace=False))
+    return [rows[i] for i in pick]
+
+
+@torch.inference_mode()
+def reference_nll(model_path: str, examples: list[dict[str, str]], *, adapter: str | None = None,
+                  max_length: int = 512, device: str = "cpu") -> dict[str, Any]:
+    tok = load_tokenizer(adapter or model_path)
+    model = load_causal_lm(model_path, adapter=adapter, device=device)
+    total, count = 0.0, 0
+    for ex in tqdm(examples, desc="reference NLL"):
+        messages = [{"role": "user", "content": ex["instruction"]}, {"role": "assistant", "content": ex["output"]}]
+        enc = tokenize_with_assistant_mask(tok, messages, max_length)
+        ids = torch.tensor([enc["input_ids"]], device=device)
+        labels = ids.clone()
+        labels[0, torch.tensor(enc["assistant_masks"], device=device) == 0] = -100
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        target = labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                ignore_index=-100, reduction="sum")
+        total += float(nll)
+        count += int((target != -100).sum())
+    if count == 0:
+        raise InputError(f"no reference-answer token fits in eval.max_length={max_length}; raise it")
+    mean = total / count
+    return {"performance": -mean, "reference_nll": mean, "n_examples": len(examples), "n_tokens": count}

@@ -1,0 +1,1 @@
+"""Hydra entry points, the study pipeline, the artifact cache and the report."""

