@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from metrics import baselines
 from metrics.novelsum import distsum_cosine, novelsum, novelsum_grid
 from metrics.registry import MetricInputs, register
 
@@ -27,3 +28,54 @@ def _novelsum_grid(inputs: MetricInputs, neighbors: Sequence[int] = (5, 10),
 @register("distsum_cosine", needs=("embeddings",), family="distance")
 def _distsum_cosine(inputs: MetricInputs) -> float:
     return distsum_cosine(inputs.embeddings)
+
+
+@register("ttr", needs=("texts",), family="lexical")
+def _ttr(inputs: MetricInputs) -> float:
+    return baselines.ttr(inputs.texts)
+
+
+@register("vocd_d", needs=("texts",), family="lexical")
+def _vocd_d(inputs: MetricInputs, ntokens: int = 50, within_sample: int = 100, iterations: int = 3,
+            seed: int = 42) -> float:
+    return baselines.vocd_d(inputs.texts, ntokens, within_sample, iterations, seed)
+
+
+@register("distsum_l2", needs=("embeddings",), family="distance")
+def _distsum_l2(inputs: MetricInputs, block_size: int = 2048) -> float:
+    return baselines.distsum_l2(inputs.embeddings, block_size)
+
+
+@register("knn_distance", needs=("embeddings",), family="distance")
+def _knn_distance(inputs: MetricInputs, k: int = 10) -> float:
+    return baselines.knn_distance(inputs.embeddings, k)
+
+
+@register("vendi", needs=("embeddings",), family="distance")
+def _vendi(inputs: MetricInputs) -> float:
+    return baselines.vendi(inputs.embeddings)
+
+
+@register("facility_location", needs=("embeddings", "reference"), family="distance")
+def _facility_location(inputs: MetricInputs, block_size: int = 4096) -> float:
+    return baselines.facility_location(inputs.embeddings, inputs.reference, block_size)
+
+
+@register("cluster_inertia", needs=("embeddings",), family="distribution")
+def _cluster_inertia(inputs: MetricInputs, n_clusters: int = 10, seed: int = 0, n_init: int = 3) -> float:
+    return baselines.cluster_inertia(inputs.embeddings, n_clusters, seed, n_init)
+
+
+@register("radius", needs=("embeddings",), family="distribution")
+def _radius(inputs: MetricInputs) -> float:
+    return baselines.radius(inputs.embeddings)
+
+
+@register("log_determinant", needs=("embeddings",), family="distribution")
+def _log_determinant(inputs: MetricInputs, ridge: float = 1e-3) -> float:
+    return baselines.log_determinant(inputs.embeddings, ridge)
+
+
+@register("partition_entropy", needs=("embeddings", "reference"), family="distribution")
+def _partition_entropy(inputs: MetricInputs, n_clusters: int = 100, seed: int = 0) -> float:
+    return baselines.partition_entropy(inputs.embeddings, inputs.reference, n_clusters, seed)

