@@ -40,7 +40,9 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, tiny_model):
     assert list(runs.loc[runs["subset"] == "duplicate_25", "unique_rows"]) == [1]
     assert runs["performance"].notna().all() and runs["novelsum"].notna().all()
     table = pd.read_csv(res / "table.csv")
-    assert set(table["metric"]) == {"novelsum", "distsum_cosine"}
+    configured = {m["name"] for m in _compose(overrides).metrics.compute}
+    assert set(table["metric"]) == configured and {"novelsum", "distsum_cosine", "vendi"} <= configured
+    assert table[["pearson_r", "spearman_rho"]].abs().max().max() <= 1.0
     assert (res / "table.md").read_text().startswith("| metric |")
     assert (res / "scatter_novelsum.png").exists() and (res / "scatter_distsum_cosine.png").exists()
     assert set(result["timings"]) == {"pool", "embed", "select", "metrics", "finetune", "eval", "report"}
