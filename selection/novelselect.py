@@ -29,31 +29,32 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class _SortedRows:
-    """Per-row ascending values with rank-weighted means, grown by one column per step."""
+    """Per-candidate ascending values with rank-weighted sums, grown by one rank per step.
+
+    Stored rank-major, ``(capacity, n_rows)`` and padded with +inf, so every per-rank operation reads
+    contiguous memory. Inserting v into a sorted column needs no search: the new j-th value is
+    ``max(old[j-1], min(old[j], v))``, two element-wise passes.
+    """
 
     def __init__(self, n_rows: int, capacity: int, power: float, device: str, dtype: torch.dtype,
                  chunk: int) -> None:
-        self.vals = torch.empty((n_rows, capacity), device=device, dtype=dtype)
+        self.vals = torch.full((capacity, n_rows), torch.inf, device=device, dtype=dtype)
         self.weights = torch.arange(1, capacity + 1, device=device, dtype=dtype).pow(-power)
         self.m = 0
         self.chunk = chunk
 
     def insert_and_score(self, new: torch.Tensor) -> torch.Tensor:
-        """Insert ``new[i]`` into row i and return the rank-weighted sums of every row."""
+        """Insert ``new[i]`` into candidate i's sorted values and return every candidate's weighted sum."""
         m = self.m
-        cols = torch.arange(m + 1, device=new.device)
         scores = torch.empty_like(new)
         w = self.weights[:m + 1]
         for lo in range(0, new.shape[0], self.chunk):
             hi = min(lo + self.chunk, new.shape[0])
-            old = self.vals[lo:hi, :m]
-            v = new[lo:hi, None]
-            pos = (old < v).sum(dim=1, keepdim=True)
-            keep = torch.cat([old, v], dim=1)  # column j < pos stays, j == pos is new
-            shifted = torch.cat([v, old], dim=1)  # column j > pos takes old j - 1
-            row = torch.where(cols < pos, keep, torch.where(cols == pos, v, shifted))
-            self.vals[lo:hi, :m + 1] = row
-            scores[lo:hi] = row @ w
+            vals = self.vals[:, lo:hi]
+            low = torch.minimum(vals[:m + 1], new[None, lo:hi])
+            vals[1:m + 1] = torch.maximum(vals[:m], low[1:])
+            vals[0] = low[0]
+            scores[lo:hi] = w @ vals[:m + 1]
         self.m += 1
         return scores
 
