@@ -126,7 +126,7 @@ def partition_entropy(embeddings: np.ndarray, reference: np.ndarray, n_clusters:
     check_same_dim(sub, ref)
     if len(ref) < n_clusters:
         raise InputError(f"partition_entropy: the reference has {len(ref)} rows, fewer than n_clusters={n_clusters}")
-    km = faiss.Kmeans(ref.shape[1], n_clusters, niter=20, seed=seed, verbose=False)
+    km = faiss.Kmeans(ref.shape[1], n_clusters, niter=20, seed=seed, verbose=False, min_points_per_centroid=1)
     km.train(ref)
     _, labels = km.index.search(sub, 1)
     p = np.bincount(labels[:, 0], minlength=n_clusters) / len(sub)

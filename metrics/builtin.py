@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from metrics import baselines
+import numpy as np
+
+from metrics import baselines, mig
 from metrics.novelsum import distsum_cosine, novelsum, novelsum_grid
 from metrics.registry import MetricInputs, register
 
@@ -79,3 +81,20 @@ def _log_determinant(inputs: MetricInputs, ridge: float = 1e-3) -> float:
 @register("partition_entropy", needs=("embeddings", "reference"), family="distribution")
 def _partition_entropy(inputs: MetricInputs, n_clusters: int = 100, seed: int = 0) -> float:
     return baselines.partition_entropy(inputs.embeddings, inputs.reference, n_clusters, seed)
+
+
+@register("mig_information", needs=("embeddings", "reference"), family="MIG")
+def _mig_information(inputs: MetricInputs, threshold: float = 0.9, alpha: float = 1.0, n_clusters: int = 64,
+                     seed: int = 0, label_embedder: str = "packaged:minilm") -> float:
+    """Labels: the subset's tags when present, else k-means clusters fitted on the reference pool (selection.signals);
+    quality: the subset's scores when present, else 1."""
+    from selection.signals import kmeans_labels, tag_labels
+
+    if inputs.tags is not None:
+        from finetune.models import resolve_model
+        labels, vectors = tag_labels(inputs.tags, resolve_model(label_embedder, ""))
+    else:
+        _, vectors = kmeans_labels(inputs.reference, n_clusters, seed)
+        unit = inputs.embeddings / np.linalg.norm(inputs.embeddings, axis=1, keepdims=True)
+        labels = [[int(i)] for i in np.argmax(unit @ vectors.T, axis=1)]
+    return mig.mig_information(labels, vectors, inputs.quality, threshold, alpha)

@@ -26,6 +26,8 @@ class MetricInputs:
     embeddings: np.ndarray | None = None
     reference: np.ndarray | None = None
     texts: list[str] | None = None
+    quality: np.ndarray | None = None  # the subset rows' quality scores, when the pool has them
+    tags: list[list[str]] | None = None  # the subset rows' tags, when the pool has them
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Subset builders. Importing the package registers every selector."""
 
-from selection import basic, kcenter  # noqa: F401  (registration)
+from selection import basic, kcenter, strategies  # noqa: F401  (registration)
 from selection.novelselect import novelselect
 from selection.registry import PoolInputs, Selection, available, get_selector, register, select
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ class PoolInputs:
     embeddings: np.ndarray | None = None
     quality: np.ndarray | None = None
     tags: list[list[str]] | None = None
+    proxy_quality: np.ndarray | None = None  # offline stand-in when the pool has no quality column
     fingerprint: str = ""
 
 
@@ -78,8 +79,7 @@ def _check_inputs(sel: Selector, pool: PoolInputs) -> PoolInputs:
         if len(value) != pool.size:
             raise InputError(f"the pool's {need} have {len(value)} rows but the pool has {pool.size}")
     if "embeddings" in sel.needs:
-        pool = PoolInputs(pool.size, as_embeddings(pool.embeddings, "pool embeddings"), pool.quality,
-                          pool.tags, pool.fingerprint)
+        pool = replace(pool, embeddings=as_embeddings(pool.embeddings, "pool embeddings"))
     if pool.quality is not None and not np.isfinite(np.asarray(pool.quality, dtype=float)).all():
         raise InputError("the pool's quality scores contain NaN or inf")
     return pool

@@ -1,0 +1,104 @@
+"""k-means, farthest, QDIT, Repr Filter and MIG selectors, and MIG's information score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from metrics import InputError
+from metrics.mig import mig_information, phi, propagation_matrix, sample_information
+from selection import PoolInputs, select
+from selection.signals import length_proxy
+
+
+def _pool(n: int = 120, d: int = 6, **kw) -> PoolInputs:
+    rng = np.random.default_rng(0)
+    return PoolInputs(size=n, embeddings=rng.normal(size=(n, d)), proxy_quality=rng.uniform(0.1, 1, n), **kw)
+
+
+@pytest.mark.parametrize("name, params", [("kmeans", {"n_clusters": 5}), ("farthest", {}), ("qdit", {}),
+                                          ("repr_filter", {"threshold": 0.95}), ("mig", {"n_clusters": 8}),
+                                          ("mig", {"n_clusters": 8, "gain": "gradient"})])
+def test_new_selectors_distinct_and_reproducible(name, params):
+    pool = _pool()
+    a = select(name, pool, 15, 3, **params)
+    assert len(set(a.indices)) == 15 and a.indices == select(name, pool, 15, 3, **params).indices
+
+
+def test_kmeans_equal_shares():
+    pool = _pool(200)
+    from selection.signals import kmeans_labels
+
+    labels = np.array([lab[0] for lab in kmeans_labels(pool.embeddings, 4, 1)[0]])
+    picks = select("kmeans", pool, 20, 1, n_clusters=4).indices
+    assert (np.bincount(labels, minlength=4) >= 5).all()  # every cluster can give its share
+    assert np.bincount(labels[picks], minlength=4).tolist() == [5, 5, 5, 5]
+    x = np.vstack([np.tile([1.0, 0.0], (3, 1)), np.random.default_rng(0).normal(size=(60, 2)) + [0, 9]])
+    small = PoolInputs(size=63, embeddings=x + 1e-3 * np.random.default_rng(1).normal(size=x.shape))
+    assert len(set(select("kmeans", small, 40, 0, n_clusters=2).indices)) == 40  # a small cluster's share moves
+
+
+def test_farthest_picks_largest_distance_from_centroid():
+    x = np.array([[1.0, 0.0], [0.9, 0.1], [1.0, 0.05], [-1.0, 0.2], [0.0, 1.0]])
+    assert select("farthest", PoolInputs(size=5, embeddings=x), 2, 0).indices == [3, 4]
+
+
+def test_qdit_lazy_greedy_equals_plain_greedy():
+    pool = _pool(60)
+    unit = pool.embeddings / np.linalg.norm(pool.embeddings, axis=1, keepdims=True)
+    sims, q, alpha = unit @ unit.T, pool.proxy_quality, 0.5
+    cover, picks = np.zeros(60), []
+    for _ in range(10):
+        gains = alpha * np.clip(sims - cover[:, None], 0, None).sum(axis=0) / 60 + (1 - alpha) * q
+        gains[picks] = -np.inf
+        picks.append(int(np.argmax(gains)))
+        cover = np.maximum(cover, sims[:, picks[-1]])
+    assert select("qdit", pool, 10, 0, alpha=alpha).indices == picks
+
+
+def test_repr_filter_respects_threshold_and_quality_order():
+    x = np.array([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.7, 0.7]])
+    pool = PoolInputs(size=4, embeddings=x, quality=np.array([0.9, 0.8, 0.7, 0.6]))
+    assert select("repr_filter", pool, 3, 0, threshold=0.9).indices == [0, 2, 3]
+    with pytest.raises(InputError, match="only 3 rows pass"):
+        select("repr_filter", pool, 4, 0, threshold=0.9)
+
+
+def test_mig_exact_gain_equals_brute_force_marginal_gain():
+    vectors = np.array([[1.0, 0.0], [0.95, 0.3], [0.0, 1.0]])
+    labels = [[0], [1], [2], [0, 2], [1, 2]]
+    quality = np.array([1.0, 0.5, 0.8, 0.9, 0.7])
+    pool = PoolInputs(size=5, embeddings=np.eye(5), quality=quality)
+    from unittest import mock
+
+    with mock.patch("selection.strategies._mig_labels", return_value=(labels, vectors)):
+        picks = select("mig", pool, 3, 0, quality_source="data").indices
+    expected: list[int] = []
+    for _ in range(3):
+        base = mig_information([labels[i] for i in expected], vectors, quality[expected])
+        gains = [-np.inf if i in expected else
+                 mig_information([labels[j] for j in expected + [i]], vectors, quality[expected + [i]]) - base
+                 for i in range(5)]
+        expected.append(int(np.argmax(gains)))
+    assert picks == expected
+
+
+def test_mig_information_hand_value():
+    # two unrelated labels (similarity 0 < T): P = I; one sample per label with quality 1 -> 2 * phi(1)
+    vectors = np.eye(2)
+    assert mig_information([[0], [1]], vectors) == pytest.approx(2 * (1 + 1e-6) ** 0.8)
+    p = propagation_matrix(np.array([[1.0, 0.0], [0.95, np.sqrt(1 - 0.95**2)]]), threshold=0.9, alpha=1.0)
+    assert p.sum(axis=0) == pytest.approx([1.0, 1.0]) and p[0, 1] == pytest.approx(0.95 / 1.95)
+    u = sample_information([[0, 1]], None, np.eye(2))
+    assert u.tolist() == [[0.5, 0.5]] and phi(np.zeros(1))[0] == pytest.approx(1e-6 ** 0.8)
+
+
+def test_quality_proxy_and_missing_signals():
+    convs = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a b c"}]},
+             {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    assert length_proxy(convs).tolist() == pytest.approx([1.0, np.log(2) / np.log(4)])
+    pool = PoolInputs(size=10, embeddings=np.random.default_rng(0).normal(size=(10, 3)))
+    with pytest.raises(InputError, match="no 'quality' column"):
+        select("qdit", pool, 3, 0, quality_source="data")
+    with pytest.raises(InputError, match="no 'tags' column"):
+        select("mig", pool, 3, 0, label_source="tags", quality_source="auto")
