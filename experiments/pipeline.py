@@ -36,6 +36,7 @@ from experiments.tracking import wandb_run
 from finetune.models import resolve_model
 from metrics.registry import check_config
 from metrics.validation import InputError
+from selection.signals import length_proxy
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +94,22 @@ def embed_stage(store: ArtifactStore, pool_spec: dict, convs: list[dict], cfg: d
     return spec, np.load(path / "embeddings.npy")
 
 
-def subset_stage(store: ArtifactStore, embed_spec: dict, emb: np.ndarray, entry: dict[str, Any]) -> tuple[dict, list]:
+def data_column(convs: list[dict], key: str) -> Any:
+    """A per-row column the pool carries for every conversation (quality scores, tags), else None."""
+    if not all(key in c for c in convs):
+        return None
+    values = [c[key] for c in convs]
+    return np.asarray(values, dtype=np.float64) if key == "quality" else values
+
+
+def subset_stage(store: ArtifactStore, embed_spec: dict, emb: np.ndarray, convs: list[dict],
+                 entry: dict[str, Any]) -> tuple[dict, list]:
     spec = {"embed": embed_spec, "subset": {k: entry[k] for k in ("selector", "params", "seed", "size")}}
     path = store.path("subset", spec)
     if not store.is_complete("subset", spec):
-        pool = selection.PoolInputs(size=emb.shape[0], embeddings=emb, fingerprint=store.path("embed", embed_spec).name)
+        pool = selection.PoolInputs(size=emb.shape[0], embeddings=emb, quality=data_column(convs, "quality"),
+                                    tags=data_column(convs, "tags"), proxy_quality=length_proxy(convs),
+                                    fingerprint=store.path("embed", embed_spec).name)
         result = selection.select(entry["selector"], pool, entry["size"], entry["seed"], **entry["params"])
         with store.build("subset", spec) as tmp:
             (tmp / "indices.json").write_text(json.dumps(result.indices))
@@ -110,8 +122,10 @@ def metrics_stage(store: ArtifactStore, subset_spec: dict, indices: list[int], e
     spec = {"subset": subset_spec, "metrics": metric_cfgs}
     path = store.path("metrics", spec)
     if not store.is_complete("metrics", spec):
-        inputs = metrics.MetricInputs(embeddings=emb[indices], reference=emb,
-                                      texts=[embedding_text(convs[i]) for i in indices])
+        sub = [convs[i] for i in indices]
+        quality, tags = data_column(sub, "quality"), data_column(sub, "tags")
+        inputs = metrics.MetricInputs(embeddings=emb[indices], reference=emb, texts=[embedding_text(c) for c in sub],
+                                      quality=quality, tags=tags)
         row = metrics.compute(metric_cfgs, inputs)
         with store.build("metrics", spec) as tmp:
             (tmp / "metrics.json").write_text(json.dumps(row, indent=2))
@@ -164,7 +178,7 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for entry in plan:
         with timed("select", timings):
-            subset_spec, indices = subset_stage(store, embed_spec, emb, entry)
+            subset_spec, indices = subset_stage(store, embed_spec, emb, convs, entry)
         with timed("metrics", timings):
             row = metrics_stage(store, subset_spec, indices, emb, convs, metric_cfgs)
         with timed("finetune", timings):

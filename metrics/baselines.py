@@ -51,8 +51,8 @@ def vocd_d(texts: Sequence[str], ntokens: int = 50, within_sample: int = 100, it
 
 def distsum_l2(embeddings: np.ndarray, block_size: int = 2048) -> float:
     """Mean L2 distance over all ordered pairs i != j (raw embeddings, not normalised)."""
-    x = torch.as_tensor(as_embeddings(embeddings, min_rows=2, cosine=False), dtype=torch.float64)
-    total = sum(float(torch.cdist(x[s:s + block_size], x).sum()) for s in range(0, len(x), block_size))
+    x = torch.as_tensor(as_embeddings(embeddings, min_rows=2, cosine=False))
+    total = sum(float(torch.cdist(x[s:s + block_size], x).double().sum()) for s in range(0, len(x), block_size))
     return total / (len(x) * (len(x) - 1))
 
 
@@ -111,9 +111,18 @@ def radius(embeddings: np.ndarray) -> float:
 
 
 def log_determinant(embeddings: np.ndarray, ridge: float = 1e-3) -> float:
-    """log det(K + ridge * I) of the subset's cosine-similarity kernel K (a DPP-style volume)."""
+    """log det(K + ridge * I_N) of the subset's cosine-similarity kernel K = X X^T (a DPP-style volume).
+
+    When N > D, Sylvester's identity gives it from the D x D Gram matrix:
+    log det(X X^T + r I_N) = log det(X^T X + r I_D) + (N - D) log r.
+    """
     unit = _unit(embeddings)
-    sign, logdet = np.linalg.slogdet(unit @ unit.T + ridge * np.eye(len(unit)))
+    n, d = unit.shape
+    if n > d and ridge > 0:
+        sign, logdet = np.linalg.slogdet(unit.T @ unit + ridge * np.eye(d))
+        logdet += (n - d) * np.log(ridge)
+    else:
+        sign, logdet = np.linalg.slogdet(unit @ unit.T + ridge * np.eye(n))
     if sign <= 0:
         raise InputError(f"log_determinant: the kernel is not positive definite; raise ridge (now {ridge})")
     return float(logdet)

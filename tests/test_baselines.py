@@ -76,3 +76,10 @@ def test_registry_runs_every_metric_and_checks_inputs():
     assert len(row) >= 12 and all(np.isfinite(v) for v in row.values())
     with pytest.raises(InputError, match="needs the subset's texts"):
         metrics.compute([{"name": "ttr"}], MetricInputs(ref[:20], ref))
+
+
+def test_log_determinant_dual_form_matches_direct():
+    x = np.random.default_rng(5).normal(size=(12, 4))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    direct = np.linalg.slogdet(unit @ unit.T + 0.1 * np.eye(12))[1]
+    assert baselines.log_determinant(x, ridge=0.1) == pytest.approx(direct, rel=1e-6)  # float32 input
