@@ -31,7 +31,7 @@ from experiments.pools import (
     sample_pool,
     write_jsonl,
 )
-from experiments.report import write_report
+from experiments.report import metric_columns, write_report
 from experiments.tracking import wandb_run
 from finetune.models import resolve_model
 from metrics.registry import check_config
@@ -186,7 +186,8 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
         with timed("eval", timings):
             result = eval_stage(store, ft_spec, adapter, cfg["eval"], base_model)
         record = {"subset": entry["label"], "selector": entry["selector"], "seed": entry["seed"],
-                  "size": entry["size"], "unique_rows": len(set(indices))} | row | result
+                  "size": entry["size"], "unique_rows": len(set(indices)),
+                  "base_model": cfg["finetune"]["base_model"]} | row | result
         rows.append(record)
         with wandb_run(cfg["logger"], name=f"{entry['label']}-s{entry['seed']}", job_type="subset",
                        config={"study": cfg["study"], **entry, "finetune": cfg["finetune"], "eval": cfg["eval"]},
@@ -196,20 +197,10 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
         log.info("subset %s seed %d: performance %.4f", entry["label"], entry["seed"], result["performance"])
     runs = pd.DataFrame(rows)
     with timed("report", timings):
-        paths = write_report(runs, list(metrics_columns(rows)), cfg["results_dir"])
+        paths = write_report(runs, metric_columns(runs), cfg["results_dir"], **cfg.get("report", {}))
         atomic_write(Path(cfg["results_dir"]) / "timings.json", json.dumps(timings, indent=2))
     _log_study(cfg, runs, paths)
     return {"paths": paths, "timings": timings, "runs": runs}
-
-
-def metrics_columns(rows: list[dict]) -> list[str]:
-    """Metric columns of the runs table, in first-seen order (every key the metric stage produced)."""
-    seen: dict[str, None] = {}
-    for row in rows:
-        for key in row:
-            if key.split("[")[0] in metrics.available():
-                seen[key] = None
-    return list(seen)
 
 
 def _log_study(cfg: dict[str, Any], runs: pd.DataFrame, paths: dict[str, Path]) -> None:
@@ -219,7 +210,7 @@ def _log_study(cfg: dict[str, Any], runs: pd.DataFrame, paths: dict[str, Path]) 
             return
         import wandb
 
-        table = pd.read_csv(paths["table_csv"])
+        table = pd.read_csv(paths["table_csv"]).fillna("")
         run.log({"correlation": wandb.Table(dataframe=table), "runs": wandb.Table(dataframe=runs)})
         run.log({f"scatter/{key.split(':', 1)[1]}": wandb.Image(str(p)) for key, p in paths.items()
                  if key.startswith("scatter:")})

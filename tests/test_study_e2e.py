@@ -19,7 +19,7 @@ def _tiny_overrides(tmp: Path, model: str) -> list[str]:
             "pool.size=40", "pool.max_prompt_chars=300", f"embed.model={model}", "embed.max_length=64",
             "selection.size=4", f"finetune.base_model={model}", "finetune.max_length=96",
             "finetune.args.disable_tqdm=true", "eval.n_examples=2", "eval.max_length=96",
-            "selection.subsets.4.params.neighbors=5"]
+            "selection.subsets.4.params.neighbors=5", "report.n_boot=50"]
 
 
 def _compose(overrides: list[str]):
