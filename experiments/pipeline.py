@@ -31,7 +31,7 @@ from experiments.pools import (
     sample_pool,
     write_jsonl,
 )
-from experiments.report import metric_columns, write_report
+from experiments.report import RUNS_SCHEMA, metric_columns, write_report
 from experiments.tracking import wandb_run
 from finetune.models import resolve_model
 from metrics.registry import check_config
@@ -69,29 +69,42 @@ def subset_plan(sel_cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return plan
 
 
-def pool_stage(store: ArtifactStore, cfg: dict[str, Any]) -> tuple[dict, list[dict]]:
-    spec = {"pool": cfg}
-    path = store.path("pool", spec)
+STAGES = ("pool", "embed", "subset", "metrics", "finetune", "eval")
+
+
+def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dict[str, dict]:
+    """Each stage's cache key: its own resolved config plus the keys of what it consumes. Pure config, so a
+    dry run can tell what is done without loading anything."""
+    pool = {"pool": cfg["pool"]}
+    embed = {"pool": pool, "embed": {k: v for k, v in cfg["embed"].items() if k not in ("batch_size", "device")}}
+    specs = {"pool": pool, "embed": embed}
+    if entry is not None:
+        subset = {"embed": embed, "subset": {k: entry[k] for k in ("selector", "params", "seed", "size")}}
+        finetune = {"subset": subset, "finetune": cfg["finetune"]}
+        specs |= {"subset": subset, "metrics": {"subset": subset, "metrics": list(cfg["metrics"]["compute"])},
+                  "finetune": finetune, "eval": {"finetune": finetune, "eval": cfg["eval"]}}
+    return specs
+
+
+def pool_stage(store: ArtifactStore, spec: dict) -> list[dict]:
+    cfg = spec["pool"]
     if not store.is_complete("pool", spec):
-        convs = load_conversations(cfg.get("path"), cfg["format"], cfg["on_invalid"])
+        convs = load_conversations(cfg.get("path"), cfg["format"], cfg["on_invalid"], cfg.get("sources"))
         convs = sample_pool(filter_prompt_length(convs, cfg.get("max_prompt_chars")), cfg.get("size"),
                             int(cfg["seed"]))
         with store.build("pool", spec) as tmp:
             write_jsonl(tmp / "pool.jsonl", convs)
-    return spec, read_jsonl(path / "pool.jsonl")
+    return read_jsonl(store.path("pool", spec) / "pool.jsonl")
 
 
-def embed_stage(store: ArtifactStore, pool_spec: dict, convs: list[dict], cfg: dict[str, Any],
-                model_path: str) -> tuple[dict, np.ndarray]:
-    spec = {"pool": pool_spec, "embed": {k: v for k, v in cfg.items() if k not in ("batch_size", "device")}}
-    path = store.path("embed", spec)
+def embed_stage(store: ArtifactStore, spec: dict, convs: list[dict], cfg: dict[str, Any], cache_dir: str) -> np.ndarray:
     if not store.is_complete("embed", spec):
-        vecs = embed_texts([embedding_text(c) for c in convs], model_path, cfg["backend"],
+        vecs = embed_texts([embedding_text(c) for c in convs], resolve_model(cfg["model"], cache_dir), cfg["backend"],
                            max_length=int(cfg["max_length"]), batch_size=int(cfg["batch_size"]),
                            device=cfg["device"])
         with store.build("embed", spec) as tmp:
             np.save(tmp / "embeddings.npy", vecs)
-    return spec, np.load(path / "embeddings.npy")
+    return np.load(store.path("embed", spec) / "embeddings.npy")
 
 
 def data_column(convs: list[dict], key: str) -> Any:
@@ -102,58 +115,80 @@ def data_column(convs: list[dict], key: str) -> Any:
     return np.asarray(values, dtype=np.float64) if key == "quality" else values
 
 
-def subset_stage(store: ArtifactStore, embed_spec: dict, emb: np.ndarray, convs: list[dict],
-                 entry: dict[str, Any]) -> tuple[dict, list]:
-    spec = {"embed": embed_spec, "subset": {k: entry[k] for k in ("selector", "params", "seed", "size")}}
-    path = store.path("subset", spec)
-    if not store.is_complete("subset", spec):
-        pool = selection.PoolInputs(size=emb.shape[0], embeddings=emb, quality=data_column(convs, "quality"),
-                                    tags=data_column(convs, "tags"), proxy_quality=length_proxy(convs),
-                                    fingerprint=store.path("embed", embed_spec).name)
-        result = selection.select(entry["selector"], pool, entry["size"], entry["seed"], **entry["params"])
-        with store.build("subset", spec) as tmp:
-            (tmp / "indices.json").write_text(json.dumps(result.indices))
-            (tmp / "provenance.json").write_text(json.dumps(result.provenance, indent=2))
-    return spec, json.loads((path / "indices.json").read_text())
+class SubsetRunner:
+    """Runs the per-subset stages (select, metrics, fine-tune, evaluate), each skipped when its artifact
+    exists, each that does run logged as its own W&B run grouped by study."""
 
+    def __init__(self, cfg: dict[str, Any], store: ArtifactStore, convs: list[dict], emb: np.ndarray,
+                 timings: dict[str, dict[str, float]]) -> None:
+        self.cfg, self.store, self.convs, self.emb, self.timings = cfg, store, convs, emb, timings
+        self._base_model: str | None = None
 
-def metrics_stage(store: ArtifactStore, subset_spec: dict, indices: list[int], emb: np.ndarray,
-                  convs: list[dict], metric_cfgs: list[dict]) -> dict[str, float]:
-    spec = {"subset": subset_spec, "metrics": metric_cfgs}
-    path = store.path("metrics", spec)
-    if not store.is_complete("metrics", spec):
-        sub = [convs[i] for i in indices]
-        quality, tags = data_column(sub, "quality"), data_column(sub, "tags")
-        inputs = metrics.MetricInputs(embeddings=emb[indices], reference=emb, texts=[embedding_text(c) for c in sub],
-                                      quality=quality, tags=tags)
-        row = metrics.compute(metric_cfgs, inputs)
-        with store.build("metrics", spec) as tmp:
-            (tmp / "metrics.json").write_text(json.dumps(row, indent=2))
-    return json.loads((path / "metrics.json").read_text())
+    @property
+    def base_model(self) -> str:
+        if self._base_model is None:  # resolved (and converted) only when a model is needed
+            self._base_model = resolve_model(self.cfg["finetune"]["base_model"], self.cfg["cache_dir"])
+        return self._base_model
 
+    @contextmanager
+    def stage(self, name: str, entry: dict[str, Any], spec: dict) -> Iterator[tuple[Path | None, Any]]:
+        """Yield (temporary artifact dir, W&B run) when the stage must run, (None, None) when it is cached."""
+        with timed(name, self.timings):
+            if self.store.is_complete(name, spec):
+                yield None, None
+                return
+            with wandb_run(self.cfg["logger"], name=f"{entry['label']}-s{entry['seed']}/{name}", job_type=name,
+                           config={"study": self.cfg["study"], "stage": name, **entry, name: spec.get(name)},
+                           tags=[entry["selector"], f"seed={entry['seed']}", self.cfg["finetune"]["base_model"]]
+                           ) as run, self.store.build(name, spec) as tmp:
+                yield tmp, run
 
-def finetune_stage(store: ArtifactStore, subset_spec: dict, indices: list[int], convs: list[dict],
-                   cfg: dict[str, Any], model_path: str) -> tuple[dict, Path]:
-    from finetune.sft import train_sft  # heavy import (TRL), only when training is due
+    def run(self, entry: dict[str, Any]) -> dict[str, Any]:
+        specs = stage_specs(self.cfg, entry)
+        with self.stage("subset", entry, specs["subset"]) as (tmp, _):
+            if tmp:
+                pool = selection.PoolInputs(size=self.emb.shape[0], embeddings=self.emb,
+                                            quality=data_column(self.convs, "quality"),
+                                            tags=data_column(self.convs, "tags"),
+                                            proxy_quality=length_proxy(self.convs),
+                                            fingerprint=self.store.path("embed", specs["embed"]).name)
+                result = selection.select(entry["selector"], pool, entry["size"], entry["seed"], **entry["params"])
+                (tmp / "indices.json").write_text(json.dumps(result.indices))
+                (tmp / "provenance.json").write_text(json.dumps(result.provenance, indent=2))
+        indices = json.loads((self.store.path("subset", specs["subset"]) / "indices.json").read_text())
+        sub = [self.convs[i] for i in indices]
+        with self.stage("metrics", entry, specs["metrics"]) as (tmp, run):
+            if tmp:
+                inputs = metrics.MetricInputs(embeddings=self.emb[indices], reference=self.emb,
+                                              texts=[embedding_text(c) for c in sub],
+                                              quality=data_column(sub, "quality"), tags=data_column(sub, "tags"))
+                row = metrics.compute(self.cfg["metrics"]["compute"], inputs)
+                (tmp / "metrics.json").write_text(json.dumps(row, indent=2))
+                if run is not None:
+                    run.log(row)
+        row = json.loads((self.store.path("metrics", specs["metrics"]) / "metrics.json").read_text())
+        with self.stage("finetune", entry, specs["finetune"]) as (tmp, run):
+            if tmp:
+                from finetune.sft import train_sft  # heavy import (TRL), only when training is due
 
-    spec = {"subset": subset_spec, "finetune": cfg}
-    path = store.path("finetune", spec)
-    if not store.is_complete("finetune", spec):
-        with store.build("finetune", spec) as tmp:
-            stats = train_sft([convs[i] for i in indices], model_path, tmp / "model", cfg)
-            (tmp / "train.json").write_text(json.dumps(stats, indent=2))
-    return spec, path / "model"
-
-
-def eval_stage(store: ArtifactStore, ft_spec: dict, adapter: Path, cfg: dict[str, Any],
-               model_path: str) -> dict[str, Any]:
-    spec = {"finetune": ft_spec, "eval": cfg}
-    path = store.path("eval", spec)
-    if not store.is_complete("eval", spec):
-        result = evaluate(cfg["name"], model_path, str(adapter) if cfg.get("adapter", True) else None, cfg)
-        with store.build("eval", spec) as tmp:
-            (tmp / "eval.json").write_text(json.dumps(result, indent=2))
-    return json.loads((path / "eval.json").read_text())
+                ft_cfg = self.cfg["finetune"]
+                if run is not None:  # TRL streams its loss curves into this stage's W&B run
+                    ft_cfg = ft_cfg | {"args": ft_cfg["args"] | {"report_to": ["wandb"]}}
+                train = train_sft(sub, self.base_model, tmp / "model", ft_cfg)
+                (tmp / "train.json").write_text(json.dumps(train, indent=2))
+        adapter = self.store.path("finetune", specs["finetune"]) / "model"
+        with self.stage("eval", entry, specs["eval"]) as (tmp, run):
+            if tmp:
+                ev = self.cfg["eval"]
+                result = evaluate(ev["name"], self.base_model, str(adapter) if ev.get("adapter", True) else None, ev)
+                (tmp / "eval.json").write_text(json.dumps(result, indent=2))
+                if run is not None:
+                    run.log(row | result)
+        result = json.loads((self.store.path("eval", specs["eval"]) / "eval.json").read_text())
+        log.info("subset %s seed %d: performance %.4f", entry["label"], entry["seed"], result["performance"])
+        return {"subset": entry["label"], "selector": entry["selector"], "seed": entry["seed"],
+                "size": entry["size"], "unique_rows": len(set(indices)),
+                "base_model": self.cfg["finetune"]["base_model"]} | row | result
 
 
 def _check_metric_configs(metric_cfgs: list[dict]) -> None:
@@ -161,41 +196,51 @@ def _check_metric_configs(metric_cfgs: list[dict]) -> None:
         check_config(m["name"], dict(m.get("params") or {}))
 
 
-def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run (or resume) the whole study described by a resolved config dict; returns paths and timings."""
-    metric_cfgs = list(cfg["metrics"]["compute"])
-    _check_metric_configs(metric_cfgs)
-    plan = subset_plan(cfg["selection"])
+def selected_entries(plan: list[dict], only: Any) -> list[dict]:
+    """The plan, or the entries whose label is in ``selection.only`` (one label or a list) for fan-out jobs."""
+    if only is None:
+        return plan
+    wanted = {only} if isinstance(only, str) else set(only)
+    unknown = wanted - {e["label"] for e in plan}
+    if unknown:
+        raise InputError(f"selection.only names unknown subset label(s) {sorted(unknown)}; labels: "
+                         f"{sorted({e['label'] for e in plan})}")
+    return [e for e in plan if e["label"] in wanted]
+
+
+def dry_run(cfg: dict[str, Any], plan: list[dict]) -> pd.DataFrame:
+    """What a run would do: one row per (subset, seed) and one column per stage, 'done' or 'to run'."""
     store = ArtifactStore(cfg["cache_dir"])
-    timings: dict[str, dict[str, float]] = {}
-    with timed("pool", timings):
-        pool_spec, convs = pool_stage(store, cfg["pool"])
-    with timed("embed", timings):
-        embed_model = resolve_model(cfg["embed"]["model"], cfg["cache_dir"])
-        embed_spec, emb = embed_stage(store, pool_spec, convs, cfg["embed"], embed_model)
-    base_model = resolve_model(cfg["finetune"]["base_model"], cfg["cache_dir"])
-    ft_cfg = cfg["finetune"]
     rows = []
     for entry in plan:
-        with timed("select", timings):
-            subset_spec, indices = subset_stage(store, embed_spec, emb, convs, entry)
-        with timed("metrics", timings):
-            row = metrics_stage(store, subset_spec, indices, emb, convs, metric_cfgs)
-        with timed("finetune", timings):
-            ft_spec, adapter = finetune_stage(store, subset_spec, indices, convs, ft_cfg, base_model)
-        with timed("eval", timings):
-            result = eval_stage(store, ft_spec, adapter, cfg["eval"], base_model)
-        record = {"subset": entry["label"], "selector": entry["selector"], "seed": entry["seed"],
-                  "size": entry["size"], "unique_rows": len(set(indices)),
-                  "base_model": cfg["finetune"]["base_model"]} | row | result
-        rows.append(record)
-        with wandb_run(cfg["logger"], name=f"{entry['label']}-s{entry['seed']}", job_type="subset",
-                       config={"study": cfg["study"], **entry, "finetune": cfg["finetune"], "eval": cfg["eval"]},
-                       tags=[entry["selector"]]) as run:
-            if run is not None:
-                run.log(record)
-        log.info("subset %s seed %d: performance %.4f", entry["label"], entry["seed"], result["performance"])
-    runs = pd.DataFrame(rows)
+        specs = stage_specs(cfg, entry)
+        rows.append({"subset": entry["label"], "seed": entry["seed"]} |
+                    {s: "done" if store.is_complete(s, specs[s]) else "to run" for s in STAGES})
+    table = pd.DataFrame(rows)
+    log.info("dry run (nothing executed):\n%s", table.to_string(index=False))
+    return table
+
+
+def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume) the study described by a resolved config dict; returns paths, timings and runs."""
+    _check_metric_configs(list(cfg["metrics"]["compute"]))
+    plan = subset_plan(cfg["selection"])
+    entries = selected_entries(plan, cfg["selection"].get("only"))
+    if cfg.get("dry_run"):
+        return {"dry_run": dry_run(cfg, entries)}
+    store = ArtifactStore(cfg["cache_dir"])
+    timings: dict[str, dict[str, float]] = {}
+    specs = stage_specs(cfg)
+    with timed("pool", timings):
+        convs = pool_stage(store, specs["pool"])
+    with timed("embed", timings):
+        emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"])
+    runner = SubsetRunner(cfg, store, convs, emb, timings)
+    runs = pd.DataFrame([runner.run(entry) for entry in entries]).assign(schema=RUNS_SCHEMA)
+    if len(entries) < len(plan):
+        log.info("selection.only: %d of %d subsets done; run without selection.only to gather the report",
+                 len(entries), len(plan))
+        return {"paths": {}, "timings": timings, "runs": runs}
     with timed("report", timings):
         paths = write_report(runs, metric_columns(runs), cfg["results_dir"], **cfg.get("report", {}))
         atomic_write(Path(cfg["results_dir"]) / "timings.json", json.dumps(timings, indent=2))
@@ -205,12 +250,13 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _log_study(cfg: dict[str, Any], runs: pd.DataFrame, paths: dict[str, Path]) -> None:
     with wandb_run(cfg["logger"], name=f"study-{cfg['study']}", job_type="study",
-                   config={"study": cfg["study"]}) as run:
+                   config={"study": cfg["study"], "subsets": len(runs)}) as run:
         if run is None:
             return
         import wandb
 
-        table = pd.read_csv(paths["table_csv"]).fillna("")
+        table = pd.read_csv(paths["table_csv"])
+        table = table.astype(object).where(table.notna(), None)  # undefined correlations stay missing, not 0
         run.log({"correlation": wandb.Table(dataframe=table), "runs": wandb.Table(dataframe=runs)})
-        run.log({f"scatter/{key.split(':', 1)[1]}": wandb.Image(str(p)) for key, p in paths.items()
-                 if key.startswith("scatter:")})
+        run.log({f"figures/{p.stem}": wandb.Image(str(p)) for key, p in paths.items()
+                 if key.startswith("scatter:") or key == "heatmap"})

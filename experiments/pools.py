@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 Conversation = dict[str, Any]
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
          "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
-FORMATS = ("sharegpt_package", "authors", "messages", "alpaca")
+FORMATS = ("sharegpt_package", "authors", "messages", "alpaca", "hub")
+RECORD_FORMATS = ("authors", "messages", "alpaca")
 
 
 def iter_json_array(text: str, source: str) -> Iterator[Any]:
@@ -150,18 +151,42 @@ def infer_format(path: Path) -> str:
     return "authors"
 
 
-def load_conversations(path: str | Path | None, fmt: str = "auto", on_invalid: str = "error") -> list[Conversation]:
-    """Read and normalise a whole pool. ``on_invalid``: 'error' raises on a bad conversation, 'skip' drops it."""
+def _hub_records(sources: list[dict[str, Any]]) -> Iterator[tuple[Any, str, str]]:
+    """Records of Hugging Face datasets (online), each source with its record format and an optional row cap.
+
+    A source is ``{name, format, split, limit, seed, kwargs}``; ``name`` is anything ``datasets.load_dataset``
+    takes (a hub id, or a builder such as ``json`` with ``kwargs.data_files``).
+    """
+    import datasets
+
+    for src in sources:
+        if src.get("format") not in RECORD_FORMATS:
+            raise InputError(f"hub source {src.get('name')!r}: format must be one of {RECORD_FORMATS}")
+        ds = datasets.load_dataset(src["name"], split=src.get("split", "train"), **(src.get("kwargs") or {}))
+        if src.get("limit") is not None and src["limit"] < len(ds):
+            ds = ds.shuffle(seed=int(src.get("seed", 0))).select(range(int(src["limit"])))
+        for i, record in enumerate(ds):
+            yield record, f"{src['name']}[{i}]", src["format"]
+
+
+def load_conversations(path: str | Path | None, fmt: str = "auto", on_invalid: str = "error",
+                       sources: list[dict[str, Any]] | None = None) -> list[Conversation]:
+    """Read and normalise a whole pool. ``on_invalid``: 'error' raises on a bad conversation, 'skip' drops it.
+    ``fmt='hub'`` concatenates the Hugging Face datasets listed in ``sources`` (needs network access)."""
     if fmt == "auto":
         if path is None:
-            raise InputError("pool.path is required unless pool.format=sharegpt_package")
+            raise InputError("pool.path is required unless pool.format is sharegpt_package or hub")
         fmt = infer_format(Path(path))
     if fmt not in FORMATS:
         raise InputError(f"unknown pool format {fmt!r}; use one of {FORMATS} or 'auto'")
+    if fmt == "hub" and not sources:
+        raise InputError("pool.format=hub needs pool.sources: a list of {name, format, split, limit}")
+    records = (_hub_records(sources) if fmt == "hub" else
+               ((r, w, fmt) for r, w in _read_records(Path(path) if path else Path(), fmt)))
     convs, skipped = [], 0
-    for record, where in _read_records(Path(path) if path else Path(), fmt):
+    for record, where, record_fmt in records:
         try:
-            conv = _from_record(record, fmt, where)
+            conv = _from_record(record, record_fmt, where)
             problem = check_conversation(conv, where)
         except InputError:
             if on_invalid != "skip":

@@ -23,7 +23,7 @@ def wandb_run(cfg: dict[str, Any], *, name: str, job_type: str, config: dict[str
     os.makedirs(cfg["dir"], exist_ok=True)
     run = wandb.init(project=cfg["project"], entity=cfg.get("entity"), group=cfg.get("group"), name=name,
                      job_type=job_type, config=config, tags=list(cfg.get("tags") or []) + list(tags or []),
-                     mode=cfg.get("mode", "offline"), dir=cfg["dir"], reinit="create_new")
+                     mode=cfg.get("mode", "offline"), dir=cfg["dir"], reinit="finish_previous")
     try:
         yield run
     finally:

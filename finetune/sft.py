@@ -73,8 +73,8 @@ def train_sft(conversations: list[dict[str, Any]], model_path: str, output_dir: 
     torch.manual_seed(int(cfg["args"].get("seed", 42)))
     tok = load_tokenizer(model_path)
     dataset = build_dataset(tok, conversations, int(cfg["max_length"]))
-    args = SFTConfig(output_dir=str(output_dir), max_length=int(cfg["max_length"]), report_to=[],
-                     save_strategy="no", **cfg["args"])
+    args = SFTConfig(output_dir=str(output_dir), max_length=int(cfg["max_length"]),
+                     **({"report_to": [], "save_strategy": "no"} | dict(cfg["args"])))
     peft_config = LoraConfig(**cfg["lora"]) if cfg.get("lora") else None
     trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tok,
                          peft_config=peft_config)

@@ -72,3 +72,18 @@ def test_missing_pool_file_and_oversized_sample(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps([CONV]))
     with pytest.raises(InputError, match="only 1 usable"):
         sample_pool(load_conversations(tmp_path / "p.json"), 5, 0)
+
+
+def test_hub_sources_through_datasets(tmp_path):
+    # the real datasets.load_dataset path; the "json" builder stands in for a hub id offline
+    rows = tmp_path / "wizard.jsonl"
+    rows.write_text("\n".join(json.dumps({"conversations": CONV, "id": str(i)}) for i in range(5)) + "\n")
+    chat = tmp_path / "ultra.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "U"},
+                                             {"role": "assistant", "content": "A"}]}) + "\n")
+    sources = [{"name": "json", "format": "authors", "limit": 3, "kwargs": {"data_files": str(rows)}},
+               {"name": "json", "format": "messages", "kwargs": {"data_files": str(chat)}}]
+    convs = load_conversations(None, "hub", sources=sources)
+    assert len(convs) == 4 and convs[-1]["messages"][1]["content"] == "A"
+    with pytest.raises(InputError, match="needs pool.sources"):
+        load_conversations(None, "hub")

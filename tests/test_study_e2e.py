@@ -43,10 +43,10 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, tiny_model):
     configured = {m["name"] for m in _compose(overrides).metrics.compute}
     assert set(table["metric"]) == configured and {"novelsum", "distsum_cosine", "vendi"} <= configured
     assert table[["pearson_r", "spearman_rho"]].abs().max().max() <= 1.0
-    assert (res / "table.md").read_text().startswith("| metric |")
+    assert (res / "table.md").read_text().startswith("| base_model | metric |")
     assert (res / "scatter_novelsum.png").exists() and (res / "scatter_distsum_cosine.png").exists()
-    assert set(result["timings"]) == {"pool", "embed", "select", "metrics", "finetune", "eval", "report"}
-    assert len(list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))) == 7  # 6 subsets + the study
+    assert set(result["timings"]) == {"pool", "embed", "subset", "metrics", "finetune", "eval", "report"}
+    assert len(list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))) == 6 * 4 + 1  # (subset, stage) + study
 
     before = _artifacts(tmp_path / "cache")
     assert len([k for k in before if k.startswith("finetune/")]) == 6
