@@ -214,7 +214,7 @@ def dry_run(cfg: dict[str, Any], plan: list[dict]) -> pd.DataFrame:
     rows = []
     for entry in plan:
         specs = stage_specs(cfg, entry)
-        rows.append({"subset": entry["label"], "seed": entry["seed"]} |
+        rows.append({"label": entry["label"], "seed": entry["seed"]} |
                     {s: "done" if store.is_complete(s, specs[s]) else "to run" for s in STAGES})
     table = pd.DataFrame(rows)
     log.info("dry run (nothing executed):\n%s", table.to_string(index=False))

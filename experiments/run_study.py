@@ -24,9 +24,10 @@ def run(cfg: DictConfig) -> dict:
     os.environ.setdefault("WANDB_SILENT", "true")
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     result = run_study(resolved)
-    for stage, t in result["timings"].items():
+    for stage, t in result.get("timings", {}).items():
         log.info("stage %-9s wall %7.1f s   peak RSS %.2f GiB", stage, t["wall_s"], t["peak_rss_gib"])
-    log.info("results in %s", resolved["results_dir"])
+    if result.get("paths"):
+        log.info("results in %s", resolved["results_dir"])
     return result
 
 
