@@ -36,6 +36,7 @@ from experiments.tracking import wandb_run
 from finetune.models import resolve_model
 from metrics.registry import check_config
 from metrics.validation import InputError
+from selection.registry import check_params
 from selection.signals import length_proxy
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def subset_plan(sel_cfg: dict[str, Any]) -> list[dict[str, Any]]:
     for item in sel_cfg["subsets"]:
         spec = selection.get_selector(item["selector"])
         params = dict(item.get("params") or {})
-        selection.registry._check_params(spec, params)
+        check_params(spec, params)
         for seed in item.get("seeds", sel_cfg["seeds"]):
             plan.append({"label": item.get("label", item["selector"]), "selector": item["selector"],
                          "params": params, "seed": int(seed), "size": int(sel_cfg["size"])})

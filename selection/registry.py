@@ -62,7 +62,7 @@ def get_selector(name: str) -> Selector:
     return _SELECTORS[name]
 
 
-def _check_params(sel: Selector, params: dict[str, Any]) -> None:
+def check_params(sel: Selector, params: dict[str, Any]) -> None:
     accepted = list(inspect.signature(sel.fn).parameters)[3:]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
@@ -92,7 +92,7 @@ def select(name: str, pool: PoolInputs, n: int, seed: int, **params: Any) -> Sel
     if sel.distinct and n > pool.size:
         raise InputError(f"subset size n={n} is larger than the pool ({pool.size} rows): lower n or use a "
                          "larger pool")
-    _check_params(sel, params)
+    check_params(sel, params)
     pool = _check_inputs(sel, pool)
     indices = [int(i) for i in sel.fn(pool, n, int(seed), **params)]
     if len(indices) != n or min(indices) < 0 or max(indices) >= pool.size:
