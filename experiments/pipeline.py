@@ -124,6 +124,17 @@ class SubsetRunner:
                  timings: dict[str, dict[str, float]]) -> None:
         self.cfg, self.store, self.convs, self.emb, self.timings = cfg, store, convs, emb, timings
         self._base_model: str | None = None
+        self._pool: selection.PoolInputs | None = None
+
+    def pool_inputs(self) -> selection.PoolInputs:
+        """What selectors read about the pool; built once per study, the first time a selector runs."""
+        if self._pool is None:
+            self._pool = selection.PoolInputs(size=self.emb.shape[0], embeddings=self.emb,
+                                              quality=data_column(self.convs, "quality"),
+                                              tags=data_column(self.convs, "tags"),
+                                              proxy_quality=length_proxy(self.convs),
+                                              fingerprint=self.store.path("embed", stage_specs(self.cfg)["embed"]).name)
+        return self._pool
 
     @property
     def base_model(self) -> str:
@@ -148,12 +159,8 @@ class SubsetRunner:
         specs = stage_specs(self.cfg, entry)
         with self.stage("subset", entry, specs["subset"]) as (tmp, _):
             if tmp:
-                pool = selection.PoolInputs(size=self.emb.shape[0], embeddings=self.emb,
-                                            quality=data_column(self.convs, "quality"),
-                                            tags=data_column(self.convs, "tags"),
-                                            proxy_quality=length_proxy(self.convs),
-                                            fingerprint=self.store.path("embed", specs["embed"]).name)
-                result = selection.select(entry["selector"], pool, entry["size"], entry["seed"], **entry["params"])
+                result = selection.select(entry["selector"], self.pool_inputs(), entry["size"], entry["seed"],
+                                          **entry["params"])
                 (tmp / "indices.json").write_text(json.dumps(result.indices))
                 (tmp / "provenance.json").write_text(json.dumps(result.provenance, indent=2))
         indices = json.loads((self.store.path("subset", specs["subset"]) / "indices.json").read_text())

@@ -11,6 +11,7 @@ from typing import Literal
 
 import faiss
 import numpy as np
+import torch
 
 from metrics.validation import InputError, check_nonnegative, check_positive_int
 
@@ -55,9 +56,18 @@ def knn_sq_distances(query: np.ndarray, reference: np.ndarray, neighbors: int, *
     return np.where(is_self[:, None], dist[:, 1:], dist[:, :-1])
 
 
+def density_from_sq(sq_distances: np.ndarray, power: float) -> np.ndarray:
+    """``1 / (row mean of the squared kNN distances + 1e-9) ** power``."""
+    return 1.0 / np.power(sq_distances.mean(axis=1).astype(np.float64) + DENSITY_EPS, power)
+
+
+def unit_rows(x: np.ndarray, device: str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rows of ``x`` scaled to unit L2 norm, as a torch tensor on ``device``."""
+    return torch.nn.functional.normalize(torch.as_tensor(x, device=device, dtype=dtype), dim=1)
+
+
 def local_density(query: np.ndarray, reference: np.ndarray, neighbors: int = 10, power: float = 0.5, *,
                   mode: NeighbourMode = "reference", device: str = "cpu") -> np.ndarray:
     """Density factor ``1 / (mean of the k nearest squared-L2 distances + 1e-9) ** power`` (Yang et al. 2025)."""
     power = check_nonnegative(power, "density_power")
-    mean_sq = knn_sq_distances(query, reference, neighbors, mode=mode, device=device).mean(axis=1)
-    return 1.0 / np.power(mean_sq.astype(np.float64) + DENSITY_EPS, power)
+    return density_from_sq(knn_sq_distances(query, reference, neighbors, mode=mode, device=device), power)

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from metrics.knn import DENSITY_EPS, knn_sq_distances
+from metrics.knn import density_from_sq, knn_sq_distances, unit_rows
 from metrics.validation import InputError, as_embeddings, check_nonnegative, check_positive_int, check_same_dim
 
 Mode = Literal["reference", "paper"]
@@ -37,11 +37,6 @@ Mode = Literal["reference", "paper"]
 def grid_key(neighbors: int, density_power: float, distance_power: float) -> str:
     """Column name of one NovelSum configuration, e.g. ``neighbors=10,density_power=0.5,distance_power=1``."""
     return f"neighbors={neighbors:d},density_power={density_power:g},distance_power={distance_power:g}"
-
-
-def _unit_rows(x: np.ndarray, device: str) -> torch.Tensor:
-    t = torch.as_tensor(x, device=device, dtype=torch.float32)
-    return torch.nn.functional.normalize(t, dim=1)
 
 
 def _rank_weights(n: int, power: float, device: str) -> torch.Tensor:
@@ -58,7 +53,7 @@ def _densities(x: np.ndarray, reference: np.ndarray, neighbors: Sequence[int], p
     sq = knn_sq_distances(x, reference, max(neighbors), mode=knn_mode, device=device)
     out = {}
     for k, b in itertools.product(neighbors, powers):
-        out[(k, b)] = 1.0 / np.power(sq[:, :k].mean(axis=1).astype(np.float64) + DENSITY_EPS, b)
+        out[(k, b)] = density_from_sq(sq[:, :k], b)
     return out
 
 
@@ -93,7 +88,7 @@ def novelsum_grid(embeddings: np.ndarray, reference: np.ndarray | None = None, *
 def _reference_row_means(x: np.ndarray, distance_powers: Sequence[float], block_size: int,
                          device: str) -> dict[float, np.ndarray]:
     """Per-row rank-weighted average of the sorted cosine distances, self-distance included."""
-    unit = _unit_rows(x, device)
+    unit = unit_rows(x, device)
     n = unit.shape[0]
     weights = {a: _rank_weights(n, a, device) for a in distance_powers}
     out = {a: np.empty(n) for a in distance_powers}
@@ -106,7 +101,7 @@ def _reference_row_means(x: np.ndarray, distance_powers: Sequence[float], block_
 
 def _paper_grid(x: np.ndarray, dens: dict[tuple[int, float], np.ndarray], ks: Sequence[int],
                 bs: Sequence[float], as_: Sequence[float], block_size: int, device: str) -> dict[str, float]:
-    unit = _unit_rows(x, device)
+    unit = unit_rows(x, device)
     n = unit.shape[0]
     weights = {a: _rank_weights(n - 1, a, device) for a in as_}
     sums = {(k, b, a): 0.0 for k, b, a in itertools.product(ks, bs, as_)}

@@ -9,11 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from metrics.knn import unit_rows
 from selection.registry import PoolInputs, register
-
-
-def unit_rows(x: np.ndarray, device: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.nn.functional.normalize(torch.as_tensor(x, device=device, dtype=dtype), dim=1)
 
 
 def first_pick(pool_size: int, seed: int) -> int:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from metrics.knn import local_density
+from metrics.knn import local_density, unit_rows
 from metrics.validation import InputError, as_embeddings, check_nonnegative, check_positive_int
-from selection.kcenter import first_pick, unit_rows
+from selection.kcenter import first_pick
 from selection.registry import PoolInputs, register
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}

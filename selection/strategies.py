@@ -13,9 +13,9 @@ import logging
 import numpy as np
 import torch
 
+from metrics.knn import unit_rows
 from metrics.mig import PHI_A, PHI_B, phi, propagation_matrix, sample_information
 from metrics.validation import InputError
-from selection.kcenter import unit_rows
 from selection.registry import PoolInputs, register
 from selection.signals import kmeans_labels, resolve_quality, tag_labels
 
