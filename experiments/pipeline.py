@@ -20,6 +20,8 @@ import pandas as pd
 
 import metrics
 import selection
+from eval.benchmarks import check_eval_config, generate_benchmarks, judge_benchmarks
+from eval.combined import combine_performance
 from eval.evaluators import evaluate
 from experiments.cache import ArtifactStore, atomic_write
 from experiments.embed import embed_texts
@@ -70,7 +72,21 @@ def subset_plan(sel_cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return plan
 
 
-STAGES = ("pool", "embed", "subset", "metrics", "finetune", "eval")
+STAGES = ("pool", "embed", "subset", "metrics", "finetune", "generate", "eval")
+GENERATION_ONLY = ("judge", "performance", "annotator", "annotator_seed", "judge_max_tokens", "judge_prefill")
+
+
+def judged(cfg: dict[str, Any]) -> bool:
+    """Whether the evaluation generates answers and has them judged (AlpacaEval / MT-Bench)."""
+    return cfg["eval"]["name"] == "benchmarks"
+
+
+def _generation_spec(ev: dict[str, Any]) -> dict[str, Any]:
+    """What the answers depend on: decoding settings and the benchmark prompts, not the judge."""
+    gen = {k: v for k, v in ev["generation"].items() if k not in ("batch_size", "device")}
+    bench = {b: {k: v for k, v in (ev.get(b) or {}).items() if k not in GENERATION_ONLY}
+             for b in ("alpaca_eval", "mt_bench", "reference_nll")}
+    return {"generation": gen} | bench
 
 
 def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dict[str, dict]:
@@ -83,7 +99,14 @@ def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dic
         subset = {"embed": embed, "subset": {k: entry[k] for k in ("selector", "params", "seed", "size")}}
         finetune = {"subset": subset, "finetune": cfg["finetune"]}
         specs |= {"subset": subset, "metrics": {"subset": subset, "metrics": list(cfg["metrics"]["compute"])},
-                  "finetune": finetune, "eval": {"finetune": finetune, "eval": cfg["eval"]}}
+                  "finetune": finetune}
+        if judged(cfg):
+            generate = {"finetune": finetune} | _generation_spec(cfg["eval"])
+            specs |= {"generate": generate,
+                      "eval": {"generate": generate, "eval": {k: v for k, v in cfg["eval"].items()
+                                                              if k not in ("generation", "performance")}}}
+        else:
+            specs["eval"] = {"finetune": finetune, "eval": cfg["eval"]}
     return specs
 
 
@@ -185,15 +208,26 @@ class SubsetRunner:
                 train = train_sft(sub, self.base_model, tmp / "model", ft_cfg)
                 (tmp / "train.json").write_text(json.dumps(train, indent=2))
         adapter = self.store.path("finetune", specs["finetune"]) / "model"
+        ev = self.cfg["eval"]
+        if judged(self.cfg):
+            with self.stage("generate", entry, specs["generate"]) as (tmp, _):
+                if tmp:
+                    generate_benchmarks(self.base_model, str(adapter) if ev.get("adapter", True) else None, ev,
+                                        tmp, generator_name=f"{self.cfg['study']}-{entry['label']}-s{entry['seed']}")
         with self.stage("eval", entry, specs["eval"]) as (tmp, run):
             if tmp:
-                ev = self.cfg["eval"]
-                result = evaluate(ev["name"], self.base_model, str(adapter) if ev.get("adapter", True) else None, ev)
+                if judged(self.cfg):
+                    result = judge_benchmarks(self.store.path("generate", specs["generate"]), ev,
+                                              self.cfg["cache_dir"], tmp)
+                else:
+                    result = evaluate(ev["name"], self.base_model, str(adapter) if ev.get("adapter", True) else None,
+                                      ev)
                 (tmp / "eval.json").write_text(json.dumps(result, indent=2))
                 if run is not None:
-                    run.log(row | result)
+                    run.log(row | {k: v for k, v in result.items() if isinstance(v, (int, float))})
         result = json.loads((self.store.path("eval", specs["eval"]) / "eval.json").read_text())
-        log.info("subset %s seed %d: performance %.4f", entry["label"], entry["seed"], result["performance"])
+        log.info("subset %s seed %d evaluated: %s", entry["label"], entry["seed"],
+                 {k: v for k, v in result.items() if k in ("performance", "alpaca_eval_win_rate", "mt_bench_score")})
         return {"subset": entry["label"], "selector": entry["selector"], "seed": entry["seed"],
                 "size": entry["size"], "unique_rows": len(set(indices)),
                 "base_model": self.cfg["finetune"]["base_model"]} | row | result
@@ -223,7 +257,8 @@ def dry_run(cfg: dict[str, Any], plan: list[dict]) -> pd.DataFrame:
     for entry in plan:
         specs = stage_specs(cfg, entry)
         rows.append({"label": entry["label"], "seed": entry["seed"]} |
-                    {s: "done" if store.is_complete(s, specs[s]) else "to run" for s in STAGES})
+                    {s: ("done" if store.is_complete(s, specs[s]) else "to run") if s in specs else "n/a"
+                     for s in STAGES})
     table = pd.DataFrame(rows)
     log.info("dry run (nothing executed):\n%s", table.to_string(index=False))
     return table
@@ -232,6 +267,8 @@ def dry_run(cfg: dict[str, Any], plan: list[dict]) -> pd.DataFrame:
 def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run (or resume) the study described by a resolved config dict; returns paths, timings and runs."""
     _check_metric_configs(list(cfg["metrics"]["compute"]))
+    if judged(cfg):
+        check_eval_config(cfg["eval"])
     plan = subset_plan(cfg["selection"])
     entries = selected_entries(plan, cfg["selection"].get("only"))
     if cfg.get("dry_run"):
@@ -245,10 +282,14 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
         emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"])
     runner = SubsetRunner(cfg, store, convs, emb, timings)
     runs = pd.DataFrame([runner.run(entry) for entry in entries]).assign(schema=RUNS_SCHEMA)
+    runs = runs.astype({c: float for c in runs if runs[c].isna().all()})  # all-missing reads back as float
     if len(entries) < len(plan):
         log.info("selection.only: %d of %d subsets done; run without selection.only to gather the report",
                  len(entries), len(plan))
         return {"paths": {}, "timings": timings, "runs": runs}
+    if judged(cfg):
+        perf = cfg["eval"]["performance"]
+        runs["performance"] = combine_performance(runs, list(perf["columns"]), perf.get("method", "zscore_mean"))
     with timed("report", timings):
         paths = write_report(runs, metric_columns(runs), cfg["results_dir"], **cfg.get("report", {}))
         atomic_write(Path(cfg["results_dir"]) / "timings.json", json.dumps(timings, indent=2))

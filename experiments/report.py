@@ -105,7 +105,16 @@ def with_paper_values(table: pd.DataFrame, reported: Path = PAPER_REPORTED) -> p
     return table.assign(paper_reported=[lookup.get(m, "") for m in base])
 
 
-def to_latex(table: pd.DataFrame) -> str:
+def performance_note(runs: pd.DataFrame) -> str | None:
+    """A warning for the table and figures when any performance comes from a smoke-test judge."""
+    if "judge_smoke_test" not in runs or not runs["judge_smoke_test"].astype(bool).any():
+        return None
+    judges = sorted(set(runs.loc[runs["judge_smoke_test"].astype(bool), "judge"].astype(str)))
+    return (f"IT performance here comes from a smoke-test judge ({'; '.join(judges)}): it exercises the "
+            "evaluation code path and is not a valid benchmark number.")
+
+
+def to_latex(table: pd.DataFrame, note: str | None = None) -> str:
     """A booktabs table of r and rho with their intervals; the best value of each column in bold."""
     cols = [("pearson_r", "Pearson $r$"), ("spearman_rho", "Spearman $\\rho$"), ("kendall_tau", "Kendall $\\tau$")]
     best = {c: table[c].max() for c, _ in cols}
@@ -119,8 +128,15 @@ def to_latex(table: pd.DataFrame) -> str:
             cells.append(f"\\textbf{{{text}}}" if np.isfinite(v) and v == best[c] else text)
         metric = str(row.metric).replace("_", "\\_")
         lines.append(f"{row.base_model} & {metric} & " + " & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines.append("\\bottomrule")
+    if note:
+        lines.append(f"\\multicolumn{{{2 + len(cols)}}}{{l}}{{\\footnotesize {_latex_escape(note)}}} \\\\")
+    lines.append("\\end{tabular}")
     return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    return re.sub(r"([_&%$#{}])", r"\\\1", text)
 
 
 def slug(text: str) -> str:
@@ -133,7 +149,8 @@ def _save(fig: Figure, path: Path) -> None:
     tmp.replace(path)
 
 
-def scatter(runs: pd.DataFrame, metric: str, row: pd.Series, path: Path, target: str = "performance") -> None:
+def scatter(runs: pd.DataFrame, metric: str, row: pd.Series, path: Path, target: str = "performance",
+            smoke_test: bool = False) -> None:
     """One point per subset, one colour and marker per selection strategy, r and rho in the title."""
     fig = Figure(figsize=(5, 4), dpi=120)
     ax = fig.subplots()
@@ -141,7 +158,8 @@ def scatter(runs: pd.DataFrame, metric: str, row: pd.Series, path: Path, target:
     for i, (label, group) in enumerate(runs.groupby("subset", sort=True)):
         ax.scatter(group[metric], group[target], label=label, s=40, marker=markers[i % len(markers)])
     ax.set_xlabel(metric)
-    ax.set_ylabel("IT performance" if target == "performance" else target)
+    ylabel = "IT performance" if target == "performance" else target
+    ax.set_ylabel(f"{ylabel} (smoke-test judge: not valid)" if smoke_test else ylabel)
     ax.set_title(f"{metric}\nPearson r = {_fmt(row['pearson_r'])}, Spearman rho = {_fmt(row['spearman_rho'])}",
                  fontsize=9)
     ax.grid(alpha=0.3)
@@ -196,12 +214,13 @@ def write_report(runs: pd.DataFrame, metric_columns: list[str], out_dir: str | P
              "table_tex": out / "table.tex"}
     atomic_write(paths["runs"], runs.to_csv(index=False))
     atomic_write(paths["table_csv"], table.to_csv(index=False))
-    atomic_write(paths["table_md"], to_markdown(table))
-    atomic_write(paths["table_tex"], to_latex(table))
+    note = performance_note(runs)
+    atomic_write(paths["table_md"], (f"> **Note:** {note}\n\n" if note else "") + to_markdown(table))
+    atomic_write(paths["table_tex"], to_latex(table, note))
     scatter_rows = table[table["base_model"].isin(["all", "mean"])]
     for _, row in scatter_rows.iterrows():
         paths[f"scatter:{row['metric']}"] = out / f"scatter_{slug(row['metric'])}.png"
-        scatter(runs, row["metric"], row, paths[f"scatter:{row['metric']}"])
+        scatter(runs, row["metric"], row, paths[f"scatter:{row['metric']}"], smoke_test=note is not None)
     if novelsum_heatmap(scatter_rows, out / "novelsum_grid_heatmap.png"):
         paths["heatmap"] = out / "novelsum_grid_heatmap.png"
     return paths

@@ -7,19 +7,43 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from tests.judge_server import JudgeServer
 from hydra import compose, initialize_config_dir
 
 from experiments.run_study import CONFIG_DIR, PROJECT_ROOT, run
 
 
-def _tiny_overrides(tmp: Path, model: str) -> list[str]:
-    return [f"cache_dir={tmp}/cache", f"results_dir={tmp}/results", f"logger.dir={tmp}/wandb", "study=tiny",
+def _tiny_overrides(tmp: Path, model: str, judge_url: str | None = None) -> list[str]:
+    """A tiny study; judged (AlpacaEval + MT-Bench against the judge at ``judge_url``) or, without a judge, the
+    judge-free reference-NLL evaluation."""
+    base = [f"cache_dir={tmp}/cache", f"results_dir={tmp}/results", f"logger.dir={tmp}/wandb", "study=tiny",
             "pool.size=40", "pool.max_prompt_chars=300", f"embed.model={model}", "embed.max_length=64",
             "selection.size=4", f"finetune.base_model={model}", "finetune.max_length=96",
-            "finetune.args.disable_tqdm=true", "eval.n_examples=2", "eval.max_length=96",
-            "selection.subsets.4.params.neighbors=5", "report.n_boot=50"]
+            "finetune.args.disable_tqdm=true", "selection.subsets.4.params.neighbors=5", "report.n_boot=50"]
+    if judge_url is None:
+        return base + ["eval=reference_nll", "eval.n_examples=2", "eval.max_length=96"]
+    return base + ["eval=smoke_judge", "eval/judge=vllm_server", f"eval.judge.base_url={judge_url}",
+                   f"eval.judge.api_key_env={KEY_ENV}", "eval.judge.model=test-judge", "eval.judge.max_retries=2",
+                   "eval.judge.backoff_s=0", "eval.alpaca_eval.n_examples=3", "eval.alpaca_eval.max_new_tokens=6",
+                   "eval.mt_bench.n_questions=2", "eval.mt_bench.max_new_tokens=6", "eval.mt_bench.judge_prefill=",
+                   "eval.mt_bench.judge_max_tokens=16", "eval.reference_nll.n_examples=2",
+                   "eval.reference_nll.max_length=96", "eval.generation.batch_size=4",
+                   "eval.generation.temperature=1.0"]  # an untrained model's greedy answer is blank
+
+
+KEY_ENV, SECRET = "DIVBENCH_TEST_JUDGE_KEY", "sk-divbench-never-log-me-1234"
+
+
+def _varied_judge(body: dict) -> str:
+    """A judge whose verdict depends on what it is shown, so benchmark scores differ across models."""
+    return f"The answer is fine. Rating: [[{1 + len(body['messages'][-1]['content']) % 10}]]"
+
+
+def _varied_logprobs(body: dict) -> list[tuple[str, float]]:
+    return [("m", -(len(body["messages"][-1]["content"]) % 7) / 3), ("M", -1.0)]
 
 
 def _compose(overrides: list[str]):
@@ -31,22 +55,37 @@ def _artifacts(cache: Path) -> dict[str, float]:
     return {str(p.relative_to(cache)): p.stat().st_mtime for p in cache.glob("*/*/_complete.json")}
 
 
-def test_tiny_study_end_to_end_and_resume(tmp_path, tiny_model):
-    overrides = _tiny_overrides(tmp_path, tiny_model)
+def test_tiny_study_end_to_end_and_resume(tmp_path, tiny_model, monkeypatch, caplog):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with JudgeServer(_varied_judge, logprobs=_varied_logprobs) as server:
+        _judged_study(tmp_path, tiny_model, server, caplog)
+    assert server.headers and all(h.get("authorization") == f"Bearer {SECRET}" for h in server.headers)
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not leaked and SECRET not in caplog.text  # the key reached the endpoint and nothing else
+
+
+def _judged_study(tmp_path: Path, tiny_model: str, server: JudgeServer, caplog) -> None:
+    caplog.set_level("DEBUG")
+    overrides = _tiny_overrides(tmp_path, tiny_model, server.base_url)
     result = run(_compose(overrides))
     res = tmp_path / "results"
     runs = pd.read_csv(res / "runs.csv")
     assert len(runs) == 6 and set(runs["selector"]) == {"random", "duplicate", "kcenter", "novelselect"}
     assert list(runs.loc[runs["subset"] == "duplicate_25", "unique_rows"]) == [1]
     assert runs["performance"].notna().all() and runs["novelsum"].notna().all()
+    assert runs["alpaca_eval_win_rate"].between(0, 100).all() and runs["mt_bench_score"].between(1, 10).all()
+    assert (runs["alpaca_eval_n"] + runs["alpaca_eval_n_failed"] == 3).all() and (runs["mt_bench_n"] == 4).all()
+    assert runs["neg_reference_nll"].notna().all() and not runs["judge_smoke_test"].any()
+    z = [(runs[c] - runs[c].mean()) / runs[c].std(ddof=0) for c in ("alpaca_eval_win_rate", "mt_bench_score")]
+    np.testing.assert_allclose(runs["performance"], (z[0] + z[1]) / 2)
     table = pd.read_csv(res / "table.csv")
     configured = {m["name"] for m in _compose(overrides).metrics.compute}
     assert set(table["metric"]) == configured and {"novelsum", "distsum_cosine", "vendi"} <= configured
     assert table[["pearson_r", "spearman_rho"]].abs().max().max() <= 1.0
     assert (res / "table.md").read_text().startswith("| base_model | metric |")
     assert (res / "scatter_novelsum.png").exists() and (res / "scatter_distsum_cosine.png").exists()
-    assert set(result["timings"]) == {"pool", "embed", "subset", "metrics", "finetune", "eval", "report"}
-    assert len(list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))) == 6 * 4 + 1  # (subset, stage) + study
+    assert set(result["timings"]) == {"pool", "embed", "subset", "metrics", "finetune", "generate", "eval", "report"}
+    assert len(list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))) == 6 * 5 + 1  # (subset, stage) + study
 
     before = _artifacts(tmp_path / "cache")
     assert len([k for k in before if k.startswith("finetune/")]) == 6
@@ -54,10 +93,12 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, tiny_model):
     assert _artifacts(tmp_path / "cache") == before  # nothing recomputed
     pd.testing.assert_frame_equal(rerun["runs"], runs)
 
-    run(_compose(overrides + ["eval.n_examples=3"]))  # a config tweak redoes only the stage it touches
+    asked = len(server.requests)
+    run(_compose(overrides + ["eval.judge.model=another-judge"]))  # re-pointing the judge redoes only judging
     after = _artifacts(tmp_path / "cache")
     new = {k.split("/")[0] for k in set(after) - set(before)}
     assert new == {"eval"} and all(after[k] == v for k, v in before.items())
+    assert len(server.requests) - asked == asked  # the new judge re-annotates everything, reusing nothing
 
 
 def _cli(*args: str, tmp: Path) -> subprocess.CompletedProcess:

@@ -1,0 +1,104 @@
+"""The judged evaluation of one fine-tuned model: AlpacaEval and MT-Bench, in two cached steps.
+
+``generate_benchmarks`` writes the model's answers (alpaca_eval's ``model_outputs.json`` format and FastChat's
+``model_answer`` JSONL), and optionally the judge-free reference-answer NLL; it does not depend on the judge. ``judge_benchmarks`` annotates them with the configured
+judge and returns flat columns for runs.csv (``alpaca_eval_*``, ``mt_bench_*``, ``judge``). Re-pointing the judge
+re-runs only the second step. Combining benchmarks into one performance number happens across the study's
+models, in :mod:`eval.combined`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from eval import alpaca_eval as ae
+from eval import mt_bench as mt
+from eval.generation import make_generator
+from eval.judges import JudgeConfig, make_judge
+from eval.reference_nll import load_reference, reference_nll
+from experiments.cache import atomic_write
+from metrics.validation import InputError
+
+log = logging.getLogger(__name__)
+
+AE_OUTPUTS, MT_ANSWERS, NLL = "alpaca_eval_outputs.json", "mt_bench_answers.jsonl", "reference_nll.json"
+
+
+def alpaca_eval_reference(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The (sampled) reference rows, each carrying its index among the 805 for the length-controlled GLM."""
+    full = load_reference(cfg["reference_path"], None, 0)
+    sample = load_reference(cfg["reference_path"], cfg.get("n_examples"), int(cfg.get("seed", 0)))
+    index = {r["instruction"]: i for i, r in enumerate(full)}
+    return [r | {"index": index[r["instruction"]]} for r in sample]
+
+
+def check_eval_config(cfg: dict[str, Any]) -> None:
+    """Fail before any training when the judged evaluation is misconfigured (judge, benchmarks, prefill)."""
+    if not (cfg.get("alpaca_eval") or {}).get("enabled") and not (cfg.get("mt_bench") or {}).get("enabled"):
+        raise InputError("eval: neither alpaca_eval.enabled nor mt_bench.enabled is true; enable one")
+    judge = JudgeConfig.from_dict(dict(cfg["judge"]))
+    if judge.kind != "local" and (cfg.get("mt_bench") or {}).get("judge_prefill"):
+        raise InputError("eval.mt_bench.judge_prefill is set but the judge is an endpoint; a prefill is only "
+                         "possible with a local judge (kind=local); set it to ''")
+
+
+def generate_benchmarks(model_path: str, adapter: str | None, cfg: dict[str, Any], out_dir: Path,
+                        generator_name: str) -> None:
+    """Answers to the enabled benchmarks' prompts, written into ``out_dir``."""
+    generator = make_generator(dict(cfg["generation"]), model_path, adapter)
+    if (ae_cfg := cfg.get("alpaca_eval") or {}).get("enabled"):
+        outputs = ae.generate_outputs(generator, alpaca_eval_reference(ae_cfg), generator_name,
+                                      int(ae_cfg["max_new_tokens"]))
+        atomic_write(out_dir / AE_OUTPUTS, json.dumps(outputs, indent=1))
+    if (mt_cfg := cfg.get("mt_bench") or {}).get("enabled"):
+        questions, _, _ = mt.load_mt_bench(mt_cfg["data_dir"], mt_cfg.get("n_questions"), int(mt_cfg.get("seed", 0)))
+        answers = mt.generate_answers(generator, questions, int(mt_cfg["max_new_tokens"]),
+                                      dict(mt_cfg.get("temperatures") or {}), model_id=generator_name)
+        atomic_write(out_dir / MT_ANSWERS, "".join(json.dumps(a) + "\n" for a in answers))
+    if (nll_cfg := cfg.get("reference_nll") or {}).get("enabled"):
+        examples = load_reference(cfg["alpaca_eval"]["reference_path"], nll_cfg.get("n_examples"),
+                                  int(cfg["alpaca_eval"].get("seed", 0)))
+        result = reference_nll(model_path, examples, adapter=adapter, max_length=int(nll_cfg["max_length"]),
+                               device=cfg["generation"].get("device", "cpu"))
+        atomic_write(out_dir / NLL, json.dumps(result, indent=2))
+
+
+def judge_benchmarks(gen_dir: Path, cfg: dict[str, Any], cache_dir: str, out_dir: Path) -> dict[str, Any]:
+    """Judge the answers in ``gen_dir``; write annotations, judgments and a summary into ``out_dir``."""
+    judge = make_judge(dict(cfg["judge"]), cache_dir)
+    row: dict[str, Any] = {"judge": judge.config.label, "judge_smoke_test": judge.config.smoke_test}
+    if (ae_cfg := cfg.get("alpaca_eval") or {}).get("enabled"):
+        reference = alpaca_eval_reference(ae_cfg)
+        outputs = ae.read_model_outputs(gen_dir / AE_OUTPUTS, reference)
+        annotations = ae.annotate(outputs, reference, judge, ae_cfg["annotator"], cache_dir,
+                                  seed=int(ae_cfg.get("annotator_seed", 0)))
+        atomic_write(out_dir / "alpaca_eval_annotations.json", json.dumps(annotations, indent=1, default=str))
+        summary = ae.alpaca_eval_summary(annotations)
+        row |= {"alpaca_eval_win_rate": summary["win_rate"], "alpaca_eval_standard_error": summary["standard_error"],
+                "alpaca_eval_discrete_win_rate": summary["discrete_win_rate"],
+                "alpaca_eval_lc_win_rate": summary["length_controlled_winrate"],
+                "alpaca_eval_n": summary["n_total"], "alpaca_eval_n_failed": summary["n_failed_annotations"],
+                "alpaca_eval_lc_note": summary["length_controlled_note"]}
+    if (mt_cfg := cfg.get("mt_bench") or {}).get("enabled"):
+        questions, prompts, refs = mt.load_mt_bench(mt_cfg["data_dir"], mt_cfg.get("n_questions"),
+                                                    int(mt_cfg.get("seed", 0)))
+        answers = [json.loads(line) for line in (gen_dir / MT_ANSWERS).read_text().splitlines()]
+        judgments = mt.judge_answers(judge, questions, answers, prompts, refs,
+                                     ae.judge_dir(cache_dir, judge) / "mt_bench" / "judgments.jsonl",
+                                     max_tokens=int(mt_cfg.get("judge_max_tokens", 2048)),
+                                     prefill=mt_cfg.get("judge_prefill") or "")
+        atomic_write(out_dir / "mt_bench_judgments.jsonl", "".join(json.dumps(j) + "\n" for j in judgments))
+        summary = mt.mt_bench_summary(judgments)
+        row |= {"mt_bench_score": summary["score"], "mt_bench_turn_1": summary["turn_1"],
+                "mt_bench_turn_2": summary["turn_2"], "mt_bench_n": summary["n_judgments"],
+                "mt_bench_n_failed": summary["n_failed"]}
+        row |= {f"mt_bench_{cat}": v for cat, v in summary["by_category"].items()}
+    if (gen_dir / NLL).exists():
+        row["neg_reference_nll"] = json.loads((gen_dir / NLL).read_text())["performance"]
+    if judge.config.smoke_test:
+        log.warning("judge %s is a smoke-test judge: its scores exercise the code path and are not valid "
+                    "benchmark numbers", judge.config.model)
+    return row

@@ -1,0 +1,190 @@
+"""MT-Bench (Zheng et al. 2023, "Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena"), single-answer grading.
+
+Data conventions are FastChat's ``fastchat/llm_judge`` (question.jsonl, judge_prompts.jsonl,
+reference_answer/gpt-4.jsonl). FastChat's own judge client pins ``openai<1`` and cannot share an environment with
+alpaca_eval, so this module is a thin re-implementation of its single-grading step over :mod:`eval.judges`:
+
+- turn 1 is graded with ``single-v1``; turn 2 with ``single-v1-multi-turn`` (both turns shown);
+- math, reasoning and coding use the reference-guided ``single-math-v1`` forms with GPT-4's reference answers;
+- the judge replies at temperature 0; the rating is the number in ``[[x]]`` (else in ``[x]``), as FastChat parses
+  it. An unparseable reply is a failure: recorded, excluded from the means, and counted in the summary.
+
+score = mean rating over (question, turn) pairs; also per turn and per category.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eval.generation import MT_BENCH_TEMPERATURES, Generator
+from eval.judges import Judge
+from experiments.cache import atomic_write, stable_hash
+from metrics.validation import InputError
+
+log = logging.getLogger(__name__)
+
+NEED_REFERENCE = {"math", "reasoning", "coding", "arena-hard-200"}
+RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+
+
+def _read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise InputError(f"MT-Bench {what} file {path} not found (the data lives in ../shared/data/mt_bench/)")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+    return rows
+
+
+def load_mt_bench(data_dir: str | Path, n_questions: int | None = None,
+                  seed: int = 0) -> tuple[list[dict], dict[str, dict], dict[int, list[str]]]:
+    """Questions (optionally a seeded sample, balanced over categories), judge prompts by name, and the
+    reference answers by question id."""
+    data_dir = Path(data_dir)
+    questions = _read_jsonl(data_dir / "question.jsonl", "question")
+    for q in questions:
+        if not {"question_id", "category", "turns"} <= set(q) or len(q["turns"]) != 2:
+            raise InputError(f"{data_dir / 'question.jsonl'}: question {q.get('question_id')} needs question_id, "
+                             "category and two turns")
+    prompts = {p["name"]: p for p in _read_jsonl(data_dir / "judge_prompts.jsonl", "judge prompt")}
+    missing = {"single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn"} - set(prompts)
+    if missing:
+        raise InputError(f"{data_dir / 'judge_prompts.jsonl'} lacks judge prompt(s) {sorted(missing)}")
+    refs = {r["question_id"]: r["choices"][0]["turns"]
+            for r in _read_jsonl(data_dir / "reference_answer" / "gpt-4.jsonl", "reference answer")}
+    if n_questions is not None and n_questions < len(questions):
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(questions))
+        # round-robin over categories so a small sample still covers them
+        by_cat: dict[str, list[int]] = {}
+        for i in order:
+            by_cat.setdefault(questions[i]["category"], []).append(int(i))
+        picked: list[int] = []
+        while len(picked) < n_questions:
+            for cat in sorted(by_cat):
+                if by_cat[cat] and len(picked) < n_questions:
+                    picked.append(by_cat[cat].pop(0))
+        questions = [questions[i] for i in sorted(picked)]
+    lacking = [q["question_id"] for q in questions if q["category"] in NEED_REFERENCE and q["question_id"] not in refs]
+    if lacking:
+        raise InputError(f"no GPT-4 reference answer for reference-graded question(s) {lacking}")
+    return questions, prompts, refs
+
+
+def generate_answers(generator: Generator, questions: list[dict], max_new_tokens: int,
+                     temperatures: dict[str, float] | None = None, model_id: str = "model") -> list[dict]:
+    """Two-turn answers in FastChat's model_answer format; turn 2 sees the model's own turn-1 answer."""
+    temps = MT_BENCH_TEMPERATURES | (temperatures or {})
+    t = [float(temps.get(q["category"], 0.0)) for q in questions]
+    first = generator.generate([[{"role": "user", "content": q["turns"][0]}] for q in questions], t, max_new_tokens)
+    second = generator.generate([[{"role": "user", "content": q["turns"][0]}, {"role": "assistant", "content": a},
+                                  {"role": "user", "content": q["turns"][1]}] for q, a in zip(questions, first)],
+                                t, max_new_tokens)
+    return [{"question_id": q["question_id"], "model_id": model_id, "category": q["category"],
+             "choices": [{"index": 0, "turns": [a1, a2]}]} for q, a1, a2 in zip(questions, first, second)]
+
+
+def judge_prompt(question: dict, answer: dict, prompts: dict[str, dict], refs: dict[int, list[str]],
+                 turn: int) -> tuple[str, list[dict[str, str]]]:
+    """The judge prompt's name and chat messages for one (question, turn), following FastChat's templates."""
+    with_ref = question["category"] in NEED_REFERENCE
+    name = ("single-math-v1" if with_ref else "single-v1") + ("-multi-turn" if turn == 2 else "")
+    a = answer["choices"][0]["turns"]
+    fields = {"question": question["turns"][0], "answer": a[0], "question_1": question["turns"][0],
+              "question_2": question["turns"][1], "answer_1": a[0], "answer_2": a[1]}
+    if with_ref:
+        ref = refs[question["question_id"]]
+        fields |= {"ref_answer_1": ref[0], "ref_answer_2": ref[1] if len(ref) > 1 else ""}
+    spec = prompts[name]
+    return name, [{"role": "system", "content": spec["system_prompt"]},
+                  {"role": "user", "content": spec["prompt_template"].format(**fields)}]
+
+
+def parse_rating(text: str) -> float | None:
+    """The rating in ``[[x]]`` (else ``[x]``); None when there is none or it is outside FastChat's 1-10 scale."""
+    match = RATING.search(text) or RATING_BACKUP.search(text)
+    if not match:
+        return None
+    rating = float(match.group(1))
+    return rating if 1.0 <= rating <= 10.0 else None
+
+
+def judge_answers(judge: Judge, questions: list[dict], answers: list[dict], prompts: dict[str, dict],
+                  refs: dict[int, list[str]], cache_path: Path, max_tokens: int = 2048,
+                  prefill: str = "") -> list[dict]:
+    """One judgment per (question, turn). Judgments are cached in ``cache_path`` (JSONL, one per judge) by the
+    prompt sent, so a re-run only asks what it has not asked this judge before. ``prefill`` starts each reply
+    (local judges only; a smoke-test crutch for tiny models)."""
+    from tqdm.auto import tqdm
+
+    cache = _load_cache(cache_path)
+    by_id = {a["question_id"]: a for a in answers}
+    out = []
+    for q in tqdm(questions, desc="MT-Bench judging"):
+        for turn in (1, 2):
+            name, messages = judge_prompt(q, by_id[q["question_id"]], prompts, refs, turn)
+            key = stable_hash({"messages": messages, "max_tokens": max_tokens, "prefill": prefill})
+            if key not in cache:
+                reply = judge.chat(messages, max_tokens=max_tokens, temperature=0.0, prefill=prefill)["text"]
+                cache[key] = {"key": key, "judgment": reply, "score": parse_rating(reply)}
+                _append(cache_path, cache[key])
+            r = cache[key]
+            out.append({"question_id": q["question_id"], "category": q["category"], "turn": turn,
+                        "judge_prompt": name, "judgment": r["judgment"], "score": r["score"]})
+    return out
+
+
+def _load_cache(path: Path) -> dict[str, dict]:
+    """The judge's cached judgments. The file is append-only; a line cut off by a kill can only be the last
+    one, and is dropped (its item is simply asked again); damage anywhere else is an error."""
+    if not path.exists():
+        return {}
+    lines = path.read_text().split("\n")
+    cache = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                log.warning("%s: dropping a judgment cut off mid-write; it will be asked again", path)
+                atomic_write(path, "\n".join(lines[:-1]) + "\n")
+                continue
+            raise InputError(f"{path}:{n}: corrupted judgment cache line; delete the file to re-judge") from None
+        cache[row["key"]] = row
+    return cache
+
+
+def _append(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def mt_bench_summary(judgments: list[dict]) -> dict[str, Any]:
+    """Mean rating overall, per turn and per category over parseable judgments; failures counted."""
+    valid = [j for j in judgments if j["score"] is not None]
+    if not valid:
+        raise InputError(f"all {len(judgments)} MT-Bench judgments were unparseable (no [[rating]]); the judge "
+                         "does not follow the format, so there is no score")
+
+    def mean(rows: list[dict]) -> float | None:
+        return float(np.mean([r["score"] for r in rows])) if rows else None
+
+    return {"score": mean(valid), "turn_1": mean([j for j in valid if j["turn"] == 1]),
+            "turn_2": mean([j for j in valid if j["turn"] == 2]),
+            "by_category": {c: mean([j for j in valid if j["category"] == c])
+                            for c in sorted({j["category"] for j in judgments})},
+            "n_judgments": len(judgments), "n_failed": len(judgments) - len(valid)}
