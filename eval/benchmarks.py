@@ -1,10 +1,10 @@
 """The judged evaluation of one fine-tuned model: AlpacaEval and MT-Bench, in two cached steps.
 
 ``generate_benchmarks`` writes the model's answers (alpaca_eval's ``model_outputs.json`` format and FastChat's
-``model_answer`` JSONL), and optionally the judge-free reference-answer NLL; it does not depend on the judge. ``judge_benchmarks`` annotates them with the configured
-judge and returns flat columns for runs.csv (``alpaca_eval_*``, ``mt_bench_*``, ``judge``). Re-pointing the judge
-re-runs only the second step. Combining benchmarks into one performance number happens across the study's
-models, in :mod:`eval.combined`.
+``model_answer`` JSONL), and optionally the judge-free reference-answer NLL; it does not depend on the
+judge. ``judge_benchmarks`` annotates them with the configured judge and returns flat columns for runs.csv
+(``alpaca_eval_*``, ``mt_bench_*``, ``judge``). Re-pointing the judge re-runs only the second step.
+Combining benchmarks into one performance number happens across the study's models, in :mod:`eval.combined`.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class TransformersGenerator:
             for start in tqdm(range(0, len(idx), self.batch_size), desc=f"generate (T={temperature})"):
                 chunk = idx[start:start + self.batch_size]
                 for i, text in zip(chunk, self._batch([conversations[i] for i in chunk], temperature,
-                                                      max_new_tokens)):
+                                                      max_new_tokens), strict=True):
                     answers[i] = text
         return answers
 
@@ -101,7 +101,7 @@ class VLLMGenerator:
         for temperature, idx in _by_temperature(temperatures).items():
             params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=self.seed)
             outs = self.llm.chat([conversations[i] for i in idx], params, lora_request=lora, use_tqdm=True)
-            for i, out in zip(idx, outs):
+            for i, out in zip(idx, outs, strict=True):
                 answers[i] = out.outputs[0].text.strip()
         return answers
 

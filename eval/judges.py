@@ -175,7 +175,7 @@ class LocalJudge:
         if top_logprobs:
             logp = torch.log_softmax(out.scores[0][0].float(), dim=-1)
             values, index = logp.topk(top_logprobs)
-            top = [{"token": self.tok.decode([int(i)]), "logprob": float(v)} for v, i in zip(values, index)
+            top = [{"token": self.tok.decode([int(i)]), "logprob": float(v)} for v, i in zip(values, index, strict=True)
                    if math.isfinite(float(v))]
             choice["logprobs"] = {"content": [{"token": top[0]["token"], "logprob": top[0]["logprob"],
                                                "top_logprobs": top}]}

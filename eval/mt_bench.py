@@ -88,11 +88,11 @@ def generate_answers(generator: Generator, questions: list[dict], max_new_tokens
     temps = MT_BENCH_TEMPERATURES | (temperatures or {})
     t = [float(temps.get(q["category"], 0.0)) for q in questions]
     first = generator.generate([[{"role": "user", "content": q["turns"][0]}] for q in questions], t, max_new_tokens)
-    second = generator.generate([[{"role": "user", "content": q["turns"][0]}, {"role": "assistant", "content": a},
-                                  {"role": "user", "content": q["turns"][1]}] for q, a in zip(questions, first)],
-                                t, max_new_tokens)
+    follow_ups = [[{"role": "user", "content": q["turns"][0]}, {"role": "assistant", "content": a},
+                   {"role": "user", "content": q["turns"][1]}] for q, a in zip(questions, first, strict=True)]
+    second = generator.generate(follow_ups, t, max_new_tokens)
     return [{"question_id": q["question_id"], "model_id": model_id, "category": q["category"],
-             "choices": [{"index": 0, "turns": [a1, a2]}]} for q, a1, a2 in zip(questions, first, second)]
+             "choices": [{"index": 0, "turns": [a1, a2]}]} for q, a1, a2 in zip(questions, first, second, strict=True)]
 
 
 def judge_prompt(question: dict, answer: dict, prompts: dict[str, dict], refs: dict[int, list[str]],

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.judge_server import JudgeServer
 from hydra import compose, initialize_config_dir
 
 from experiments.run_study import CONFIG_DIR, PROJECT_ROOT, run
+from tests.judge_server import JudgeServer
 
 
 def _tiny_overrides(tmp: Path, model: str, judge_url: str | None = None) -> list[str]:
