@@ -58,7 +58,7 @@ class TransformersGenerator:
             {"do_sample": False}
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=self.tok.pad_token_id,
-                                      **sampling)
+                                      eos_token_id=self.tok.eos_token_id, **sampling)
         return [self.tok.decode(row[enc.input_ids.shape[1]:], skip_special_tokens=True).strip() for row in out]
 
     def generate(self, conversations: list[Messages], temperatures: list[float],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ from experiments.pools import (
 )
 from experiments.report import RUNS_SCHEMA, metric_columns, write_report
 from experiments.tracking import wandb_run
-from finetune.models import resolve_model
+from finetune.models import finetuned, resolve_model
 from metrics.registry import check_config
 from metrics.validation import InputError
 from selection.registry import check_params
@@ -73,6 +74,7 @@ def subset_plan(sel_cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 STAGES = ("pool", "embed", "subset", "metrics", "finetune", "generate", "eval")
+RUN_ONLY = ("resume", "keep_checkpoints")  # how a fine-tuning runs, not what it produces
 GENERATION_ONLY = ("judge", "performance", "annotator", "annotator_seed", "judge_max_tokens", "judge_prefill")
 
 
@@ -97,7 +99,7 @@ def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dic
     specs = {"pool": pool, "embed": embed}
     if entry is not None:
         subset = {"embed": embed, "subset": {k: entry[k] for k in ("selector", "params", "seed", "size")}}
-        finetune = {"subset": subset, "finetune": cfg["finetune"]}
+        finetune = {"subset": subset, "finetune": {k: v for k, v in cfg["finetune"].items() if k not in RUN_ONLY}}
         specs |= {"subset": subset, "metrics": {"subset": subset, "metrics": list(cfg["metrics"]["compute"])},
                   "finetune": finetune}
         if judged(cfg):
@@ -178,8 +180,35 @@ class SubsetRunner:
                            ) as run, self.store.build(name, spec) as tmp:
                 yield tmp, run
 
-    def run(self, entry: dict[str, Any]) -> dict[str, Any]:
-        specs = stage_specs(self.cfg, entry)
+    def checkpoint_dir(self, specs: dict, force: bool = False) -> Path | None:
+        """Where the trainer checkpoints a subset's fine-tuning so a killed run resumes (finetune.resume)."""
+        if not (force or self.cfg["finetune"].get("resume")):
+            return None
+        return Path(self.cfg["cache_dir"]) / "checkpoints" / self.store.path("finetune", specs["finetune"]).name
+
+    def finetune(self, entry: dict[str, Any], specs: dict, sub: list[dict]) -> None:
+        with self.stage("finetune", entry, specs["finetune"]) as (tmp, run):
+            if tmp:
+                from finetune.sft import train_sft  # heavy import (TRL), only when training is due
+
+                ft_cfg = self.cfg["finetune"]
+                if run is not None:  # TRL streams its loss curves into this stage's W&B run
+                    ft_cfg = ft_cfg | {"args": ft_cfg["args"] | {"report_to": ["wandb"]}}
+                ckpt = self.checkpoint_dir(specs)
+                train = train_sft(sub, self.base_model, tmp / "model", ft_cfg, checkpoint_dir=ckpt)
+                (tmp / "train.json").write_text(json.dumps(train, indent=2))
+        ckpt = self.checkpoint_dir(specs)
+        if ckpt is not None and ckpt.exists() and not self.cfg["finetune"].get("keep_checkpoints"):
+            shutil.rmtree(ckpt)  # the finished model is in the store; the resume points are spent
+
+    def evaluated_model(self, specs: dict) -> tuple[str, str | None]:
+        """(model, adapter) to evaluate: the fine-tuned one, or the base model when eval.adapter is false."""
+        if not self.cfg["eval"].get("adapter", True):
+            return self.base_model, None
+        return finetuned(self.store.path("finetune", specs["finetune"]) / "model", self.base_model)
+
+    def subset_rows(self, entry: dict[str, Any], specs: dict) -> tuple[list[int], list[dict]]:
+        """Select (or load) the subset: its pool row indices and conversations."""
         with self.stage("subset", entry, specs["subset"]) as (tmp, _):
             if tmp:
                 result = selection.select(entry["selector"], self.pool_inputs(), entry["size"], entry["seed"],
@@ -187,7 +216,11 @@ class SubsetRunner:
                 (tmp / "indices.json").write_text(json.dumps(result.indices))
                 (tmp / "provenance.json").write_text(json.dumps(result.provenance, indent=2))
         indices = json.loads((self.store.path("subset", specs["subset"]) / "indices.json").read_text())
-        sub = [self.convs[i] for i in indices]
+        return indices, [self.convs[i] for i in indices]
+
+    def run(self, entry: dict[str, Any]) -> dict[str, Any]:
+        specs = stage_specs(self.cfg, entry)
+        indices, sub = self.subset_rows(entry, specs)
         with self.stage("metrics", entry, specs["metrics"]) as (tmp, run):
             if tmp:
                 inputs = metrics.MetricInputs(embeddings=self.emb[indices], reference=self.emb,
@@ -198,30 +231,21 @@ class SubsetRunner:
                 if run is not None:
                     run.log(row)
         row = json.loads((self.store.path("metrics", specs["metrics"]) / "metrics.json").read_text())
-        with self.stage("finetune", entry, specs["finetune"]) as (tmp, run):
-            if tmp:
-                from finetune.sft import train_sft  # heavy import (TRL), only when training is due
-
-                ft_cfg = self.cfg["finetune"]
-                if run is not None:  # TRL streams its loss curves into this stage's W&B run
-                    ft_cfg = ft_cfg | {"args": ft_cfg["args"] | {"report_to": ["wandb"]}}
-                train = train_sft(sub, self.base_model, tmp / "model", ft_cfg)
-                (tmp / "train.json").write_text(json.dumps(train, indent=2))
-        adapter = self.store.path("finetune", specs["finetune"]) / "model"
+        self.finetune(entry, specs, sub)
+        model_path, adapter = self.evaluated_model(specs)
         ev = self.cfg["eval"]
         if judged(self.cfg):
             with self.stage("generate", entry, specs["generate"]) as (tmp, _):
                 if tmp:
-                    generate_benchmarks(self.base_model, str(adapter) if ev.get("adapter", True) else None, ev,
-                                        tmp, generator_name=f"{self.cfg['study']}-{entry['label']}-s{entry['seed']}")
+                    generate_benchmarks(model_path, adapter, ev, tmp,
+                                        generator_name=f"{self.cfg['study']}-{entry['label']}-s{entry['seed']}")
         with self.stage("eval", entry, specs["eval"]) as (tmp, run):
             if tmp:
                 if judged(self.cfg):
                     result = judge_benchmarks(self.store.path("generate", specs["generate"]), ev,
                                               self.cfg["cache_dir"], tmp)
                 else:
-                    result = evaluate(ev["name"], self.base_model, str(adapter) if ev.get("adapter", True) else None,
-                                      ev)
+                    result = evaluate(ev["name"], model_path, adapter, ev)
                 (tmp / "eval.json").write_text(json.dumps(result, indent=2))
                 if run is not None:
                     run.log(row | {k: v for k, v in result.items() if isinstance(v, (int, float))})

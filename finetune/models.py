@@ -73,6 +73,15 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     return tok
 
 
+def finetuned(output_dir: str | Path, base_model: str) -> tuple[str, str | None]:
+    """(model path, adapter path) of a fine-tuning output: a LoRA adapter over the base, or a full model."""
+    if (Path(output_dir) / "adapter_config.json").exists():
+        return base_model, str(output_dir)
+    if (Path(output_dir) / "config.json").exists():
+        return str(output_dir), None
+    raise InputError(f"{output_dir} holds neither a PEFT adapter nor a model: the fine-tuning output is incomplete")
+
+
 def load_causal_lm(path: str, *, dtype: str = "float32", device: str = "cpu",
                    adapter: str | None = None) -> PreTrainedModel:
     """A causal LM in eval mode, with a PEFT adapter merged in when ``adapter`` is given."""

@@ -60,26 +60,46 @@ def build_dataset(tok: PreTrainedTokenizerBase, conversations: list[dict[str, An
     return Dataset.from_list(kept)
 
 
+def last_checkpoint(checkpoint_dir: str | Path | None) -> str | None:
+    """The newest ``checkpoint-<step>`` the trainer left in ``checkpoint_dir``, if any."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+        return None
+    return get_last_checkpoint(str(checkpoint_dir))
+
+
 def train_sft(conversations: list[dict[str, Any]], model_path: str, output_dir: str | Path,
-              cfg: dict[str, Any]) -> dict[str, float]:
+              cfg: dict[str, Any], checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
     """Fine-tune ``model_path`` on ``conversations``; saves the adapter (or full model) to ``output_dir``.
 
-    ``cfg`` holds ``max_length``, ``lora`` (a PEFT LoraConfig dict, or null for full fine-tuning) and
-    ``args`` (any ``SFTConfig`` field: epochs, learning rate, batch size, seed, ...).
+    ``cfg`` holds ``max_length``, ``lora`` (a PEFT LoraConfig dict, or null for full fine-tuning),
+    ``chat_template`` (optional, see :mod:`finetune.templates`) and ``args`` (any ``SFTConfig`` field: epochs,
+    learning rate, batch size, bf16, gradient checkpointing, save_steps, ...). With ``checkpoint_dir`` the
+    trainer checkpoints there and resumes from the newest checkpoint it finds (a run killed mid-training).
     """
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
+    from finetune.templates import set_chat_template
+
     torch.manual_seed(int(cfg["args"].get("seed", 42)))
     tok = load_tokenizer(model_path)
+    set_chat_template(tok, cfg.get("chat_template"))
     dataset = build_dataset(tok, conversations, int(cfg["max_length"]))
-    args = SFTConfig(output_dir=str(output_dir), max_length=int(cfg["max_length"]),
-                     **({"report_to": [], "save_strategy": "no"} | dict(cfg["args"])))
+    defaults = {"report_to": [], "save_strategy": "no" if checkpoint_dir is None else "steps"}
+    args = SFTConfig(output_dir=str(checkpoint_dir or output_dir), max_length=int(cfg["max_length"]),
+                     **(defaults | dict(cfg["args"])))
     peft_config = LoraConfig(**cfg["lora"]) if cfg.get("lora") else None
     trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tok,
                          peft_config=peft_config)
-    result = trainer.train()
+    resume = last_checkpoint(checkpoint_dir)
+    if resume:
+        log.info("resuming fine-tuning from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(output_dir))
-    tok.save_pretrained(str(output_dir))
+    if trainer.is_world_process_zero():
+        tok.save_pretrained(str(output_dir))
     return {"train_loss": float(result.training_loss), "train_samples": len(dataset),
-            "train_runtime_s": float(result.metrics.get("train_runtime", 0.0))}
+            "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)), "global_step": result.global_step,
+            "resumed_from": Path(resume).name if resume else None}

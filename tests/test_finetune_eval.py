@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from eval.reference_nll import load_reference, reference_nll
 from finetune.models import load_tokenizer
@@ -66,3 +67,42 @@ def test_reference_sample_is_seeded(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps([{"prompt": "x"}]))
     with pytest.raises(InputError, match="instruction"):
         load_reference(tmp_path / "bad.json", 5, 0)
+
+
+def test_named_chat_templates_render_prefix_by_prefix(tiny_model):
+    from finetune.templates import set_chat_template
+
+    tok = load_tokenizer(tiny_model)
+    # LLaMA-3's tokenizer has its header and end-of-turn markers as single special tokens
+    tok.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    for name, eot in (("llama3", "<|eot_id|>"), ("chatml", "<|im_end|>")):
+        set_chat_template(tok, name)
+        enc = tokenize_with_assistant_mask(tok, CONVS[0]["messages"], 512)
+        masked = tok.decode([t for t, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m])
+        assert masked.replace("\n", "") == f"Answer number 0.{eot}Then we stop.{eot}"
+        assert tok.eos_token == eot  # generation stops at the template's end of turn
+    tok.chat_template = None
+    with pytest.raises(InputError, match="finetune.chat_template"):
+        set_chat_template(tok, None)
+
+
+def test_killed_fine_tuning_resumes_from_its_last_checkpoint(tiny_model, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    cfg = {"max_length": 64, "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
+                                      "task_type": "CAUSAL_LM"},
+           "args": {"max_steps": 4, "learning_rate": 0.05, "per_device_train_batch_size": 1, "seed": 0,
+                    "use_cpu": True, "disable_tqdm": True, "save_steps": 1}}
+    whole = train_sft(CONVS, tiny_model, tmp_path / "a", cfg, checkpoint_dir=tmp_path / "ckpt_a")
+    assert whole["resumed_from"] is None and whole["global_step"] == 4
+    # a kill after step 2: the later checkpoints and the final model were never written
+    shutil.copytree(tmp_path / "ckpt_a", tmp_path / "ckpt_b")
+    for step in (3, 4):
+        shutil.rmtree(tmp_path / "ckpt_b" / f"checkpoint-{step}")
+    resumed = train_sft(CONVS, tiny_model, tmp_path / "b", cfg, checkpoint_dir=tmp_path / "ckpt_b")
+    assert resumed["resumed_from"] == "checkpoint-2" and resumed["global_step"] == 4
+    a = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "b" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from experiments.run_study import CONFIG_DIR, PROJECT_ROOT, run
 from tests.judge_server import JudgeServer
@@ -121,3 +123,23 @@ def test_cli_bad_input_fails_clearly(tmp_path, args, message):
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_finetune_job_publishes_models_the_study_reuses(tmp_path, tiny_model):
+    """The accelerate entry point (here on one process) trains a subset's model into the cache with resumable
+    checkpoints; the study then evaluates it without training again."""
+    from experiments.finetune_job import finetune_subsets
+
+    overrides = _tiny_overrides(tmp_path, tiny_model) + ["selection.only=random", "logger.enabled=false",
+                                                         "finetune.resume=true", "+finetune.args.save_steps=1"]
+    resolved = OmegaConf.to_container(_compose(overrides), resolve=True)
+    seeds = next(s["seeds"] for s in resolved["selection"]["subsets"] if s["label"] == "random")
+    assert finetune_subsets(resolved) == [f"random-s{s}" for s in seeds]
+    trained = {k: v for k, v in _artifacts(tmp_path / "cache").items() if k.startswith("finetune/")}
+    assert len(trained) == len(seeds) and not list((tmp_path / "cache" / "checkpoints").glob("*"))  # spent, removed
+    train = json.loads((tmp_path / "cache" / next(iter(trained))).with_name("train.json").read_text())
+    assert train["processes"] == 1 and train["global_step"] >= 1
+    assert finetune_subsets(resolved) == []  # already in the cache
+    run(_compose(overrides))
+    after = {k: v for k, v in _artifacts(tmp_path / "cache").items() if k.startswith("finetune/")}
+    assert after == trained and any(k.startswith("eval/") for k in _artifacts(tmp_path / "cache"))

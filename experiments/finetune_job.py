@@ -1,0 +1,89 @@
+"""Fine-tuning on several GPUs: ``accelerate launch --config_file configs/accelerate/<ddp|zero3|fsdp>.yaml
+-m experiments.finetune_job experiment=paper_llama3 selection.only=kmeans``.
+
+Every process composes the same study config. The main process prepares (or loads from the cache) the pool,
+embeddings and subset first; the others then read them from the cache. All processes train together through
+``SFTTrainer`` (accelerate provides DDP / ZeRO-3 / FSDP), checkpointing into a directory shared by all ranks,
+and a relaunch after a kill resumes from the newest checkpoint. The main process then publishes the model into
+the artifact store, where the study (``divbench-study`` with the same overrides) finds it and goes on to
+evaluation. On one process (plain ``python -m``) the same code trains on one device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.run_study import CONFIG_DIR
+
+log = logging.getLogger("divbench")
+
+
+def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
+    """Fine-tune every subset of the plan (or of ``selection.only``) that is not in the cache yet; returns the
+    ``<label>-s<seed>`` names of those it trained."""
+    from accelerate import PartialState
+
+    from experiments.cache import ArtifactStore
+    from experiments.pipeline import (
+        SubsetRunner,
+        embed_stage,
+        pool_stage,
+        selected_entries,
+        stage_specs,
+        subset_plan,
+    )
+    from finetune.sft import train_sft
+
+    state = PartialState()
+    store = ArtifactStore(cfg["cache_dir"])
+    entries = selected_entries(subset_plan(cfg["selection"]), cfg["selection"].get("only"))
+    cfg = cfg | {"logger": cfg["logger"] | {"enabled": cfg["logger"].get("enabled", True) and state.is_main_process}}
+    specs = stage_specs(cfg)
+    with state.main_process_first():
+        convs = pool_stage(store, specs["pool"])
+        emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"])
+        runner = SubsetRunner(cfg, store, convs, emb, {})
+        base = runner.base_model
+        subsets = {e["label"] + str(e["seed"]): runner.subset_rows(e, stage_specs(cfg, e))[1] for e in entries}
+    trained = []
+    for entry in entries:
+        entry_specs = stage_specs(cfg, entry)
+        if store.is_complete("finetune", entry_specs["finetune"]):
+            continue
+        ckpt = runner.checkpoint_dir(entry_specs, force=True)
+        final = ckpt / "final"
+        stats = train_sft(subsets[entry["label"] + str(entry["seed"])], base, final, cfg["finetune"],
+                          checkpoint_dir=ckpt)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            with store.build("finetune", entry_specs["finetune"]) as tmp:
+                shutil.move(str(final), tmp / "model")
+                (tmp / "train.json").write_text(json.dumps(stats | {"processes": state.num_processes}, indent=2))
+            if not cfg["finetune"].get("keep_checkpoints"):
+                shutil.rmtree(ckpt, ignore_errors=True)
+        state.wait_for_everyone()
+        trained.append(f"{entry['label']}-s{entry['seed']}")
+    return trained
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="study")
+def main(cfg: DictConfig) -> None:
+    from metrics.validation import InputError
+
+    try:
+        trained = finetune_subsets(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+        log.info("fine-tuned %d subset(s): %s", len(trained), trained)
+    except InputError as e:
+        log.error("%s", e)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
