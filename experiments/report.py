@@ -109,7 +109,7 @@ def performance_note(runs: pd.DataFrame) -> str | None:
     """A warning for the table and figures when any performance comes from a smoke-test judge."""
     if "judge_smoke_test" not in runs or not runs["judge_smoke_test"].astype(bool).any():
         return None
-    judges = sorted(set(runs.loc[runs["judge_smoke_test"].astype(bool), "judge"].astype(str)))
+    judges = sorted({str(j).split(" [")[0] for j in runs.loc[runs["judge_smoke_test"].astype(bool), "judge"]})
     return (f"IT performance here comes from a smoke-test judge ({'; '.join(judges)}): it exercises the "
             "evaluation code path and is not a valid benchmark number.")
 

@@ -41,7 +41,8 @@ class _SortedRows:
         self.vals = torch.full((capacity, n_rows), torch.inf, device=device, dtype=dtype)
         self.weights = torch.arange(1, capacity + 1, device=device, dtype=dtype).pow(-power)
         self.m = 0
-        self.chunk = chunk
+        self.chunk = min(chunk, n_rows)
+        self.low = torch.empty((capacity, self.chunk), device=device, dtype=dtype)  # reused scratch
 
     def insert_and_score(self, new: torch.Tensor) -> torch.Tensor:
         """Insert ``new[i]`` into candidate i's sorted values and return every candidate's weighted sum."""
@@ -50,11 +51,12 @@ class _SortedRows:
         w = self.weights[:m + 1]
         for lo in range(0, new.shape[0], self.chunk):
             hi = min(lo + self.chunk, new.shape[0])
-            vals = self.vals[:, lo:hi]
-            low = torch.minimum(vals[:m + 1], new[None, lo:hi])
-            vals[1:m + 1] = torch.maximum(vals[:m], low[1:])
-            vals[0] = low[0]
-            scores[lo:hi] = w @ vals[:m + 1]
+            vals = self.vals[:m + 1, lo:hi]
+            low = self.low[:m + 1, :hi - lo]
+            torch.minimum(vals, new[None, lo:hi], out=low)
+            torch.maximum(vals[:m], low[1:], out=low[1:])
+            vals.copy_(low)
+            torch.mv(low.T, w, out=scores[lo:hi])
         self.m += 1
         return scores
 
