@@ -16,7 +16,8 @@ from typing import Any
 
 from eval import alpaca_eval as ae
 from eval import mt_bench as mt
-from eval.generation import make_generator
+from eval.combined import METHODS
+from eval.generation import MT_BENCH_TEMPERATURES, make_generator
 from eval.judges import JudgeConfig, make_judge
 from eval.reference_nll import load_reference, reference_nll
 from experiments.cache import atomic_write
@@ -39,10 +40,30 @@ def check_eval_config(cfg: dict[str, Any]) -> None:
     """Fail before any training when the judged evaluation is misconfigured (judge, benchmarks, prefill)."""
     if not (cfg.get("alpaca_eval") or {}).get("enabled") and not (cfg.get("mt_bench") or {}).get("enabled"):
         raise InputError("eval: neither alpaca_eval.enabled nor mt_bench.enabled is true; enable one")
+    check_performance_config(cfg)
     judge = JudgeConfig.from_dict(dict(cfg["judge"]))
     if judge.kind != "local" and (cfg.get("mt_bench") or {}).get("judge_prefill"):
         raise InputError("eval.mt_bench.judge_prefill is set but the judge is an endpoint; a prefill is only "
                          "possible with a local judge (kind=local); set it to ''")
+
+
+SCORE_COLUMNS = {"alpaca_eval": ("alpaca_eval_win_rate", "alpaca_eval_discrete_win_rate", "alpaca_eval_lc_win_rate"),
+                 "mt_bench": ("mt_bench_score", "mt_bench_turn_1", "mt_bench_turn_2"),
+                 "reference_nll": ("neg_reference_nll",)}
+
+
+def check_performance_config(cfg: dict[str, Any]) -> None:
+    """``eval.performance`` must combine score columns that the enabled benchmarks produce."""
+    perf = cfg.get("performance") or {}
+    if perf.get("method", "zscore_mean") not in METHODS:
+        raise InputError(f"eval.performance.method must be one of {METHODS}, got {perf.get('method')!r}")
+    produced = {c for b, cols in SCORE_COLUMNS.items() if (cfg.get(b) or {}).get("enabled") for c in cols}
+    if (cfg.get("mt_bench") or {}).get("enabled"):
+        produced |= {f"mt_bench_{cat}" for cat in MT_BENCH_TEMPERATURES}
+    unknown = [c for c in perf.get("columns") or [] if c not in produced]
+    if not perf.get("columns") or unknown:
+        raise InputError(f"eval.performance.columns: {unknown or 'none given'} not produced by the enabled "
+                         f"benchmarks; choose from {sorted(produced)}")
 
 
 def generate_benchmarks(model_path: str, adapter: str | None, cfg: dict[str, Any], out_dir: Path,

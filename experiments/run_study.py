@@ -33,6 +33,7 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="study")
 def main(cfg: DictConfig) -> None:
+    from eval.judges import JudgeError
     from metrics.validation import InputError
 
     try:
@@ -40,6 +41,9 @@ def main(cfg: DictConfig) -> None:
     except InputError as e:
         log.error("%s", e)
         sys.exit(2)
+    except JudgeError as e:  # finished stages and annotations are cached; a re-run resumes
+        log.error("%s", e)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

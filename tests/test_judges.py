@@ -188,3 +188,16 @@ def test_combined_performance_is_the_mean_z_score():
     np.testing.assert_allclose(combine_performance(runs, ["mt"], "raw"), runs["mt"])
     with pytest.raises(InputError, match="not among"):
         combine_performance(runs, ["mt_bench_score"])
+
+
+@pytest.mark.parametrize("perf, message", [
+    ({"method": "median", "columns": ["mt_bench_score"]}, "method must be one of"),
+    ({"method": "zscore_mean", "columns": ["alpaca_eval_win_rate"]}, "not produced by the enabled benchmarks"),
+    ({"method": "zscore_mean", "columns": []}, "none given"),
+])
+def test_performance_config_is_checked_before_any_work(perf, message):
+    cfg = {"alpaca_eval": {"enabled": False}, "mt_bench": {"enabled": True}, "performance": perf,
+           "judge": {"kind": "local", "model": "packaged:smollm2"}}
+    with pytest.raises(InputError, match=message):
+        check_eval_config(cfg)
+    check_eval_config(cfg | {"performance": {"method": "raw", "columns": ["mt_bench_writing"]}})

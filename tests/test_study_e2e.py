@@ -117,6 +117,10 @@ def _cli(*args: str, tmp: Path) -> subprocess.CompletedProcess:
     (["metrics.compute.0.name=novelsumm"], "unknown metric 'novelsumm'"),
     (["+metrics.compute.0.params.neighbours=3"], "no hyperparameter(s) ['neighbours']"),
     (["pool=file", "pool.path=/nonexistent/pool.json"], "/nonexistent/pool.json does not exist"),
+    (["eval/judge=openai_gpt4_turbo", "eval.judge.api_key_env=DIVBENCH_NO_SUCH_KEY"],
+     "DIVBENCH_NO_SUCH_KEY (eval.judge.api_key_env) is not set"),
+    (["eval.judge.kind=openai"], "eval.judge.base_url is empty"),
+    (["eval.performance.method=median"], "eval.performance.method must be one of"),
 ])
 def test_cli_bad_input_fails_clearly(tmp_path, args, message):
     proc = _cli(*args, tmp=tmp_path)
