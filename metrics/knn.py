@@ -71,3 +71,43 @@ def local_density(query: np.ndarray, reference: np.ndarray, neighbors: int = 10,
     """Density factor ``1 / (mean of the k nearest squared-L2 distances + 1e-9) ** power`` (Yang et al. 2025)."""
     power = check_nonnegative(power, "density_power")
     return density_from_sq(knn_sq_distances(query, reference, neighbors, mode=mode, device=device), power)
+
+
+def unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct rows in order of first occurrence, inverse index) of a 2-D array; rows compared byte for byte,
+    which is ~3x faster than ``np.unique(axis=0)``'s lexicographic sort of floats. Without duplicates the
+    distinct rows are ``x`` itself, in order."""
+    x = np.ascontiguousarray(x)
+    rows = x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return x[first[order]], rank[inverse.ravel()]
+
+
+def self_density_from_gram(x: np.ndarray, neighbors: int, power: float, *, device: str = "cpu",
+                           dtype: torch.dtype = torch.float32,
+                           block: int = 4096) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """:func:`local_density` of every row of ``x`` against ``x`` itself, from one Gram matrix of its distinct
+    rows, which the caller keeps (NovelSelect reads its cosine distances from it instead of one matrix-vector
+    product per step). Returns (Gram of the distinct rows, their density, inverse index row -> distinct row).
+
+    Same rule as ``knn_sq_distances(mode="reference")``: neighbours among distinct rows, the first hit dropped;
+    squared distances ``|a|^2 + |b|^2 - 2 a.b`` as faiss computes them.
+    """
+    neighbors = check_positive_int(neighbors, "neighbors")
+    power = check_nonnegative(power, "density_power")
+    distinct, inverse = unique_rows(np.asarray(x, dtype=np.float32))
+    if distinct.shape[0] < neighbors + 1:
+        raise InputError(f"the reference has {distinct.shape[0]} distinct rows; neighbors={neighbors} needs at "
+                         f"least {neighbors + 1}: lower neighbors or use a larger reference pool")
+    xt = torch.as_tensor(distinct, device=device, dtype=dtype)
+    gram = xt @ xt.T
+    sq = torch.diagonal(gram).clone()
+    mean_sq = torch.empty(gram.shape[0], device=device, dtype=torch.float64)
+    for lo in range(0, gram.shape[0], block):  # nearest = largest 2 a.b - |b|^2, a row block at a time
+        top = (2 * gram[lo:lo + block] - sq[None, :]).topk(neighbors + 1, dim=1).values
+        mean_sq[lo:lo + block] = (sq[lo:lo + block, None] - top[:, 1:]).double().mean(dim=1)
+    density = 1.0 / torch.pow(mean_sq + DENSITY_EPS, power)
+    return gram, density.to(dtype), inverse

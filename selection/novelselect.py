@@ -16,11 +16,13 @@ order does not matter and a running sum replaces the sorted state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from metrics.knn import local_density, unit_rows
+from metrics.knn import local_density, self_density_from_gram, unit_rows
 from metrics.validation import InputError, as_embeddings, check_nonnegative, check_positive_int
 from selection.kcenter import first_pick
 from selection.registry import PoolInputs, register
@@ -61,14 +63,33 @@ class _SortedRows:
         return scores
 
 
+def _density_and_distances(x: np.ndarray, neighbors: int, density_power: float, device: str, dtype: torch.dtype,
+                           gram_max_bytes: int) -> tuple[torch.Tensor, Callable[[int], torch.Tensor]]:
+    """Every row's density, and a function giving the cosine distances from row s to every row."""
+    n = x.shape[0]
+    if n * n * torch.finfo(dtype).bits // 8 <= gram_max_bytes:
+        gram, rho, inverse = self_density_from_gram(x, neighbors, density_power, device=device, dtype=dtype)
+        norms = torch.diagonal(gram).sqrt().clamp_min(1e-12)  # F.normalize's floor: a zero row is at distance 1
+        if gram.shape[0] < n:  # duplicate rows share their distinct row's entries
+            inv = torch.as_tensor(inverse, device=device)
+            return rho[inv], lambda s: 1.0 - gram[inv[s]][inv] / (norms[inv] * norms[inv[s]])
+        return rho, lambda s: 1.0 - gram[s] / (norms * norms[s])
+    rho = torch.as_tensor(local_density(x, x, neighbors, density_power, device=device), device=device, dtype=dtype)
+    unit = unit_rows(x, device, dtype)
+    return rho, lambda s: 1.0 - unit @ unit[s]
+
+
 def novelselect(embeddings: np.ndarray, k: int, *, neighbors: int = 10, density_power: float = 0.5,
                 distance_power: float = 1.0, seed: int = 42, quality: np.ndarray | None = None,
                 device: str = "cpu", dtype: str = "float32", chunk_rows: int = 65536,
-                progress: bool = True) -> list[int]:
+                gram_max_bytes: int = 2**31, progress: bool = True) -> list[int]:
     """Select ``k`` rows of ``embeddings`` with NovelSelect; returns their indices in pick order.
 
     Density is estimated on the pool itself with the authors' neighbour rule (metrics.knn, mode
     ``reference``). ``quality`` (one non-negative score per row) multiplies each candidate's score.
+    When the pool's Gram matrix fits in ``gram_max_bytes``, one GEMM serves both the kNN density and every
+    step's cosine distances (a row read instead of a pass over the whole pool per step); larger pools use a
+    faiss kNN search and one matrix-vector product per step.
     """
     x = as_embeddings(embeddings, "pool embeddings")
     n = x.shape[0]
@@ -79,15 +100,13 @@ def novelselect(embeddings: np.ndarray, k: int, *, neighbors: int = 10, density_
     if dtype not in _DTYPES:
         raise InputError(f"NovelSelect: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     tdtype = _DTYPES[dtype]
-    rho = torch.as_tensor(local_density(x, x, neighbors, density_power, device=device), device=device,
-                          dtype=tdtype)
+    rho, cosine_distances = _density_and_distances(x, neighbors, density_power, device, tdtype, gram_max_bytes)
     q = None
     if quality is not None:
         q = np.asarray(quality, dtype=np.float64)
         if q.shape != (n,) or not np.isfinite(q).all() or (q < 0).any():
             raise InputError(f"NovelSelect: quality must be {n} finite non-negative scores, got shape {q.shape}")
         q = torch.as_tensor(q, device=device, dtype=tdtype)
-    unit = unit_rows(x, device, tdtype)
     state = None if distance_power == 0 else _SortedRows(n, k, distance_power, device, tdtype, chunk_rows)
     running = torch.zeros(n, device=device, dtype=tdtype)
     picks = [first_pick(n, seed)]
@@ -95,7 +114,7 @@ def novelselect(embeddings: np.ndarray, k: int, *, neighbors: int = 10, density_
     for step in tqdm(range(1, k), desc="NovelSelect", disable=not progress or k < 2):
         s = picks[-1]
         taken[s] = True
-        new = (1.0 - unit @ unit[s]) * (rho + rho[s])
+        new = cosine_distances(s) * (rho + rho[s])
         if state is None:
             running += new
             scores = running / step

@@ -116,3 +116,17 @@ def test_nan_embeddings_rejected():
 
 def test_registry_lists_selectors():
     assert {"random", "duplicate", "kcenter", "novelselect"} <= set(selection.available())
+
+
+def test_gram_path_equals_knn_search_path_with_duplicate_rows(golden):
+    from metrics.knn import local_density, self_density_from_gram
+
+    pool = golden["pool"][:400]
+    pool = np.concatenate([pool, pool[[3, 3, 17]]])  # duplicate rows
+    gram, rho, inverse = self_density_from_gram(pool, 10, 0.5)
+    assert gram.shape == (400, 400) and list(inverse[-4:]) == [399, 3, 3, 17]
+    np.testing.assert_allclose(rho.numpy()[inverse], local_density(pool, pool, 10, 0.5), rtol=1e-5)
+    for power in (0.0, 1.0):
+        fast = novelselect(pool, 40, distance_power=power, seed=3, progress=False)
+        searched = novelselect(pool, 40, distance_power=power, seed=3, progress=False, gram_max_bytes=0)
+        assert fast == searched
