@@ -60,10 +60,12 @@ def check_performance_config(cfg: dict[str, Any]) -> None:
     produced = {c for b, cols in SCORE_COLUMNS.items() if (cfg.get(b) or {}).get("enabled") for c in cols}
     if (cfg.get("mt_bench") or {}).get("enabled"):
         produced |= {f"mt_bench_{cat}" for cat in MT_BENCH_TEMPERATURES}
-    unknown = [c for c in perf.get("columns") or [] if c not in produced]
-    if not perf.get("columns") or unknown:
-        raise InputError(f"eval.performance.columns: {unknown or 'none given'} not produced by the enabled "
-                         f"benchmarks; choose from {sorted(produced)}")
+    if not perf.get("columns"):
+        raise InputError(f"eval.performance.columns is empty; choose from {sorted(produced)}")
+    unknown = [c for c in perf["columns"] if c not in produced]
+    if unknown:
+        raise InputError(f"eval.performance.columns: {unknown} not produced by the enabled benchmarks; choose "
+                         f"from {sorted(produced)}")
 
 
 def generate_benchmarks(model_path: str, adapter: str | None, cfg: dict[str, Any], out_dir: Path,

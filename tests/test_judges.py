@@ -72,6 +72,7 @@ def test_judge_config_bad_input(cfg, message, monkeypatch):
 def test_prefill_needs_a_local_judge(monkeypatch):
     monkeypatch.setenv(KEY_ENV, "k")
     cfg = {"alpaca_eval": {"enabled": False}, "mt_bench": {"enabled": True, "judge_prefill": "Rating: [["},
+           "performance": {"method": "raw", "columns": ["mt_bench_score"]},
            "judge": {"kind": "openai", "model": "m", "base_url": "http://x/v1", "api_key_env": KEY_ENV}}
     with pytest.raises(InputError, match="judge_prefill"):
         check_eval_config(cfg)
@@ -193,7 +194,7 @@ def test_combined_performance_is_the_mean_z_score():
 @pytest.mark.parametrize("perf, message", [
     ({"method": "median", "columns": ["mt_bench_score"]}, "method must be one of"),
     ({"method": "zscore_mean", "columns": ["alpaca_eval_win_rate"]}, "not produced by the enabled benchmarks"),
-    ({"method": "zscore_mean", "columns": []}, "none given"),
+    ({"method": "zscore_mean", "columns": []}, "columns is empty"),
 ])
 def test_performance_config_is_checked_before_any_work(perf, message):
     cfg = {"alpaca_eval": {"enabled": False}, "mt_bench": {"enabled": True}, "performance": perf,
