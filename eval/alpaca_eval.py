@@ -61,11 +61,11 @@ def _df_gamed_path() -> str | None:
 
 
 def _length_controlled(valid: list[dict[str, Any]]) -> tuple[float | None, float | None, str]:
+    if _df_gamed_path() is None:
+        return None, None, f"not computed: df_gamed.csv is not in the hub cache; fetch it with `{LC_HINT}`"
     needed = {"output_1", "output_2", "generator_1", "generator_2", "index", "annotator"}
     if not needed <= set(valid[0]):
         return None, None, f"not computed: annotations lack {sorted(needed - set(valid[0]))}"
-    if _df_gamed_path() is None:
-        return None, None, f"not computed: df_gamed.csv is not in the hub cache; fetch it with `{LC_HINT}`"
     import pandas as pd
     from alpaca_eval.metrics import get_length_controlled_winrate
 

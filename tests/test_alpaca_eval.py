@@ -42,7 +42,7 @@ def test_summary_reproduces_every_leaderboard_row():
 def test_hand_values_and_bad_input():
     got = alpaca_eval_summary([{"preference": 2}, {"preference": 1}, {"preference": 1.5}, {"preference": None}])
     assert got["win_rate"] == pytest.approx(50.0) and got["n_total"] == 3 and got["n_failed_annotations"] == 1
-    assert got["length_controlled_winrate"] is None and "not computed" in got["length_controlled_note"]
+    assert got["length_controlled_winrate"] is None and "df_gamed" in got["length_controlled_note"]
     with pytest.raises(InputError, match="preference"):
         alpaca_eval_summary([{"output": "x"}])
     with pytest.raises(InputError, match="does not exist"):
