@@ -19,8 +19,9 @@ from eval import mt_bench as mt
 from eval.combined import METHODS
 from eval.generation import MT_BENCH_TEMPERATURES, make_generator
 from eval.judges import JudgeConfig, make_judge
-from eval.reference_nll import load_reference, reference_nll
+from eval.reference_nll import load_reference, read_reference, reference_nll, sample_positions
 from experiments.cache import atomic_write
+from experiments.pools import read_jsonl
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,8 @@ AE_OUTPUTS, MT_ANSWERS, NLL = "alpaca_eval_outputs.json", "mt_bench_answers.json
 
 def alpaca_eval_reference(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The (sampled) reference rows, each carrying its index among the 805 for the length-controlled GLM."""
-    full = load_reference(cfg["reference_path"], None, 0)
-    sample = load_reference(cfg["reference_path"], cfg.get("n_examples"), int(cfg.get("seed", 0)))
-    index = {r["instruction"]: i for i, r in enumerate(full)}
-    return [r | {"index": index[r["instruction"]]} for r in sample]
+    rows = read_reference(cfg["reference_path"])
+    return [rows[i] | {"index": i} for i in sample_positions(len(rows), cfg.get("n_examples"), int(cfg.get("seed", 0)))]
 
 
 def check_eval_config(cfg: dict[str, Any]) -> None:
@@ -108,7 +107,7 @@ def judge_benchmarks(gen_dir: Path, cfg: dict[str, Any], cache_dir: str, out_dir
     if (mt_cfg := cfg.get("mt_bench") or {}).get("enabled"):
         questions, prompts, refs = mt.load_mt_bench(mt_cfg["data_dir"], mt_cfg.get("n_questions"),
                                                     int(mt_cfg.get("seed", 0)))
-        answers = [json.loads(line) for line in (gen_dir / MT_ANSWERS).read_text().splitlines()]
+        answers = read_jsonl(gen_dir / MT_ANSWERS)
         judgments = mt.judge_answers(judge, questions, answers, prompts, refs,
                                      ae.judge_dir(cache_dir, judge) / "mt_bench" / "judgments.jsonl",
                                      max_tokens=int(mt_cfg.get("judge_max_tokens", 2048)),

@@ -24,8 +24,8 @@ from metrics.validation import InputError
 log = logging.getLogger(__name__)
 
 
-def load_reference(path: str | Path, n: int | None, seed: int) -> list[dict[str, str]]:
-    """A seeded sample of ``n`` (instruction, output) rows of an AlpacaEval reference file, in file order."""
+def read_reference(path: str | Path) -> list[dict[str, str]]:
+    """Every row of an AlpacaEval reference file (``instruction``, ``output``, ...), validated."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"AlpacaEval reference file {path} not found: set eval.reference_path (the data lives "
@@ -33,10 +33,20 @@ def load_reference(path: str | Path, n: int | None, seed: int) -> list[dict[str,
     rows = json.loads(path.read_text())
     if not isinstance(rows, list) or not rows or not all({"instruction", "output"} <= set(r) for r in rows):
         raise InputError(f"{path}: expected a JSON list of records with 'instruction' and 'output'")
-    if n is None or n >= len(rows):
-        return rows
-    pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=n, replace=False))
-    return [rows[i] for i in pick]
+    return rows
+
+
+def sample_positions(n_rows: int, n: int | None, seed: int) -> list[int]:
+    """A seeded sample of ``n`` of ``n_rows`` positions, in ascending order (all of them when n is None)."""
+    if n is None or n >= n_rows:
+        return list(range(n_rows))
+    return [int(i) for i in np.sort(np.random.default_rng(seed).choice(n_rows, size=n, replace=False))]
+
+
+def load_reference(path: str | Path, n: int | None, seed: int) -> list[dict[str, str]]:
+    """A seeded sample of ``n`` (instruction, output) rows of an AlpacaEval reference file, in file order."""
+    rows = read_reference(path)
+    return [rows[i] for i in sample_positions(len(rows), n, seed)]
 
 
 @torch.inference_mode()

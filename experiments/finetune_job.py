@@ -51,7 +51,7 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
         emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"])
         runner = SubsetRunner(cfg, store, convs, emb, {})
         base = runner.base_model
-        subsets = {e["label"] + str(e["seed"]): runner.subset_rows(e, stage_specs(cfg, e))[1] for e in entries}
+        subsets = {(e["label"], e["seed"]): runner.subset_rows(e, stage_specs(cfg, e))[1] for e in entries}
     trained = []
     for entry in entries:
         entry_specs = stage_specs(cfg, entry)
@@ -59,15 +59,13 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
             continue
         ckpt = runner.checkpoint_dir(entry_specs, force=True)
         final = ckpt / "final"
-        stats = train_sft(subsets[entry["label"] + str(entry["seed"])], base, final, cfg["finetune"],
-                          checkpoint_dir=ckpt)
+        stats = train_sft(subsets[entry["label"], entry["seed"]], base, final, cfg["finetune"], checkpoint_dir=ckpt)
         state.wait_for_everyone()
         if state.is_main_process:
             with store.build("finetune", entry_specs["finetune"]) as tmp:
                 shutil.move(str(final), tmp / "model")
                 (tmp / "train.json").write_text(json.dumps(stats | {"processes": state.num_processes}, indent=2))
-            if not cfg["finetune"].get("keep_checkpoints"):
-                shutil.rmtree(ckpt, ignore_errors=True)
+            runner.drop_checkpoints(ckpt)
         state.wait_for_everyone()
         trained.append(f"{entry['label']}-s{entry['seed']}")
     return trained

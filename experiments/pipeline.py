@@ -197,9 +197,12 @@ class SubsetRunner:
                 ckpt = self.checkpoint_dir(specs)
                 train = train_sft(sub, self.base_model, tmp / "model", ft_cfg, checkpoint_dir=ckpt)
                 (tmp / "train.json").write_text(json.dumps(train, indent=2))
-        ckpt = self.checkpoint_dir(specs)
+        self.drop_checkpoints(self.checkpoint_dir(specs))
+
+    def drop_checkpoints(self, ckpt: Path | None) -> None:
+        """The finished model is in the store, so its resume points are spent (kept with keep_checkpoints)."""
         if ckpt is not None and ckpt.exists() and not self.cfg["finetune"].get("keep_checkpoints"):
-            shutil.rmtree(ckpt)  # the finished model is in the store; the resume points are spent
+            shutil.rmtree(ckpt)
 
     def evaluated_model(self, specs: dict) -> tuple[str, str | None]:
         """(model, adapter) to evaluate: the fine-tuned one, or the base model when eval.adapter is false."""

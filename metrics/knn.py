@@ -33,6 +33,12 @@ def flat_l2_index(data: np.ndarray, device: str = "cpu") -> faiss.Index:
     return index
 
 
+def _check_distinct_rows(n_distinct: int, neighbors: int) -> None:
+    if n_distinct < neighbors + 1:
+        raise InputError(f"the reference has {n_distinct} distinct rows; neighbors={neighbors} needs at least "
+                         f"{neighbors + 1}: lower neighbors or use a larger reference pool")
+
+
 def knn_sq_distances(query: np.ndarray, reference: np.ndarray, neighbors: int, *,
                      mode: NeighbourMode = "reference", device: str = "cpu") -> np.ndarray:
     """Squared L2 distances from each query row to its ``neighbors`` nearest rows of the de-duplicated reference.
@@ -44,9 +50,7 @@ def knn_sq_distances(query: np.ndarray, reference: np.ndarray, neighbors: int, *
     """
     neighbors = check_positive_int(neighbors, "neighbors")
     ref = np.unique(np.asarray(reference, dtype=np.float32), axis=0)
-    if ref.shape[0] < neighbors + 1:
-        raise InputError(f"the reference has {ref.shape[0]} distinct rows; neighbors={neighbors} needs at least "
-                         f"{neighbors + 1}: lower neighbors or use a larger reference pool")
+    _check_distinct_rows(ref.shape[0], neighbors)
     dist, idx = flat_l2_index(ref, device).search(np.ascontiguousarray(query, dtype=np.float32), neighbors + 1)
     if mode == "reference":
         return dist[:, 1:]
@@ -99,15 +103,13 @@ def self_density_from_gram(x: np.ndarray, neighbors: int, power: float, *, devic
     neighbors = check_positive_int(neighbors, "neighbors")
     power = check_nonnegative(power, "density_power")
     distinct, inverse = unique_rows(np.asarray(x, dtype=np.float32))
-    if distinct.shape[0] < neighbors + 1:
-        raise InputError(f"the reference has {distinct.shape[0]} distinct rows; neighbors={neighbors} needs at "
-                         f"least {neighbors + 1}: lower neighbors or use a larger reference pool")
+    _check_distinct_rows(distinct.shape[0], neighbors)
     xt = torch.as_tensor(distinct, device=device, dtype=dtype)
     gram = xt @ xt.T
     sq = torch.diagonal(gram).clone()
-    mean_sq = torch.empty(gram.shape[0], device=device, dtype=torch.float64)
+    knn_sq = torch.empty((gram.shape[0], neighbors), device=device, dtype=dtype)
     for lo in range(0, gram.shape[0], block):  # nearest = largest 2 a.b - |b|^2, a row block at a time
         top = (2 * gram[lo:lo + block] - sq[None, :]).topk(neighbors + 1, dim=1).values
-        mean_sq[lo:lo + block] = (sq[lo:lo + block, None] - top[:, 1:]).double().mean(dim=1)
-    density = 1.0 / torch.pow(mean_sq + DENSITY_EPS, power)
-    return gram, density.to(dtype), inverse
+        knn_sq[lo:lo + block] = sq[lo:lo + block, None] - top[:, 1:]
+    density = density_from_sq(knn_sq.cpu().numpy(), power)
+    return gram, torch.as_tensor(density, device=device, dtype=dtype), inverse

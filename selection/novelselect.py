@@ -72,7 +72,8 @@ def _density_and_distances(x: np.ndarray, neighbors: int, density_power: float, 
         norms = torch.diagonal(gram).sqrt().clamp_min(1e-12)  # F.normalize's floor: a zero row is at distance 1
         if gram.shape[0] < n:  # duplicate rows share their distinct row's entries
             inv = torch.as_tensor(inverse, device=device)
-            return rho[inv], lambda s: 1.0 - gram[inv[s]][inv] / (norms[inv] * norms[inv[s]])
+            row_norms = norms[inv]
+            return rho[inv], lambda s: 1.0 - gram[inv[s]][inv] / (row_norms * row_norms[s])
         return rho, lambda s: 1.0 - gram[s] / (norms * norms[s])
     rho = torch.as_tensor(local_density(x, x, neighbors, density_power, device=device), device=device, dtype=dtype)
     unit = unit_rows(x, device, dtype)
