@@ -23,9 +23,10 @@ from typing import Any
 
 import yaml
 
+from divcore.hashing import stable_hash
+from divcore.io import atomic_write
 from eval.generation import Generator
 from eval.judges import Judge
-from experiments.cache import atomic_write, stable_hash
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)

@@ -14,14 +14,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from divcore.io import atomic_write, read_jsonl, write_jsonl
 from eval import alpaca_eval as ae
 from eval import mt_bench as mt
 from eval.combined import METHODS
 from eval.generation import MT_BENCH_TEMPERATURES, make_generator
 from eval.judges import JudgeConfig, make_judge
 from eval.reference_nll import load_reference, read_reference, reference_nll, sample_positions
-from experiments.cache import atomic_write
-from experiments.pools import read_jsonl
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ def generate_benchmarks(model_path: str, adapter: str | None, cfg: dict[str, Any
         questions, _, _ = mt.load_mt_bench(mt_cfg["data_dir"], mt_cfg.get("n_questions"), int(mt_cfg.get("seed", 0)))
         answers = mt.generate_answers(generator, questions, int(mt_cfg["max_new_tokens"]),
                                       dict(mt_cfg.get("temperatures") or {}), model_id=generator_name)
-        atomic_write(out_dir / MT_ANSWERS, "".join(json.dumps(a) + "\n" for a in answers))
+        write_jsonl(out_dir / MT_ANSWERS, answers)
     if (nll_cfg := cfg.get("reference_nll") or {}).get("enabled"):
         examples = load_reference(cfg["alpaca_eval"]["reference_path"], nll_cfg.get("n_examples"),
                                   int(cfg["alpaca_eval"].get("seed", 0)))
@@ -112,7 +111,7 @@ def judge_benchmarks(gen_dir: Path, cfg: dict[str, Any], cache_dir: str, out_dir
                                      ae.judge_dir(cache_dir, judge) / "mt_bench" / "judgments.jsonl",
                                      max_tokens=int(mt_cfg.get("judge_max_tokens", 2048)),
                                      prefill=mt_cfg.get("judge_prefill") or "")
-        atomic_write(out_dir / "mt_bench_judgments.jsonl", "".join(json.dumps(j) + "\n" for j in judgments))
+        write_jsonl(out_dir / "mt_bench_judgments.jsonl", judgments)
         summary = mt.mt_bench_summary(judgments)
         row |= {"mt_bench_score": summary["score"], "mt_bench_turn_1": summary["turn_1"],
                 "mt_bench_turn_2": summary["turn_2"], "mt_bench_n": summary["n_judgments"],

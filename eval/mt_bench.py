@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from divcore.hashing import stable_hash
+from divcore.io import atomic_write, read_jsonl
 from eval.generation import MT_BENCH_TEMPERATURES, Generator
 from eval.judges import Judge
-from experiments.cache import atomic_write, stable_hash
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
@@ -35,16 +36,7 @@ RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 
 
 def _read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
-    if not path.exists():
-        raise InputError(f"MT-Bench {what} file {path} not found (the data lives in ../shared/data/mt_bench/)")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
-    return rows
+    return read_jsonl(path, f"MT-Bench {what}", "the data lives in ../shared/data/mt_bench/")
 
 
 def load_mt_bench(data_dir: str | Path, n_questions: int | None = None,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from divcore.rows import normalize_rows
 from finetune.models import load_causal_lm, load_tokenizer
 from metrics.validation import InputError
 
@@ -59,7 +60,7 @@ def embed_vllm(texts: Sequence[str], model_path: str, *, max_length: int = 256, 
     cut = [tok.decode(tok(t)["input_ids"][:max_length], skip_special_tokens=True) for t in texts]
     llm = LLM(model=model_path, task="embed", enforce_eager=True)
     vecs = np.asarray([o.outputs.embedding for o in llm.embed(cut)], dtype=np.float32)
-    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    return normalize_rows(vecs)
 
 
 def embed_texts(texts: Sequence[str], model_path: str, backend: str = "hf_causal", *, max_length: int = 256,

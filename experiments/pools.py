@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from metrics.validation import InputError
+from divcore.errors import InputError
+from divcore.io import iter_jsonl, read_json, read_jsonl, write_jsonl  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +126,9 @@ def _read_records(path: Path, fmt: str) -> Iterator[tuple[Any, str]]:
             raise InputError(f"pool directory {path} holds no *.json files")
     for file in files:
         if file.suffix == ".jsonl":
-            for n, line in enumerate(file.read_text().splitlines(), 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line), f"{file}:{n}"
-                    except json.JSONDecodeError as e:
-                        raise InputError(f"{file}:{n}: malformed JSON ({e.msg}); fix or remove the line") from None
+            yield from ((r, f"{file}:{n}") for n, r in iter_jsonl(file, "pool"))
             continue
-        try:
-            data = json.loads(file.read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(f"{file}: malformed JSON at line {e.lineno} ({e.msg})") from None
+        data = read_json(file, "pool")
         if not isinstance(data, list):
             raise InputError(f"{file}: expected a JSON list of records, got {type(data).__name__}")
         yield from ((r, f"{file}[{i}]") for i, r in enumerate(data))
@@ -234,14 +227,3 @@ def sample_pool(convs: list[Conversation], size: int | None, seed: int) -> list[
 def embedding_text(conv: Conversation) -> str:
     """The authors' embedding text: every turn's content joined with a newline."""
     return "\n".join(m["content"] for m in conv["messages"])
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    with path.open("w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with path.open() as fh:
-        return [json.loads(line) for line in fh if line.strip()]

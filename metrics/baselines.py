@@ -13,6 +13,7 @@ import faiss
 import numpy as np
 import torch
 
+from divcore.rows import normalize_rows
 from metrics.validation import InputError, as_embeddings, check_positive_int, check_same_dim
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -20,7 +21,7 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 def _unit(x: np.ndarray) -> np.ndarray:
     x = as_embeddings(x).astype(np.float64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return normalize_rows(x)
 
 
 def _words(texts: Sequence[str]) -> list[str]:

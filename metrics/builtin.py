@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from divcore.rows import normalize_rows
 from metrics import baselines, mig
+from metrics.labels import kmeans_labels, tag_labels
 from metrics.novelsum import distsum_cosine, novelsum, novelsum_grid
 from metrics.registry import MetricInputs, register
 
@@ -86,15 +88,12 @@ def _partition_entropy(inputs: MetricInputs, n_clusters: int = 100, seed: int = 
 @register("mig_information", needs=("embeddings", "reference"), family="MIG")
 def _mig_information(inputs: MetricInputs, threshold: float = 0.9, alpha: float = 1.0, n_clusters: int = 64,
                      seed: int = 0, label_embedder: str = "packaged:minilm") -> float:
-    """Labels: the subset's tags when present, else k-means clusters fitted on the reference pool (selection.signals);
+    """Labels: the subset's tags when present, else k-means clusters fitted on the reference pool (metrics.labels);
     quality: the subset's scores when present, else 1."""
-    from selection.signals import kmeans_labels, tag_labels
-
     if inputs.tags is not None:
-        from finetune.models import resolve_model
-        labels, vectors = tag_labels(inputs.tags, resolve_model(label_embedder, ""))
+        labels, vectors = tag_labels(inputs.tags, label_embedder)
     else:
         _, vectors = kmeans_labels(inputs.reference, n_clusters, seed)
-        unit = inputs.embeddings / np.linalg.norm(inputs.embeddings, axis=1, keepdims=True)
+        unit = normalize_rows(inputs.embeddings)
         labels = [[int(i)] for i in np.argmax(unit @ vectors.T, axis=1)]
     return mig.mig_information(labels, vectors, inputs.quality, threshold, alpha)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from divcore.rows import normalize_rows
 from metrics.validation import InputError, as_embeddings
 
 PHI_A, PHI_B = 1e-6, 0.8
@@ -26,7 +27,7 @@ def phi(x: np.ndarray, a: float = PHI_A, b: float = PHI_B) -> np.ndarray:
 def propagation_matrix(label_vectors: np.ndarray, threshold: float = 0.9, alpha: float = 1.0) -> np.ndarray:
     """Column-normalised propagation matrix of the thresholded cosine label graph."""
     unit = as_embeddings(label_vectors, "label embeddings").astype(np.float64)
-    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    unit = normalize_rows(unit)
     w = unit @ unit.T
     w = np.where(w >= threshold, w, 0.0)
     p = np.where(np.eye(len(w), dtype=bool), w, alpha * w)

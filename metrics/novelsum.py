@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from divcore.rows import normalize_rows
 from metrics.knn import density_from_sq, knn_sq_distances, unit_rows
 from metrics.validation import InputError, as_embeddings, check_nonnegative, check_positive_int, check_same_dim
 
@@ -152,6 +153,6 @@ def distsum_cosine(embeddings: np.ndarray) -> float:
     0.5
     """
     x = as_embeddings(embeddings, "embeddings")
-    unit = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    unit = normalize_rows(x.astype(np.float64))
     total = unit.sum(axis=0)
     return float(1.0 - total @ total / unit.shape[0] ** 2)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from divcore.errors import InputError
 
-class InputError(ValueError):
-    """Bad user input: the message names the input, the problem and the fix."""
+__all__ = ["InputError", "as_embeddings", "check_nonnegative", "check_positive_int", "check_same_dim"]
 
 
 def as_embeddings(x: object, name: str = "embeddings", *, min_rows: int = 1, cosine: bool = True) -> np.ndarray:

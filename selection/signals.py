@@ -4,9 +4,8 @@
   the assistant turns, ``log(1 + words) / max log(1 + words)``: response length is the strongest single
   correlate of judged quality in instruction data (Zhao et al. 2024, "Long Is More for Alignment"); it needs
   no model and no network. It is a proxy, named ``length_proxy`` in provenance.
-* Labels for MIG: the pool's InsTag-style ``tags`` when present (embedded with the packaged all-MiniLM-L6-v2 to
-  build the label graph, as MIG does with its embedder). Otherwise k-means cluster ids over the row embeddings,
-  with the normalised centroids as label vectors.
+* Labels for MIG (``metrics.labels``, shared with the ``mig_information`` metric): the pool's InsTag-style ``tags``
+  when present, else k-means cluster ids over the row embeddings.
 """
 
 from __future__ import annotations
@@ -14,9 +13,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import faiss
 import numpy as np
 
+from metrics.labels import kmeans_labels, tag_labels  # noqa: F401  (re-exported: the selectors' label signals)
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
@@ -41,27 +40,3 @@ def resolve_quality(source: str, data: np.ndarray | None, proxy: np.ndarray | No
     if proxy is None:
         raise InputError("no quality scores: the pool has no 'quality' column and no proxy was computed")
     return np.asarray(proxy, dtype=np.float64), "length_proxy"
-
-
-def kmeans_labels(embeddings: np.ndarray, n_clusters: int, seed: int) -> tuple[list[list[int]], np.ndarray]:
-    """One k-means cluster id per row (faiss, cosine) and the normalised centroids as label vectors."""
-    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    if len(unit) < n_clusters:
-        raise InputError(f"{n_clusters} clusters need at least that many rows; the pool has {len(unit)}")
-    km = faiss.Kmeans(unit.shape[1], n_clusters, niter=20, seed=seed, spherical=True, verbose=False,
-                      min_points_per_centroid=1)
-    km.train(np.ascontiguousarray(unit, dtype=np.float32))
-    _, ids = km.index.search(np.ascontiguousarray(unit, dtype=np.float32), 1)
-    return [[int(i)] for i in ids[:, 0]], km.centroids.copy()
-
-
-def tag_labels(tags: Sequence[Sequence[str]], embedder: str) -> tuple[list[list[int]], np.ndarray]:
-    """Map string tags to ids and embed each distinct tag with a sentence embedder."""
-    from sentence_transformers import SentenceTransformer
-
-    vocab = sorted({t for row in tags for t in row})
-    if not vocab:
-        raise InputError("the pool's tags are all empty")
-    ids = {t: i for i, t in enumerate(vocab)}
-    vectors = SentenceTransformer(embedder).encode(vocab, normalize_embeddings=True, convert_to_numpy=True)
-    return [[ids[t] for t in row] for row in tags], vectors

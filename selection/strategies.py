@@ -115,8 +115,7 @@ def _mig_labels(pool: PoolInputs, label_source: str, n_clusters: int, seed: int,
     if label_source == "tags" or (label_source == "auto" and pool.tags is not None):
         if pool.tags is None:
             raise InputError("mig: label_source=tags but the pool has no 'tags' column; use label_source=kmeans")
-        from finetune.models import resolve_model
-        return tag_labels(pool.tags, resolve_model(embedder, ""))
+        return tag_labels(pool.tags, embedder)
     return kmeans_labels(pool.embeddings, n_clusters, seed)
 
 

