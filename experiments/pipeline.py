@@ -228,7 +228,8 @@ class SubsetRunner:
             if tmp:
                 inputs = metrics.MetricInputs(embeddings=self.emb[indices], reference=self.emb,
                                               texts=[embedding_text(c) for c in sub],
-                                              quality=data_column(sub, "quality"), tags=data_column(sub, "tags"))
+                                              quality=data_column(sub, "quality"), tags=data_column(sub, "tags"),
+                                              reference_tags=self.pool_inputs().tags)
                 row = metrics.compute(self.cfg["metrics"]["compute"], inputs)
                 (tmp / "metrics.json").write_text(json.dumps(row, indent=2))
                 if run is not None:

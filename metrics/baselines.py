@@ -131,13 +131,20 @@ def log_determinant(embeddings: np.ndarray, ridge: float = 1e-3) -> float:
 
 
 def partition_entropy(embeddings: np.ndarray, reference: np.ndarray, n_clusters: int = 100,
-                      seed: int = 0) -> float:
-    """Entropy (log2) of the subset's shares over k-means clusters fitted on the reference pool (faiss)."""
-    sub, ref = _unit(embeddings).astype(np.float32), _unit(reference).astype(np.float32)
+                      seed: int = 42) -> float:
+    """Entropy (log2) of the subset's shares over k-means clusters fitted on the reference pool.
+
+    The NovelSum authors' ``entropy.py`` (``kmeans_entropy``): ``faiss.Kmeans(d, n_clusters, niter=20,
+    seed=42)`` on the raw (not normalised) reference rows, with faiss' own defaults (it trains on at most 256
+    rows per centroid, sampled with the seed), then each subset row goes to its nearest centroid (L2).
+    """
+    sub = as_embeddings(embeddings, cosine=False)
+    ref = as_embeddings(reference, "reference", cosine=False)
     check_same_dim(sub, ref)
+    n_clusters = check_positive_int(n_clusters, "n_clusters")
     if len(ref) < n_clusters:
         raise InputError(f"partition_entropy: the reference has {len(ref)} rows, fewer than n_clusters={n_clusters}")
-    km = faiss.Kmeans(ref.shape[1], n_clusters, niter=20, seed=seed, verbose=False, min_points_per_centroid=1)
+    km = faiss.Kmeans(ref.shape[1], n_clusters, niter=20, verbose=False, seed=int(seed))
     km.train(ref)
     _, labels = km.index.search(sub, 1)
     p = np.bincount(labels[:, 0], minlength=n_clusters) / len(sub)

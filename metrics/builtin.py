@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from divcore.rows import normalize_rows
 from metrics import baselines, mig
-from metrics.labels import kmeans_labels, tag_labels
+from metrics import labels as labels_mod
 from metrics.novelsum import distsum_cosine, novelsum, novelsum_grid
 from metrics.registry import MetricInputs, register
+from metrics.validation import InputError
 
 
 @register("novelsum", needs=("embeddings", "reference"), family="NovelSum")
@@ -81,19 +81,30 @@ def _log_determinant(inputs: MetricInputs, ridge: float = 1e-3) -> float:
 
 
 @register("partition_entropy", needs=("embeddings", "reference"), family="distribution")
-def _partition_entropy(inputs: MetricInputs, n_clusters: int = 100, seed: int = 0) -> float:
+def _partition_entropy(inputs: MetricInputs, n_clusters: int = 100, seed: int = 42) -> float:
     return baselines.partition_entropy(inputs.embeddings, inputs.reference, n_clusters, seed)
 
 
 @register("mig_information", needs=("embeddings", "reference"), family="MIG")
-def _mig_information(inputs: MetricInputs, threshold: float = 0.9, alpha: float = 1.0, n_clusters: int = 64,
-                     seed: int = 0, label_embedder: str = "packaged:minilm") -> float:
-    """Labels: the subset's tags when present, else k-means clusters fitted on the reference pool (metrics.labels);
-    quality: the subset's scores when present, else 1."""
-    if inputs.tags is not None:
-        labels, vectors = tag_labels(inputs.tags, label_embedder)
+def _mig_information(inputs: MetricInputs, threshold: float = 0.9, prop_weight: float = 1.0, phi_a: float = mig.PHI_A,
+                     phi_b: float = mig.PHI_B, norm: bool = False, label_source: str = "auto", n_clusters: int = 256,
+                     seed: int = 0, label_embedder: str = "packaged:minilm") -> dict[str, float]:
+    """E(D) on the pool-wide label graph, built as the ``mig`` selector builds it (same parameters, same graph):
+    the pool's tags (``reference_tags``) when present, else k-means clusters fitted on the reference pool.
+    Quality: the subset's scores when present, else 1. Also reports the graph's edge count and mean degree."""
+    if label_source not in ("tags", "kmeans", "auto"):
+        raise InputError(f"mig_information: label_source must be 'tags', 'kmeans' or 'auto', got {label_source!r}")
+    use_tags = label_source == "tags" or (label_source == "auto" and inputs.tags is not None)
+    if use_tags:
+        if inputs.tags is None or inputs.reference_tags is None:
+            raise InputError("mig_information: label_source=tags needs the subset's tags and the pool's "
+                             "(reference_tags) to build the pool-wide label graph; use label_source=kmeans")
+        pool = labels_mod.tag_labels(inputs.reference_tags, label_embedder)
+        labels = pool.ids_of(inputs.tags)
     else:
-        _, vectors = kmeans_labels(inputs.reference, n_clusters, seed)
-        unit = normalize_rows(inputs.embeddings)
-        labels = [[int(i)] for i in np.argmax(unit @ vectors.T, axis=1)]
-    return mig.mig_information(labels, vectors, inputs.quality, threshold, alpha)
+        labels, pool = labels_mod.kmeans_assign(inputs.embeddings, inputs.reference, n_clusters, seed)
+    model = mig.InformationModel.build(pool.vectors, threshold, prop_weight, where="mig_information")
+    u = mig.sample_information(labels, inputs.quality, model.prop, norm)
+    value = mig.information(np.asarray(u.sum(axis=0, dtype=np.float64)).ravel(), phi_a, phi_b)
+    return {"mig_information": value, "label_edges": model.stats["edges"],
+            "label_mean_degree": model.stats["mean_degree"]}

@@ -11,8 +11,12 @@ with d the cosine distance. Two modes:
 * ``reference`` (default) is the authors' code (UmeanNever/NovelSum ``novelsum.py``) exactly: the zero
   self-distance stays in each row (the nearest other sample gets weight 1/2), row i is scaled by the density of
   x_i, and the first kNN hit is always dropped.
-* ``paper`` follows the paper's formula: each distance is weighted by the density of the *other* sample x_j,
-  the self-distance is excluded, and the first kNN hit is dropped only when it is the sample itself.
+* ``paper`` follows the paper's formula (its eq. for v(x_i) with the proximity weight)::
+
+      v_i = sum_{j != i} w_ij * rho_j * d_ij / sum_{j != i} w_ij,    w_ij = rank_i(j) ** -A
+
+  where rank_i orders the *other* rows by increasing d_ij (ties by row index), so the weight follows the
+  distance alone, and rho_j, the density of the other sample, is computed exactly as in ``reference`` mode.
 
 Why not the authors' code as is: it holds the full N x N matrix and sorts it once per grid point; here rows are
 processed in blocks (memory O(block x N)), sorted once, and every grid point reuses that sort, the cosine
@@ -49,9 +53,8 @@ def _weighted_sorted_mean(sorted_rows: torch.Tensor, weights: torch.Tensor) -> t
 
 
 def _densities(x: np.ndarray, reference: np.ndarray, neighbors: Sequence[int], powers: Sequence[float],
-               mode: Mode, device: str) -> dict[tuple[int, float], np.ndarray]:
-    knn_mode = "reference" if mode == "reference" else "exact"
-    sq = knn_sq_distances(x, reference, max(neighbors), mode=knn_mode, device=device)
+               device: str) -> dict[tuple[int, float], np.ndarray]:
+    sq = knn_sq_distances(x, reference, max(neighbors), mode="reference", device=device)
     out = {}
     for k, b in itertools.product(neighbors, powers):
         out[(k, b)] = density_from_sq(sq[:, :k], b)
@@ -78,7 +81,7 @@ def novelsum_grid(embeddings: np.ndarray, reference: np.ndarray | None = None, *
     if not ks or not bs or not as_:
         raise InputError("the NovelSum grid is empty: give at least one neighbors, density_power and distance_power")
     block_size = check_positive_int(block_size, "block_size")
-    dens = _densities(x, ref, ks, bs, mode, device)
+    dens = _densities(x, ref, ks, bs, device)
     if mode == "reference":
         row_means = _reference_row_means(x, as_, block_size, device)
         return {grid_key(k, b, a): float(np.mean(dens[(k, b)] * row_means[a]))
@@ -102,20 +105,22 @@ def _reference_row_means(x: np.ndarray, distance_powers: Sequence[float], block_
 
 def _paper_grid(x: np.ndarray, dens: dict[tuple[int, float], np.ndarray], ks: Sequence[int],
                 bs: Sequence[float], as_: Sequence[float], block_size: int, device: str) -> dict[str, float]:
+    """Each row's other rows sorted once by distance (stable: ties by index); every grid point reuses the sort."""
     unit = unit_rows(x, device)
     n = unit.shape[0]
     weights = {a: _rank_weights(n - 1, a, device) for a in as_}
     sums = {(k, b, a): 0.0 for k, b, a in itertools.product(ks, bs, as_)}
-    rho = {kb: torch.as_tensor(d, device=device, dtype=torch.float32) for kb, d in dens.items()}
+    rho = {kb: torch.as_tensor(d, device=device, dtype=torch.float64) for kb, d in dens.items()}
     for start in range(0, n, block_size):
         dist = 1.0 - unit[start:start + block_size] @ unit.T
         rows = torch.arange(dist.shape[0], device=device)
+        dist[rows, rows + start] = torch.inf  # the sample's own column, not its duplicates
+        ordered, order = dist.sort(dim=1, stable=True)
+        ordered, order = ordered[:, :-1].double(), order[:, :-1]
         for (k, b), r in rho.items():
-            weighted = dist * r[None, :]
-            weighted[rows, rows + start] = torch.inf  # the sample's own column, not its duplicates
-            ordered = weighted.sort(dim=1).values[:, :-1]
+            weighted = ordered * r[order]
             for a, w in weights.items():
-                sums[(k, b, a)] += float(_weighted_sorted_mean(ordered, w).sum())
+                sums[(k, b, a)] += float(((weighted @ w) / w.sum()).sum())
     return {grid_key(k, b, a): s / n for (k, b, a), s in sums.items()}
 
 

@@ -1,8 +1,9 @@
 """The one metric registry: each diversity metric is a plain function registered by name with what it needs.
 
-A registered function is called as ``fn(inputs, **params)`` and returns a float, or a ``{column: float}`` dict
-for metrics computed over a hyperparameter grid. :func:`compute` turns a list of ``{name, params}`` configs
-into one flat ``{column: value}`` row.
+A registered function is called as ``fn(inputs, **params)`` and returns a float, or a ``{key: float}`` dict
+for metrics computed over a hyperparameter grid or with diagnostics: each key becomes column ``name[key]``,
+except the key ``name`` itself, which is the metric's own column. :func:`compute` turns a list of
+``{name, params}`` configs into one flat ``{column: value}`` row.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class MetricInputs:
     texts: list[str] | None = None
     quality: np.ndarray | None = None  # the subset rows' quality scores, when the pool has them
     tags: list[list[str]] | None = None  # the subset rows' tags, when the pool has them
+    reference_tags: list[list[str]] | None = None  # the pool's tags: MIG's label graph is built from them
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def compute_one(name: str, inputs: MetricInputs, **params: Any) -> dict[str, flo
             raise InputError(f"metric {name!r} needs the subset's {need}, which were not provided")
     value = metric.fn(inputs, **params)
     if isinstance(value, dict):
-        return {f"{name}[{key}]": float(v) for key, v in value.items()}
+        return {name if key == name else f"{name}[{key}]": float(v) for key, v in value.items()}
     return {name: float(value)}
 
 

@@ -1,6 +1,7 @@
 """The one selector registry: every subset builder is a plain function registered here by name.
 
-A selector is called as ``fn(inputs, n, seed, **params)`` and returns ``n`` row indices into the pool.
+A selector is called as ``fn(inputs, n, seed, **params)`` and returns ``n`` row indices into the pool, or a
+:class:`Selection` whose provenance adds what the selector alone knows (e.g. MIG's label graph size).
 :func:`select` validates the budget, the parameters and the result, and attaches a provenance record.
 """
 
@@ -94,12 +95,14 @@ def select(name: str, pool: PoolInputs, n: int, seed: int, **params: Any) -> Sel
                          "larger pool")
     check_params(sel, params)
     pool = _check_inputs(sel, pool)
-    indices = [int(i) for i in sel.fn(pool, n, int(seed), **params)]
+    result = sel.fn(pool, n, int(seed), **params)
+    extra = result.provenance if isinstance(result, Selection) else {}
+    indices = [int(i) for i in (result.indices if isinstance(result, Selection) else result)]
     if len(indices) != n or min(indices) < 0 or max(indices) >= pool.size:
         raise RuntimeError(f"selector {name!r} returned {len(indices)} indices for n={n}")
     if sel.distinct and len(set(indices)) != n:
         raise RuntimeError(f"selector {name!r} returned repeated rows")
     provenance = {"selector": name, "params": params, "seed": int(seed), "n": n,
                   "pool_size": pool.size, "pool_fingerprint": pool.fingerprint,
-                  "unique_rows": len(set(indices))}
+                  "unique_rows": len(set(indices))} | extra
     return Selection(indices, provenance)

@@ -1,23 +1,20 @@
-"""The remaining subset builders of the study: k-means, farthest, QDIT, Repr Filter and MIG.
-
-QDIT's facility-location greedy uses lazy evaluation (Minoux 1978): marginal gains of a submodular function
-only shrink, so a stale gain is an upper bound and most candidates are never re-evaluated. No maintained
-library here offers it over a torch/faiss similarity without an N x N matrix, hence this implementation.
-"""
+"""The remaining subset builders of the study: k-means, farthest, QDIT, Repr Filter and MIG (registry wrappers;
+QDIT's and MIG's greedy live in :mod:`selection.submodular`)."""
 
 from __future__ import annotations
 
-import heapq
 import logging
 
 import numpy as np
 import torch
 
 from metrics.knn import unit_rows
-from metrics.mig import PHI_A, PHI_B, phi, propagation_matrix, sample_information
+from metrics.labels import PoolLabels, kmeans_labels, tag_labels
+from metrics.mig import PHI_A, PHI_B, InformationModel
 from metrics.validation import InputError
-from selection.registry import PoolInputs, register
-from selection.signals import kmeans_labels, resolve_quality, tag_labels
+from selection.registry import PoolInputs, Selection, register
+from selection.signals import resolve_quality
+from selection.submodular import mig, qdit
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +23,7 @@ log = logging.getLogger(__name__)
 def kmeans_subset(pool: PoolInputs, n: int, seed: int, n_clusters: int = 10) -> list[int]:
     """k-means (faiss, cosine) on the pool, then an equal share drawn uniformly from every cluster; the share a
     small cluster cannot fill goes to the others, largest remaining first."""
-    labels, _ = kmeans_labels(pool.embeddings, n_clusters, seed)
+    labels = kmeans_labels(pool.embeddings, n_clusters, seed).labels
     members = [np.flatnonzero(np.array([lab[0] for lab in labels]) == c) for c in range(n_clusters)]
     quota = np.zeros(n_clusters, dtype=int)
     remaining = n
@@ -55,49 +52,39 @@ def farthest_subset(pool: PoolInputs, n: int, seed: int) -> list[int]:
 
 
 @register("qdit", needs=("embeddings",))
-def qdit_subset(pool: PoolInputs, n: int, seed: int, alpha: float = 0.5, quality_source: str = "auto",
-                reference_size: int | None = 20000, device: str = "cpu") -> list[int]:
-    """QDIT (Bukharin et al. 2024): greedy on alpha * FL(S) / |R| + (1 - alpha) * sum_{s in S} quality_s, with
-    FL(S) = sum_{r in R} max(0, max_{s in S} cos(r, s)). R is the pool, or a seeded sample of reference_size
-    rows of it for large pools."""
-    if not 0 <= alpha <= 1:
-        raise InputError(f"qdit: alpha must be in [0, 1], got {alpha}")
+def qdit_subset(pool: PoolInputs, n: int, seed: int, alpha: float = 0.9, quality_source: str = "auto",
+                quality_scale: str = "minmax", reference_size: int | None = None, device: str = "cpu") -> list[int]:
+    """QDIT (selection.submodular.qdit): alpha weights quality. The facility location covers the whole pool, or
+    a seeded sample of ``reference_size`` rows of it (a documented shortcut for large pools on a CPU)."""
     quality, _ = resolve_quality(quality_source, pool.quality, pool.proxy_quality)
-    unit = unit_rows(pool.embeddings, device)
-    ref_rows = np.arange(pool.size)
+    reference = None
     if reference_size is not None and reference_size < pool.size:
-        ref_rows = np.sort(np.random.default_rng(seed).choice(pool.size, reference_size, replace=False))
-    ref = unit[torch.as_tensor(ref_rows, device=device)]
-    cover = torch.zeros(len(ref_rows), device=device, dtype=unit.dtype)
+        rows = np.sort(np.random.default_rng(seed).choice(pool.size, reference_size, replace=False))
+        reference = pool.embeddings[rows]
+    return qdit(pool.embeddings, quality, n, alpha=alpha, reference=reference, quality_scale=quality_scale,
+                device=device)
 
-    def gain(c: int) -> float:
-        fl = torch.clamp(ref @ unit[c] - cover, min=0).sum() / len(ref_rows)
-        return float(alpha * fl + (1 - alpha) * quality[c])
 
-    heap = [(-gain(c), c) for c in range(pool.size)]
-    heapq.heapify(heap)
-    picks: list[int] = []
-    while len(picks) < n:
-        _, c = heapq.heappop(heap)
-        fresh = gain(c)
-        if not heap or fresh >= -heap[0][0] - 1e-12:
-            picks.append(c)
-            cover = torch.maximum(cover, ref @ unit[c])
-        else:
-            heapq.heappush(heap, (-fresh, c))
-    return picks
+def deita_order(score: np.ndarray) -> np.ndarray:
+    """Rows by descending score with DEITA's tie order: ``DataFrame.sort_values(ascending=False)``, i.e. pandas'
+    ``nargsort`` (reverse, numpy quicksort ascending, reverse), reproduced here without a DataFrame."""
+    score = np.asarray(score, dtype=np.float64)
+    reverse = np.arange(len(score))[::-1]
+    return reverse[score[::-1].argsort(kind="quicksort")][::-1]
 
 
 @register("repr_filter", needs=("embeddings",))
 def repr_filter_subset(pool: PoolInputs, n: int, seed: int, threshold: float = 0.9,
                        quality_source: str = "auto") -> list[int]:
-    """DEITA's Repr Filter (Liu et al. 2024): rows by descending quality, a row kept when its max cosine
-    similarity to the rows already kept is <= threshold, until n are kept. Ties in quality break by index."""
+    """DEITA's Repr Filter (Liu et al. 2024; hkust-nlp/deita ``IterativeFilter.filter``, batch size 1): rows by
+    descending quality (ties in DEITA's pandas order, :func:`deita_order`), a row kept when its max cosine
+    similarity to the rows already kept is <= threshold, until n are kept. Where too few rows pass, DEITA returns
+    a short subset; divbench raises instead, because a study compares subsets of one size."""
     quality, _ = resolve_quality(quality_source, pool.quality, pool.proxy_quality)
     unit = unit_rows(pool.embeddings, "cpu")
     kept = torch.empty((n, unit.shape[1]), dtype=unit.dtype)
     picks: list[int] = []
-    for c in np.argsort(-quality, kind="stable"):
+    for c in deita_order(quality):
         if picks and float((kept[:len(picks)] @ unit[c]).max()) > threshold:
             continue
         kept[len(picks)] = unit[c]
@@ -108,39 +95,30 @@ def repr_filter_subset(pool: PoolInputs, n: int, seed: int, threshold: float = 0
                      f"n={n} needs a higher threshold or a larger pool")
 
 
-def _mig_labels(pool: PoolInputs, label_source: str, n_clusters: int, seed: int,
-                embedder: str) -> tuple[list[list[int]], np.ndarray]:
+def mig_pool_labels(pool: PoolInputs, label_source: str = "auto", n_clusters: int = 256, label_seed: int = 0,
+                    label_embedder: str = "packaged:minilm") -> PoolLabels:
+    """The pool-wide MIG labels: the pool's tags (``auto`` when it has them) or k-means clusters of its rows.
+    The ``mig_information`` metric builds the same graph from the same parameters."""
     if label_source not in ("tags", "kmeans", "auto"):
         raise InputError(f"mig: label_source must be 'tags', 'kmeans' or 'auto', got {label_source!r}")
     if label_source == "tags" or (label_source == "auto" and pool.tags is not None):
         if pool.tags is None:
             raise InputError("mig: label_source=tags but the pool has no 'tags' column; use label_source=kmeans")
-        return tag_labels(pool.tags, embedder)
-    return kmeans_labels(pool.embeddings, n_clusters, seed)
+        return tag_labels(pool.tags, label_embedder)
+    return kmeans_labels(pool.embeddings, n_clusters, label_seed)
 
 
 @register("mig", needs=("embeddings",))
-def mig_subset(pool: PoolInputs, n: int, seed: int, threshold: float = 0.9, alpha: float = 1.0,
-               label_source: str = "auto", n_clusters: int = 64, quality_source: str = "auto",
-               gain: str = "exact", label_embedder: str = "packaged:minilm") -> list[int]:
-    """MIG: greedily add the row with the largest information gain E(S + i) - E(S) (metrics.mig).
-    ``gain='gradient'`` uses the MIG authors' first-order approximation, phi'(x_S) . u_i, instead."""
-    if gain not in ("exact", "gradient"):
-        raise InputError(f"mig: gain must be 'exact' or 'gradient', got {gain!r}")
-    labels, vectors = _mig_labels(pool, label_source, n_clusters, seed, label_embedder)
-    quality, _ = resolve_quality(quality_source, pool.quality, pool.proxy_quality)
-    u = torch.as_tensor(sample_information(labels, quality, propagation_matrix(vectors, threshold, alpha)))
-    x = torch.zeros(u.shape[1], dtype=u.dtype)
-    taken = torch.zeros(pool.size, dtype=torch.bool)
-    picks: list[int] = []
-    for _ in range(n):
-        if gain == "exact":
-            scores = (phi(x[None, :] + u) - phi(x)[None, :]).sum(dim=1)
-        else:
-            scores = u @ (PHI_B * torch.pow(x + PHI_A, PHI_B - 1))
-        scores[taken] = -torch.inf
-        best = int(torch.argmax(scores))
-        picks.append(best)
-        taken[best] = True
-        x += u[best]
-    return picks
+def mig_subset(pool: PoolInputs, n: int, seed: int, threshold: float = 0.9, prop_weight: float = 1.0,
+               phi_a: float = PHI_A, phi_b: float = PHI_B, norm: bool = False, gain: str = "gradient",
+               label_source: str = "auto", n_clusters: int = 256, label_seed: int = 0,
+               quality_source: str = "auto", label_embedder: str = "packaged:minilm") -> Selection:
+    """MIG (selection.submodular.mig) on the pool-wide label graph; the graph's size goes into provenance.
+    MIG is deterministic: the subset seed is unused (``label_seed`` seeds the k-means labels)."""
+    labels = mig_pool_labels(pool, label_source, n_clusters, label_seed, label_embedder)
+    quality, quality_used = resolve_quality(quality_source, pool.quality, pool.proxy_quality)
+    model = InformationModel.build(labels.vectors, threshold, prop_weight, where="mig selector")
+    picks = mig(labels.labels, labels.vectors, quality, n, threshold=threshold, prop_weight=prop_weight,
+                phi_a=phi_a, phi_b=phi_b, norm=norm, gain=gain, model=model)
+    return Selection(picks, {"label_source": labels.source, "quality_source": quality_used,
+                             "label_graph": model.stats})
