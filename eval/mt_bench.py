@@ -6,8 +6,9 @@ alpaca_eval, so this module is a thin re-implementation of its single-grading st
 
 - turn 1 is graded with ``single-v1``; turn 2 with ``single-v1-multi-turn`` (both turns shown);
 - math, reasoning and coding use the reference-guided ``single-math-v1`` forms with GPT-4's reference answers;
-- the judge replies at temperature 0; the rating is the number in ``[[x]]`` (else in ``[x]``), as FastChat parses
-  it. An unparseable reply is a failure: recorded, excluded from the means, and counted in the summary.
+- the judge replies at temperature 0; the rating is the number in ``[[x]]`` (else in ``[x]``), kept whatever its
+  value (``[[0]]`` scores 0), and -1 when there is none, exactly as FastChat's ``run_judge_single``. A -1 is a
+  failure: recorded, excluded from the means (FastChat's ``show_result`` drops ``score == -1``), and counted.
 
 score = mean rating over (question, turn) pairs; also per turn and per category.
 """
@@ -103,13 +104,13 @@ def judge_prompt(question: dict, answer: dict, prompts: dict[str, dict], refs: d
                   {"role": "user", "content": spec["prompt_template"].format(**fields)}]
 
 
-def parse_rating(text: str) -> float | None:
-    """The rating in ``[[x]]`` (else ``[x]``); None when there is none or it is outside FastChat's 1-10 scale."""
+NO_RATING = -1.0  # FastChat's marker for a judgment without a parseable rating
+
+
+def parse_rating(text: str) -> float:
+    """The rating in ``[[x]]`` (else ``[x]``), any value, as FastChat parses it; -1 when there is none."""
     match = RATING.search(text) or RATING_BACKUP.search(text)
-    if not match:
-        return None
-    rating = float(match.group(1))
-    return rating if 1.0 <= rating <= 10.0 else None
+    return float(match.group(1)) if match else NO_RATING
 
 
 def judge_answers(judge: Judge, questions: list[dict], answers: list[dict], prompts: dict[str, dict],
@@ -133,7 +134,8 @@ def judge_answers(judge: Judge, questions: list[dict], answers: list[dict], prom
                 _append(cache_path, cache[key])
             r = cache[key]
             out.append({"question_id": q["question_id"], "category": q["category"], "turn": turn,
-                        "judge_prompt": name, "judgment": r["judgment"], "score": r["score"]})
+                        "judge_prompt": name, "judgment": r["judgment"],
+                        "score": parse_rating(r["judgment"])})  # re-parsed: caches from older parsers agree
     return out
 
 
@@ -166,8 +168,9 @@ def _append(path: Path, row: dict) -> None:
 
 
 def mt_bench_summary(judgments: list[dict]) -> dict[str, Any]:
-    """Mean rating overall, per turn and per category over parseable judgments; failures counted."""
-    valid = [j for j in judgments if j["score"] is not None]
+    """Mean rating overall, per turn and per category over parsed judgments (FastChat drops score -1; a None
+    from an older cache is a failure too); failures counted."""
+    valid = [j for j in judgments if j["score"] is not None and j["score"] != NO_RATING]
     if not valid:
         raise InputError(f"all {len(judgments)} MT-Bench judgments were unparseable (no [[rating]]); the judge "
                          "does not follow the format, so there is no score")

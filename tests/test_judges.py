@@ -137,7 +137,8 @@ def test_model_outputs_must_match_the_805_instructions(tmp_path):
 
 
 @pytest.mark.parametrize("text, rating", [("Rating: [[7]]", 7.0), ("[[8.5]] overall", 8.5), ("Rating: [3]", 3.0),
-                                          ("I would give it a seven.", None), ("[[11]]", None), ("", None)])
+                                          ("I would give it a seven.", -1.0), ("[[11]]", 11.0), ("[[0]]", 0.0),
+                                          ("", -1.0)])
 def test_mt_bench_rating_parsing(text, rating):
     assert mt.parse_rating(text) == rating
 
@@ -161,14 +162,14 @@ def test_mt_bench_judging_counts_failures_and_resumes(server, tmp_path):
     questions, prompts, refs = mt.load_mt_bench(MT_DIR, n_questions=3, seed=0)
     answers = [{"question_id": q["question_id"], "choices": [{"turns": ["a1", "a2"]}]} for q in questions]
     # asked in order q1 turn 1, q1 turn 2, q2 turn 1, ...
-    replies = iter(["Rating: [[9]]", "no verdict here", "Rating: [[4]]", "Rating: [[2]]", "[[10]]", "[5]"])
+    replies = iter(["Rating: [[9]]", "no verdict here", "Rating: [[4]]", "Rating: [[0]]", "[[10]]", "[5]"])
     server.reply = lambda body: next(replies)
     cache = tmp_path / "judge" / "judgments.jsonl"
     judgments = mt.judge_answers(_judge(server), questions, answers, prompts, refs, cache)
     summary = mt.mt_bench_summary(judgments)
     assert summary["n_judgments"] == 6 and summary["n_failed"] == 1
-    assert summary["score"] == pytest.approx((9 + 4 + 2 + 10 + 5) / 5)
-    assert summary["turn_1"] == pytest.approx((9 + 4 + 10) / 3) and summary["turn_2"] == pytest.approx((2 + 5) / 2)
+    assert summary["score"] == pytest.approx((9 + 4 + 0 + 10 + 5) / 5)  # FastChat keeps [[0]], drops only -1
+    assert summary["turn_1"] == pytest.approx((9 + 4 + 10) / 3) and summary["turn_2"] == pytest.approx((0 + 5) / 2)
     # a kill mid-write leaves a cut-off last line: it is dropped and only that item is asked again
     lines = cache.read_text().splitlines()
     cache.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:10])
@@ -176,7 +177,7 @@ def test_mt_bench_judging_counts_failures_and_resumes(server, tmp_path):
     again = mt.judge_answers(_judge(server), questions, answers, prompts, refs, cache)
     assert len(server.requests) == 7 and [j["score"] for j in again] == [j["score"] for j in judgments]
     with pytest.raises(InputError, match="unparseable"):
-        mt.mt_bench_summary([j | {"score": None} for j in judgments])
+        mt.mt_bench_summary([j | {"score": -1.0} for j in judgments])
 
 
 def test_combined_performance_is_the_mean_z_score():
