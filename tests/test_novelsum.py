@@ -114,3 +114,24 @@ def test_grid_shares_work_and_covers_product():
     for mode in ("reference", "paper"):
         g = novelsum_grid(x, neighbors=[5], density_powers=[0.5], distance_powers=[1], mode=mode, block_size=7)
         assert g[grid_key(5, 0.5, 1)] == pytest.approx(novelsum(x, neighbors=5, mode=mode), rel=1e-6)
+
+
+def test_paper_mode_is_the_papers_formula_with_distance_ranks():
+    # v_i = sum_{j != i} w_ij rho_j^B d_ij / sum_{j != i} w_ij, w_ij = rank_i(j)^-A, ranks by increasing d_ij
+    # (ties by row index), rho as in reference mode; brute force on a pool with a duplicated row (a tie)
+    from metrics.knn import local_density
+
+    rng = np.random.default_rng(11)
+    ref = rng.normal(size=(80, 5)).astype(np.float32)
+    x = np.vstack([ref[:12], ref[3:4]])
+    unit = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    d = 1 - unit @ unit.T
+    for b, a in [(0.0, 1.0), (0.5, 1.0), (0.5, 2.0), (0.25, 0.0)]:
+        rho = local_density(x, ref, 5, b)
+        v = []
+        for i in range(len(x)):
+            others = sorted((j for j in range(len(x)) if j != i), key=lambda j: (np.float32(d[i, j]), j))
+            w = np.arange(1, len(others) + 1, dtype=float) ** -a
+            v.append(sum(wk * rho[j] * d[i, j] for wk, j in zip(w, others, strict=True)) / w.sum())
+        got = novelsum(x, ref, neighbors=5, density_power=b, distance_power=a, mode="paper")
+        assert got == pytest.approx(np.mean(v), rel=1e-5), (b, a)
