@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from metrics import InputError
-from metrics.mig import kmeans_labels, label_graph, mig_information, phi, propagation_matrix, sample_information
+from metrics.labels import kmeans_labels
+from metrics.mig import label_graph, mig_information, phi, propagation_matrix, sample_information
 from selection import PoolInputs, mig, qdit, select
 from selection.signals import length_proxy
 
