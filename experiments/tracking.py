@@ -1,4 +1,5 @@
-"""Weights & Biases: offline by default, one run per subset and one for the study, always finished."""
+"""Weights & Biases: offline by default, one run per subset stage and one for the study, always finished
+(failed ones marked failed)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ log = logging.getLogger(__name__)
 @contextmanager
 def wandb_run(cfg: dict[str, Any], *, name: str, job_type: str, config: dict[str, Any],
               tags: list[str] | None = None) -> Iterator[Any]:
-    """A W&B run (or None when ``cfg['enabled']`` is false), finished in a ``finally``."""
+    """A W&B run (or None when ``cfg['enabled']`` is false), always finished: with exit code 1 (failed) when the
+    body raises, so a crashed or interrupted stage never shows as a success."""
     if not cfg.get("enabled", False):
         yield None
         return
@@ -26,5 +28,7 @@ def wandb_run(cfg: dict[str, Any], *, name: str, job_type: str, config: dict[str
                      mode=cfg.get("mode", "offline"), dir=cfg["dir"], reinit="finish_previous")
     try:
         yield run
-    finally:
-        run.finish()
+    except BaseException:
+        run.finish(exit_code=1)  # W&B shows the stage's run as failed, not as a finished success
+        raise
+    run.finish()

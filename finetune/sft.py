@@ -8,6 +8,7 @@ trainer pre-tokenised with an ``assistant_masks`` column, which TRL folds into t
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,13 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from divcore.io import atomic_write
 from finetune.models import load_tokenizer
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
+
+LOG_HISTORY = "log_history.json"  # the trainer's log history, saved beside the adapter / model
 
 
 def assistant_spans(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> tuple[str, list[tuple]]:
@@ -71,7 +75,8 @@ def last_checkpoint(checkpoint_dir: str | Path | None) -> str | None:
 
 def train_sft(conversations: list[dict[str, Any]], model_path: str, output_dir: str | Path,
               cfg: dict[str, Any], checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
-    """Fine-tune ``model_path`` on ``conversations``; saves the adapter (or full model) to ``output_dir``.
+    """Fine-tune ``model_path`` on ``conversations``; saves the adapter (or full model) to ``output_dir``, with
+    the trainer's log history (loss, learning rate, grad norm per logging step) in ``log_history.json``.
 
     ``cfg`` holds ``max_length``, ``lora`` (a PEFT LoraConfig dict, or null for full fine-tuning),
     ``chat_template`` (optional, see :mod:`finetune.templates`) and ``args`` (any ``SFTConfig`` field: epochs,
@@ -100,6 +105,8 @@ def train_sft(conversations: list[dict[str, Any]], model_path: str, output_dir: 
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         tok.save_pretrained(str(output_dir))
+        # the loss curve stays with the model, with or without W&B (one entry per logging_steps)
+        atomic_write(Path(output_dir) / LOG_HISTORY, json.dumps(trainer.state.log_history, indent=1))
     return {"train_loss": float(result.training_loss), "train_samples": len(dataset),
             "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)), "global_step": result.global_step,
             "resumed_from": Path(resume).name if resume else None}

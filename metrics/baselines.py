@@ -41,7 +41,8 @@ def ttr(texts: Sequence[str]) -> float:
 def vocd_d(texts: Sequence[str], ntokens: int = 50, within_sample: int = 100, iterations: int = 3,
            seed: int = 42) -> float:
     """vocd-D (McKee, Malvern & Richards 2000): the D that best fits TTR(k) = (D/k)[(1 + 2k/D)^0.5 - 1] to
-    the mean TTR of random k-token samples, k = 35..ntokens; computed by the ``lexicalrichness`` package."""
+    the mean TTR of random k-token samples, k = 35..ntokens; computed by the ``lexicalrichness`` package, with
+    its tokenisation (lower-cased; punctuation and digits removed, so ``w1`` and ``w2`` are one word)."""
     from lexicalrichness import LexicalRichness
 
     lex = LexicalRichness(" ".join(texts))

@@ -18,6 +18,7 @@ CONVS = [{"messages": [{"role": "user", "content": f"Question {i}?"},
                        {"role": "assistant", "content": "Then we stop."}]} for i in range(4)]
 
 
+@pytest.mark.slow
 def test_assistant_mask_covers_exactly_the_assistant_turns(tiny_model):
     tok = load_tokenizer(tiny_model)
     enc = tokenize_with_assistant_mask(tok, CONVS[0]["messages"], 512)
@@ -27,14 +28,19 @@ def test_assistant_mask_covers_exactly_the_assistant_turns(tiny_model):
     assert len(cut["input_ids"]) == 10
 
 
+@pytest.mark.slow
 def test_lora_sft_step_saves_adapter_and_changes_eval(tiny_model, tmp_path):
     cfg = {"max_length": 64, "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
                                       "task_type": "CAUSAL_LM"},
            "args": {"max_steps": 2, "learning_rate": 0.05, "per_device_train_batch_size": 2, "seed": 0,
-                    "use_cpu": True, "disable_tqdm": True}}
+                    "use_cpu": True, "disable_tqdm": True, "logging_steps": 1}}
     stats = train_sft(CONVS, tiny_model, tmp_path / "adapter", cfg)
     assert stats["train_samples"] == 4 and stats["train_loss"] > 0
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    history = json.loads((tmp_path / "adapter" / "log_history.json").read_text())  # the loss curve, kept
+    losses = [h for h in history if "loss" in h]
+    assert [h["step"] for h in losses] == [1, 2] and all(h["loss"] > 0 for h in losses)
+    assert history[-1]["train_loss"] == pytest.approx(stats["train_loss"])
     examples = [{"instruction": "Question 9?", "output": "Answer number 9."}]
     base = reference_nll(tiny_model, examples, max_length=64)
     tuned = reference_nll(tiny_model, examples, adapter=str(tmp_path / "adapter"), max_length=64)
@@ -43,6 +49,7 @@ def test_lora_sft_step_saves_adapter_and_changes_eval(tiny_model, tmp_path):
     assert tuned["performance"] == -tuned["reference_nll"]
 
 
+@pytest.mark.slow
 def test_full_finetune_step(tiny_model, tmp_path):
     cfg = {"max_length": 64, "lora": None, "args": {"max_steps": 1, "per_device_train_batch_size": 2,
                                                     "use_cpu": True, "disable_tqdm": True}}
@@ -50,6 +57,7 @@ def test_full_finetune_step(tiny_model, tmp_path):
     assert (tmp_path / "full" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_conversation_without_fitting_answer_is_an_error(tiny_model, tmp_path):
     long = [{"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}]
     with pytest.raises(InputError, match="max_length"):
@@ -69,6 +77,7 @@ def test_reference_sample_is_seeded(tmp_path):
         load_reference(tmp_path / "bad.json", 5, 0)
 
 
+@pytest.mark.slow
 def test_named_chat_templates_render_prefix_by_prefix(tiny_model):
     from finetune.templates import set_chat_template
 
@@ -86,6 +95,7 @@ def test_named_chat_templates_render_prefix_by_prefix(tiny_model):
         set_chat_template(tok, None)
 
 
+@pytest.mark.slow
 def test_killed_fine_tuning_resumes_from_its_last_checkpoint(tiny_model, tmp_path):
     import shutil
 

@@ -41,6 +41,7 @@ def test_mt_bench_uses_fastchat_temperatures_and_two_turns():
     assert answers[0]["choices"][0]["turns"][1] == "answer to a 3-message conversation"  # turn 2 sees turn 1
 
 
+@pytest.mark.slow
 def test_transformers_generation_is_seeded(tiny_model):
     cfg = {"backend": "transformers", "batch_size": 2, "seed": 7}
     convs = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Count to three."}]]
@@ -53,6 +54,7 @@ def test_transformers_generation_is_seeded(tiny_model):
         make_generator({"backend": "tgi"}, tiny_model, None)
 
 
+@pytest.mark.slow
 def test_offline_judged_path_with_a_local_model_judge(tmp_path):
     """SmolLM2-135M answers two AlpacaEval instructions and one MT-Bench question, and judges them."""
     cache = str(tmp_path / "cache")

@@ -6,11 +6,13 @@ import os
 
 import nbformat
 import pandas as pd
+import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow
 def test_notebook_executes(tmp_path):
     runs = pd.DataFrame({"subset": ["random", "random", "duplicate_25", "kcenter", "novelselect"],
                          "selector": ["random", "random", "duplicate", "kcenter", "novelselect"],

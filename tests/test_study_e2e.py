@@ -19,14 +19,12 @@ from tests.judge_server import JudgeServer
 
 
 def _tiny_overrides(tmp: Path, model: str, judge_url: str | None = None) -> list[str]:
-    """A tiny study; judged (AlpacaEval + MT-Bench against the judge at ``judge_url``) or, without a judge, the
-    judge-free reference-NLL evaluation."""
-    base = [f"cache_dir={tmp}/cache", f"results_dir={tmp}/results", f"logger.dir={tmp}/wandb", "study=tiny",
-            "pool.size=40", "pool.max_prompt_chars=300", f"embed.model={model}", "embed.max_length=64",
-            "selection.size=4", f"finetune.base_model={model}", "finetune.max_length=96",
-            "finetune.args.disable_tqdm=true", "selection.subsets.4.params.neighbors=5", "report.n_boot=50"]
+    """The ``debug=tiny`` study on ``model``; judged (AlpacaEval + MT-Bench against the judge at ``judge_url``) or,
+    without a judge, debug=tiny's judge-free reference-NLL evaluation."""
+    base = ["debug=tiny", f"cache_dir={tmp}/cache", f"results_dir={tmp}/results", f"logger.dir={tmp}/wandb",
+            f"embed.model={model}", f"finetune.base_model={model}", "finetune.args.disable_tqdm=true"]
     if judge_url is None:
-        return base + ["eval=reference_nll", "eval.n_examples=2", "eval.max_length=96"]
+        return base
     return base + ["eval=smoke_judge", "eval/judge=vllm_server", f"eval.judge.base_url={judge_url}",
                    f"eval.judge.api_key_env={KEY_ENV}", "eval.judge.model=test-judge", "eval.judge.max_retries=2",
                    "eval.judge.backoff_s=0", "eval.alpaca_eval.n_examples=3", "eval.alpaca_eval.max_new_tokens=6",
@@ -57,6 +55,7 @@ def _artifacts(cache: Path) -> dict[str, float]:
     return {str(p.relative_to(cache)): p.stat().st_mtime for p in cache.glob("*/*/_complete.json")}
 
 
+@pytest.mark.slow
 def test_tiny_study_end_to_end_and_resume(tmp_path, tiny_model, monkeypatch, caplog):
     monkeypatch.setenv(KEY_ENV, SECRET)
     with JudgeServer(_varied_judge, logprobs=_varied_logprobs) as server:
@@ -110,6 +109,7 @@ def _cli(*args: str, tmp: Path) -> subprocess.CompletedProcess:
                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["selection.sizee=3"], "selection.sizee"),
     (["metrics.compute.0.params.neighbours=3"], "metrics.compute.0.params.neighbours"),
@@ -129,6 +129,7 @@ def test_cli_bad_input_fails_clearly(tmp_path, args, message):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_finetune_job_publishes_models_the_study_reuses(tmp_path, tiny_model):
     """The accelerate entry point (here on one process) trains a subset's model into the cache with resumable
     checkpoints; the study then evaluates it without training again."""

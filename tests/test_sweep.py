@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from experiments.run_study import PROJECT_ROOT, run
 from tests.test_study_e2e import _artifacts, _compose, _tiny_overrides
@@ -22,6 +23,7 @@ def _cli(args: list[str], **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_local_sweep_then_gather(tmp_path, tiny_model):
     overrides = _tiny_overrides(tmp_path, tiny_model) + ["logger.enabled=false"]
     proc = _cli(["-m", "hydra/launcher=local", "selection.only=random,kcenter",
@@ -42,6 +44,7 @@ def test_local_sweep_then_gather(tmp_path, tiny_model):
     assert len(pd.read_csv(tmp_path / "results" / "runs.csv")) == 6 == len(result["runs"])
 
 
+@pytest.mark.slow
 def test_killed_stage_is_redone_and_nothing_else(tmp_path, tiny_model):
     overrides = _tiny_overrides(tmp_path, tiny_model) + ["logger.enabled=false"]
     proc = _cli(overrides, start_new_session=True)
