@@ -6,21 +6,29 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from divcore.params import COSINE, NON_NEGATIVE, POSITIVE_INT, SEED, integer, number, one_of, sequence_of
 from metrics import baselines, mig
 from metrics import labels as labels_mod
+from metrics.labels import LABEL_SOURCE
 from metrics.novelsum import distsum_cosine, novelsum, novelsum_grid
 from metrics.registry import MetricInputs, register
 from metrics.validation import InputError
 
+MODE = one_of("reference", "paper")
 
-@register("novelsum", needs=("embeddings", "reference"), family="NovelSum")
+
+@register("novelsum", needs=("embeddings", "reference"), family="NovelSum",
+          params={"neighbors": POSITIVE_INT, "density_power": NON_NEGATIVE, "distance_power": NON_NEGATIVE,
+                  "mode": MODE, "block_size": POSITIVE_INT})
 def _novelsum(inputs: MetricInputs, neighbors: int = 10, density_power: float = 0.5, distance_power: float = 1.0,
               mode: str = "reference", block_size: int = 1024, device: str = "cpu") -> float:
     return novelsum(inputs.embeddings, inputs.reference, neighbors=neighbors, density_power=density_power,
                     distance_power=distance_power, mode=mode, block_size=block_size, device=device)
 
 
-@register("novelsum_grid", needs=("embeddings", "reference"), family="NovelSum")
+@register("novelsum_grid", needs=("embeddings", "reference"), family="NovelSum",
+          params={"neighbors": sequence_of(POSITIVE_INT), "density_powers": sequence_of(NON_NEGATIVE),
+                  "distance_powers": sequence_of(NON_NEGATIVE), "mode": MODE, "block_size": POSITIVE_INT})
 def _novelsum_grid(inputs: MetricInputs, neighbors: Sequence[int] = (5, 10),
                    density_powers: Sequence[float] = (0.0, 0.25, 0.5),
                    distance_powers: Sequence[float] = (0.0, 1.0, 2.0), mode: str = "reference",
@@ -39,18 +47,19 @@ def _ttr(inputs: MetricInputs) -> float:
     return baselines.ttr(inputs.texts)
 
 
-@register("vocd_d", needs=("texts",), family="lexical")
+@register("vocd_d", needs=("texts",), family="lexical",  # vocd samples k = 35..ntokens tokens
+          params={"ntokens": integer(lo=35), "within_sample": POSITIVE_INT, "iterations": POSITIVE_INT, "seed": SEED})
 def _vocd_d(inputs: MetricInputs, ntokens: int = 50, within_sample: int = 100, iterations: int = 3,
             seed: int = 42) -> float:
     return baselines.vocd_d(inputs.texts, ntokens, within_sample, iterations, seed)
 
 
-@register("distsum_l2", needs=("embeddings",), family="distance")
+@register("distsum_l2", needs=("embeddings",), family="distance", params={"block_size": POSITIVE_INT})
 def _distsum_l2(inputs: MetricInputs, block_size: int = 2048) -> float:
     return baselines.distsum_l2(inputs.embeddings, block_size)
 
 
-@register("knn_distance", needs=("embeddings",), family="distance")
+@register("knn_distance", needs=("embeddings",), family="distance", params={"k": POSITIVE_INT})
 def _knn_distance(inputs: MetricInputs, k: int = 10) -> float:
     return baselines.knn_distance(inputs.embeddings, k)
 
@@ -60,12 +69,14 @@ def _vendi(inputs: MetricInputs) -> float:
     return baselines.vendi(inputs.embeddings)
 
 
-@register("facility_location", needs=("embeddings", "reference"), family="distance")
+@register("facility_location", needs=("embeddings", "reference"), family="distance",
+          params={"block_size": POSITIVE_INT})
 def _facility_location(inputs: MetricInputs, block_size: int = 4096) -> float:
     return baselines.facility_location(inputs.embeddings, inputs.reference, block_size)
 
 
-@register("cluster_inertia", needs=("embeddings",), family="distribution")
+@register("cluster_inertia", needs=("embeddings",), family="distribution",
+          params={"n_clusters": POSITIVE_INT, "seed": SEED, "n_init": POSITIVE_INT})
 def _cluster_inertia(inputs: MetricInputs, n_clusters: int = 10, seed: int = 0, n_init: int = 3) -> float:
     return baselines.cluster_inertia(inputs.embeddings, n_clusters, seed, n_init)
 
@@ -75,17 +86,21 @@ def _radius(inputs: MetricInputs) -> float:
     return baselines.radius(inputs.embeddings)
 
 
-@register("log_determinant", needs=("embeddings",), family="distribution")
+@register("log_determinant", needs=("embeddings",), family="distribution", params={"ridge": NON_NEGATIVE})
 def _log_determinant(inputs: MetricInputs, ridge: float = 1e-3) -> float:
     return baselines.log_determinant(inputs.embeddings, ridge)
 
 
-@register("partition_entropy", needs=("embeddings", "reference"), family="distribution")
+@register("partition_entropy", needs=("embeddings", "reference"), family="distribution",
+          params={"n_clusters": POSITIVE_INT, "seed": SEED})
 def _partition_entropy(inputs: MetricInputs, n_clusters: int = 100, seed: int = 42) -> float:
     return baselines.partition_entropy(inputs.embeddings, inputs.reference, n_clusters, seed)
 
 
-@register("mig_information", needs=("embeddings", "reference"), family="MIG")
+@register("mig_information", needs=("embeddings", "reference"), family="MIG",
+          params={"threshold": COSINE, "prop_weight": NON_NEGATIVE, "phi_a": NON_NEGATIVE,
+                  "phi_b": number(lo=0, lo_open=True), "label_source": LABEL_SOURCE, "n_clusters": POSITIVE_INT,
+                  "seed": SEED})
 def _mig_information(inputs: MetricInputs, threshold: float = 0.9, prop_weight: float = 1.0, phi_a: float = mig.PHI_A,
                      phi_b: float = mig.PHI_B, norm: bool = False, label_source: str = "auto", n_clusters: int = 256,
                      seed: int = 0, label_embedder: str = "packaged:minilm") -> dict[str, float]:

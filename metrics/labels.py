@@ -14,8 +14,11 @@ import faiss
 import numpy as np
 
 from divcore.models import resolve_model
+from divcore.params import one_of
 from divcore.rows import normalize_rows
 from metrics.validation import InputError, as_embeddings
+
+LABEL_SOURCE = one_of("tags", "kmeans", "auto")  # where MIG labels come from (the metric and the selector)
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,14 @@ except the key ``name`` itself, which is the metric's own column. :func:`compute
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from divcore.params import Param
+from divcore.registry import Registry, RegistryError, signature_params
 from metrics.validation import InputError
 
 NEEDS = frozenset({"embeddings", "reference", "texts"})
@@ -38,39 +39,36 @@ class Metric:
     fn: Callable[..., float | dict[str, float]]
     needs: frozenset[str]
     family: str
+    params: dict[str, Param]  # every hyperparameter with its constraint, checked before any work
 
 
-_METRICS: dict[str, Metric] = {}
+METRICS: Registry[Metric] = Registry("metric", param_noun="hyperparameter")
 
 
-def register(name: str, *, needs: Iterable[str], family: str) -> Callable:
+def register(name: str, *, needs: Iterable[str], family: str, params: Mapping[str, Param] | None = None) -> Callable:
+    """Register ``fn(inputs, **hyperparameters)`` as metric ``name``. ``params`` declares constraints beyond the
+    type each hyperparameter's annotation implies (``divcore.params``: ``integer(lo=1)``, ``one_of(...)``)."""
     needs = frozenset(needs)
-    assert needs <= NEEDS, needs
+    if not needs <= NEEDS:
+        raise RegistryError(f"metric {name!r}: needs {sorted(needs - NEEDS)} are not among {sorted(NEEDS)}")
 
     def wrap(fn: Callable) -> Callable:
-        _METRICS[name] = Metric(name, fn, needs, family)
+        METRICS.add(name, Metric(name, fn, needs, family, signature_params(fn, 1, params or {})))
         return fn
     return wrap
 
 
 def available() -> list[str]:
-    return sorted(_METRICS)
+    return METRICS.names()
 
 
 def get_metric(name: str) -> Metric:
-    if name not in _METRICS:
-        raise InputError(f"unknown metric {name!r}; known metrics: {', '.join(available())}")
-    return _METRICS[name]
+    return METRICS.get(name)
 
 
 def check_config(name: str, params: Mapping[str, Any]) -> Metric:
-    """Fail fast, before any heavy work, on an unknown metric or hyperparameter."""
-    metric = get_metric(name)
-    accepted = list(inspect.signature(metric.fn).parameters)[1:]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise InputError(f"metric {name!r} has no hyperparameter(s) {unknown}; it accepts {accepted}")
-    return metric
+    """Fail fast, before any heavy work, on an unknown metric, an unknown hyperparameter or a bad value."""
+    return METRICS.check_params(name, params)
 
 
 def compute_one(name: str, inputs: MetricInputs, **params: Any) -> dict[str, float]:

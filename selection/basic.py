@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from divcore.params import POSITIVE_INT, number, optional
 from metrics.validation import InputError
 from selection.registry import PoolInputs, register
 
@@ -26,7 +27,8 @@ def _unique_count(n: int, unique: int | None, unique_ratio: float | None) -> int
     return unique
 
 
-@register("duplicate", distinct=False)
+@register("duplicate", distinct=False,
+          params={"unique": optional(POSITIVE_INT), "unique_ratio": optional(number(0, 1, lo_open=True))})
 def duplicate_subset(pool: PoolInputs, n: int, seed: int, unique: int | None = None,
                      unique_ratio: float | None = None) -> list[int]:
     """m distinct rows drawn uniformly, each repeated as evenly as possible up to n rows, then shuffled."""

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from divcore.params import NON_NEGATIVE, POSITIVE_INT, one_of
 from metrics.knn import local_density, self_density_from_gram, unit_rows
 from metrics.validation import InputError, as_embeddings, check_nonnegative, check_positive_int
 from selection.kcenter import first_pick
@@ -128,7 +129,9 @@ def novelselect(embeddings: np.ndarray, k: int, *, neighbors: int = 10, density_
     return picks
 
 
-@register("novelselect", needs=("embeddings",))
+@register("novelselect", needs=("embeddings",),
+          params={"neighbors": POSITIVE_INT, "density_power": NON_NEGATIVE, "distance_power": NON_NEGATIVE,
+                  "dtype": one_of(*_DTYPES)})
 def novelselect_subset(pool: PoolInputs, n: int, seed: int, neighbors: int = 10, density_power: float = 0.5,
                        distance_power: float = 1.0, use_quality: bool = False, device: str = "cpu",
                        dtype: str = "float32") -> list[int]:

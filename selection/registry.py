@@ -7,13 +7,14 @@ A selector is called as ``fn(inputs, n, seed, **params)`` and returns ``n`` row 
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from divcore.params import Param
+from divcore.registry import Registry, signature_params
 from metrics.validation import InputError, as_embeddings, check_positive_int
 
 
@@ -35,6 +36,7 @@ class Selector:
     fn: Callable[..., list[int]]
     needs: frozenset[str]
     distinct: bool = True  # False for selectors that repeat rows on purpose (duplicate)
+    params: dict[str, Param] = field(default_factory=dict)  # every parameter with its constraint
 
 
 @dataclass
@@ -43,31 +45,30 @@ class Selection:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-_SELECTORS: dict[str, Selector] = {}
+SELECTORS: Registry[Selector] = Registry("selector")
 
 
-def register(name: str, *, needs: tuple[str, ...] = (), distinct: bool = True) -> Callable:
+def register(name: str, *, needs: tuple[str, ...] = (), distinct: bool = True,
+             params: Mapping[str, Param] | None = None) -> Callable:
+    """Register ``fn(pool, n, seed, **params)`` as selector ``name``. ``params`` declares constraints beyond the
+    type each parameter's annotation implies (``divcore.params``)."""
     def wrap(fn: Callable[..., list[int]]) -> Callable[..., list[int]]:
-        _SELECTORS[name] = Selector(name, fn, frozenset(needs), distinct)
+        SELECTORS.add(name, Selector(name, fn, frozenset(needs), distinct, signature_params(fn, 3, params or {})))
         return fn
     return wrap
 
 
 def available() -> list[str]:
-    return sorted(_SELECTORS)
+    return SELECTORS.names()
 
 
 def get_selector(name: str) -> Selector:
-    if name not in _SELECTORS:
-        raise InputError(f"unknown selector {name!r}; known selectors: {', '.join(available())}")
-    return _SELECTORS[name]
+    return SELECTORS.get(name)
 
 
 def check_params(sel: Selector, params: dict[str, Any]) -> None:
-    accepted = list(inspect.signature(sel.fn).parameters)[3:]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise InputError(f"selector {sel.name!r} has no parameter(s) {unknown}; it accepts {accepted}")
+    """Fail fast, before any heavy work, on an unknown parameter or a bad value."""
+    SELECTORS.check_params(sel.name, params)
 
 
 def _check_inputs(sel: Selector, pool: PoolInputs) -> PoolInputs:

@@ -8,18 +8,21 @@ import logging
 import numpy as np
 import torch
 
+from divcore.params import COSINE, NON_NEGATIVE, POSITIVE_INT, SEED, UNIT_INTERVAL, number, one_of, optional
 from metrics.knn import unit_rows
-from metrics.labels import PoolLabels, kmeans_labels, tag_labels
+from metrics.labels import LABEL_SOURCE, PoolLabels, kmeans_labels, tag_labels
 from metrics.mig import PHI_A, PHI_B, InformationModel
 from metrics.validation import InputError
 from selection.registry import PoolInputs, Selection, register
 from selection.signals import resolve_quality
 from selection.submodular import mig, qdit
 
+QUALITY_SOURCE = one_of("data", "proxy", "auto")
+
 log = logging.getLogger(__name__)
 
 
-@register("kmeans", needs=("embeddings",))
+@register("kmeans", needs=("embeddings",), params={"n_clusters": POSITIVE_INT})
 def kmeans_subset(pool: PoolInputs, n: int, seed: int, n_clusters: int = 10) -> list[int]:
     """k-means (faiss, cosine) on the pool, then an equal share drawn uniformly from every cluster; the share a
     small cluster cannot fill goes to the others, largest remaining first."""
@@ -51,7 +54,9 @@ def farthest_subset(pool: PoolInputs, n: int, seed: int) -> list[int]:
     return np.argsort(-dist, kind="stable")[:n].tolist()
 
 
-@register("qdit", needs=("embeddings",))
+@register("qdit", needs=("embeddings",),
+          params={"alpha": UNIT_INTERVAL, "quality_source": QUALITY_SOURCE, "quality_scale": one_of("minmax", "none"),
+                  "reference_size": optional(POSITIVE_INT)})
 def qdit_subset(pool: PoolInputs, n: int, seed: int, alpha: float = 0.9, quality_source: str = "auto",
                 quality_scale: str = "minmax", reference_size: int | None = None, device: str = "cpu") -> list[int]:
     """QDIT (selection.submodular.qdit): alpha weights quality. The facility location covers the whole pool, or
@@ -73,7 +78,7 @@ def deita_order(score: np.ndarray) -> np.ndarray:
     return reverse[score[::-1].argsort(kind="quicksort")][::-1]
 
 
-@register("repr_filter", needs=("embeddings",))
+@register("repr_filter", needs=("embeddings",), params={"threshold": COSINE, "quality_source": QUALITY_SOURCE})
 def repr_filter_subset(pool: PoolInputs, n: int, seed: int, threshold: float = 0.9,
                        quality_source: str = "auto") -> list[int]:
     """DEITA's Repr Filter (Liu et al. 2024; hkust-nlp/deita ``IterativeFilter.filter``, batch size 1): rows by
@@ -108,7 +113,11 @@ def mig_pool_labels(pool: PoolInputs, label_source: str = "auto", n_clusters: in
     return kmeans_labels(pool.embeddings, n_clusters, label_seed)
 
 
-@register("mig", needs=("embeddings",))
+@register("mig", needs=("embeddings",),
+          params={"threshold": COSINE, "prop_weight": NON_NEGATIVE, "phi_a": NON_NEGATIVE,
+                  "phi_b": number(lo=0, lo_open=True), "gain": one_of("gradient", "exact"),
+                  "label_source": LABEL_SOURCE, "n_clusters": POSITIVE_INT, "label_seed": SEED,
+                  "quality_source": QUALITY_SOURCE})
 def mig_subset(pool: PoolInputs, n: int, seed: int, threshold: float = 0.9, prop_weight: float = 1.0,
                phi_a: float = PHI_A, phi_b: float = PHI_B, norm: bool = False, gain: str = "gradient",
                label_source: str = "auto", n_clusters: int = 256, label_seed: int = 0,

@@ -9,6 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from divcore import InputError
 from experiments.pipeline import run_study
 from experiments.run_study import CONFIG_DIR
 
@@ -58,3 +59,16 @@ def test_launcher_presets_compose(launcher):
 def test_measure_and_report_configs_compose(tmp_path):
     for config, overrides in (("measure", [f"subsets={tmp_path}"]), ("report", [f"runs={tmp_path}/runs.csv"])):
         OmegaConf.to_container(_compose(config, overrides), resolve=True, throw_on_missing=True)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("selection.subsets.1.params.unique_ratio=0", "selector 'duplicate' parameter unique_ratio must be"),
+    ("metrics.compute.0.params.neighbors=0", "metric 'novelsum' hyperparameter neighbors must be an integer >= 1"),
+])
+def test_bad_plugin_value_fails_before_the_pool_is_read(override, message, tmp_path):
+    """The pool file does not exist: reaching the pool stage would fail differently."""
+    cfg = _compose("study", ["pool=file", f"pool.path={tmp_path}/missing.jsonl", f"cache_dir={tmp_path}/cache",
+                             f"results_dir={tmp_path}/results", "selection=demo", "metrics=default", override])
+    with pytest.raises(InputError, match=message):
+        run_study(OmegaConf.to_container(cfg, resolve=True))
+    assert not (tmp_path / "cache").exists()
