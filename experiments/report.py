@@ -1,99 +1,162 @@
-"""Correlation of every diversity metric with performance: tables (Markdown, CSV, LaTeX) and scatter plots.
+"""Correlation of every diversity metric with performance: tables (Markdown, CSV, LaTeX) and figures.
 
-Statistics per metric (and per base model when runs.csv holds several, then their mean, as the paper
-averages LLaMA and Qwen): Pearson, Spearman and Kendall (scipy.stats) with p-values, and 95% percentile
-bootstrap intervals from resampling subsets. The bootstrap is written out rather than taken from
-``scipy.stats.bootstrap`` because small studies draw many resamples with a constant column, which must be
-skipped (correlation undefined), not propagated as NaN into the interval.
+Per base model (and, when runs.csv holds several, their mean, as the paper averages LLaMA and Qwen), each metric
+row carries Pearson / Spearman / Kendall with asymptotic, permutation and Benjamini-Hochberg adjusted p-values,
+95% bootstrap intervals, the paired difference to a reference metric (default NovelSum) with its interval, the
+partial correlation controlling for response length (and subset quality when the pool has it), and whether the
+training noise floor leaves room for the interval (:mod:`experiments.stats` has the formulas). The ``mean`` row
+is the mean of r, rho and tau over base models with a bootstrap interval of that mean (subsets resampled within
+each model); averaging p-values is no test, so its p- and q-values are left empty.
+
+The Markdown table is written by hand (pandas' ``to_markdown`` needs ``tabulate`` and pads cells, which makes
+rows hard to grep); the LaTeX table is pandas' ``Styler.to_latex``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure  # the object API draws headless, without touching pyplot's backend
 from scipy import stats
 
+from experiments import figures
+from experiments import stats as st
 from experiments.cache import atomic_write
+from experiments.figures import fmt, novelsum_heatmap, scatter  # noqa: F401  (public since the first report)
+from experiments.stats import bootstrap_ci  # noqa: F401
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
 RUNS_SCHEMA = 1
 REQUIRED_RUN_COLUMNS = ("subset", "selector", "seed", "performance")
 STATS = {"pearson": stats.pearsonr, "spearman": stats.spearmanr, "kendall": stats.kendalltau}
-TABLE_COLUMNS = ["base_model", "metric", "pearson_r", "pearson_ci_low", "pearson_ci_high", "pearson_p",
-                 "spearman_rho", "spearman_ci_low", "spearman_ci_high", "spearman_p", "kendall_tau", "kendall_p",
-                 "n"]
+STAT_NAMES = {"pearson": "pearson_r", "spearman": "spearman_rho", "kendall": "kendall_tau"}
+CONTROLS = {"length": "mean_response_chars", "quality": "mean_quality"}  # partial-correlation confounds
+TABLE_COLUMNS = ["base_model", "metric",
+                 "pearson_r", "pearson_ci_low", "pearson_ci_high", "pearson_p", "pearson_p_perm", "pearson_q",
+                 "pearson_q_perm",
+                 "spearman_rho", "spearman_ci_low", "spearman_ci_high", "spearman_p", "spearman_p_perm", "spearman_q",
+                 "spearman_q_perm",
+                 "kendall_tau", "kendall_p",
+                 "pearson_diff_vs_ref", "pearson_diff_ci_low", "pearson_diff_ci_high",
+                 "spearman_diff_vs_ref", "spearman_diff_ci_low", "spearman_diff_ci_high",
+                 "pearson_partial_length", "spearman_partial_length",
+                 "pearson_partial_quality", "spearman_partial_quality",
+                 "noise_ceiling", "noise_limited", "n"]
 PAPER_REPORTED = Path(__file__).with_name("paper_reported.csv")
-
-
-def _corr(fn, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    if np.ptp(x) == 0 or np.ptp(y) == 0:  # correlation undefined, not 0
-        return float("nan"), float("nan")
-    res = fn(x, y)
-    return float(res.statistic), float(res.pvalue)
-
-
-def bootstrap_ci(fn, x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
-    """95% percentile interval of ``fn`` over resamples of the (x, y) pairs; NaN when too few are defined."""
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(x), len(x))
-        values.append(_corr(fn, x[idx], y[idx])[0])
-    values = np.array(values)
-    if np.isfinite(values).sum() < n_boot / 2:
-        return float("nan"), float("nan")
-    low, high = np.nanpercentile(values, [2.5, 97.5])
-    return float(low), float(high)
+PROXY_LABEL = "-NLL of GPT-4 Turbo reference answers (judge-free proxy for instruction-following quality)"
 
 
 def correlate(runs: pd.DataFrame, metric_columns: list[str], target: str = "performance", *,
-              n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Correlation statistics of each metric column against ``target``; NaN (reported 'undefined') where a
-    column is constant. Rows are grouped by ``base_model`` when present, plus their mean."""
+              n_boot: int = 1000, seed: int = 0, n_perm: int = 9999, reference: str | None = None) -> pd.DataFrame:
+    """The correlation table: one row per (base model, metric), plus a ``mean`` row per metric when runs holds
+    several base models. ``reference`` names the metric every other is compared with (None: no comparison);
+    ``n_perm`` permutation resamples per test (0: none). Statistics of a constant column are NaN (reported 'undefined'), never 0."""
+    if reference is not None and reference not in metric_columns:
+        raise InputError(f"reference metric {reference!r} is not among the table's metrics {metric_columns}: "
+                         "set reference_metric to one of them (or null for no paired comparison)")
     several = "base_model" in runs and runs["base_model"].nunique() > 1
-    groups = runs.groupby("base_model") if several else [("all", runs)]
-    tables = [_correlate_group(g, metric_columns, target, n_boot, seed).assign(base_model=name)
-              for name, g in groups]
+    groups = list(runs.groupby("base_model", sort=True)) if several else [("all", runs)]
+    rng = np.random.default_rng(seed)  # one stream: each model's subsets are resampled independently
+    tables, boots = [], []
+    for name, group in groups:
+        table, boot = _correlate_group(group, metric_columns, target, rng, n_boot=n_boot, seed=seed,
+                                       n_perm=n_perm, reference=reference)
+        tables.append(table.assign(base_model=name))
+        boots.append(boot)
     table = pd.concat(tables, ignore_index=True)
     if len(tables) > 1:
-        mean = table.groupby("metric", sort=False)[TABLE_COLUMNS[2:]].mean().reset_index().assign(base_model="mean")
-        table = pd.concat([table, mean], ignore_index=True)
+        table = pd.concat([table, _mean_rows(tables, boots, metric_columns, reference)], ignore_index=True)
     return table[TABLE_COLUMNS]
 
 
-def _correlate_group(runs: pd.DataFrame, metric_columns: list[str], target: str, n_boot: int,
-                     seed: int) -> pd.DataFrame:
+def _correlate_group(runs: pd.DataFrame, metric_columns: list[str], target: str, rng: np.random.Generator, *,
+                     n_boot: int, seed: int, n_perm: int, reference: str | None
+                     ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
     if len(runs) < 3:
         raise InputError(f"correlation needs at least 3 subsets, the study has {len(runs)}: add subsets or seeds")
     y = runs[target].to_numpy(float)
+    idx = st.resample_indices(rng, len(runs), n_boot)
+    boot = {col: {k: st.rowwise_correlation(k, runs[col].to_numpy(float), y, idx) for k in ("pearson", "spearman")}
+            for col in metric_columns}
+    floor = st.noise_floor_of(runs)
+    rows = [_metric_row(runs, col, y, boot, n_perm=n_perm, seed=seed, reference=reference, floor=floor)
+            for col in metric_columns]
+    table = pd.DataFrame(rows, columns=[c for c in TABLE_COLUMNS if c != "base_model"])
+    for kind in ("pearson", "spearman"):
+        table[f"{kind}_q"] = st.bh_qvalues(table[f"{kind}_p"])
+        table[f"{kind}_q_perm"] = st.bh_qvalues(table[f"{kind}_p_perm"])
+    order = table.sort_values("pearson_r", ascending=False, na_position="last").index
+    return table.loc[order].reset_index(drop=True), boot
+
+
+def _metric_row(runs: pd.DataFrame, col: str, y: np.ndarray, boot: dict, *, n_perm: int, seed: int,
+                reference: str | None, floor: dict) -> dict[str, Any]:
+    x = runs[col].to_numpy(float)
+    row: dict[str, Any] = {"metric": col, "n": len(x)}
+    for kind, stat in STAT_NAMES.items():
+        row[stat], row[f"{kind}_p"] = st.correlation(kind, x, y)
+        if kind == "kendall":
+            continue
+        row[f"{kind}_ci_low"], row[f"{kind}_ci_high"] = st.percentile_interval(boot[col][kind])
+        row[f"{kind}_p_perm"] = st.permutation_p(kind, x, y, n_perm, seed) if n_perm else np.nan
+        if reference is not None:
+            ref_stat = st.correlation(kind, runs[reference].to_numpy(float), y)[0]
+            row[f"{kind}_diff_vs_ref"] = row[stat] - ref_stat
+            row[f"{kind}_diff_ci_low"], row[f"{kind}_diff_ci_high"] = st.percentile_interval(
+                boot[col][kind] - boot[reference][kind])
+        for control, column in CONTROLS.items():
+            if column in runs:
+                row[f"{kind}_partial_{control}"] = st.partial_correlation(x, y, runs[column].to_numpy(float),
+                                                                          rank=kind == "spearman")
+    row |= _noise_flag(row, floor)
+    return row
+
+
+def _noise_flag(row: dict[str, Any], floor: dict) -> dict[str, Any]:
+    """The attenuation ceiling and whether the Pearson interval reaches past it: beyond +-ceiling no metric can
+    correlate with a performance this noisy, so such an interval is wider than the signal allows."""
+    ceiling = floor.get("noise_ceiling")
+    if ceiling is None or not np.isfinite(row.get("pearson_ci_low", np.nan)):  # no interval to compare
+        return {"noise_ceiling": np.nan, "noise_limited": pd.NA}
+    return {"noise_ceiling": ceiling,
+            "noise_limited": bool(row["pearson_ci_high"] > ceiling or row["pearson_ci_low"] < -ceiling)}
+
+
+def _mean_rows(tables: list[pd.DataFrame], boots: list[dict], metric_columns: list[str],
+               reference: str | None) -> pd.DataFrame:
+    """Mean of r, rho and tau over base models, with the percentile interval of the mean over resamples drawn
+    within each model. Undefined in any model -> undefined mean. p- and q-values stay empty."""
+    by_model = [t.set_index("metric") for t in tables]
     rows = []
     for col in metric_columns:
-        x = runs[col].to_numpy(float)
-        row = {"metric": col, "n": len(x)}
-        for name, fn in STATS.items():
-            stat = {"pearson": "pearson_r", "spearman": "spearman_rho", "kendall": "kendall_tau"}[name]
-            row[stat], row[f"{name}_p"] = _corr(fn, x, y)
-            if name != "kendall":
-                row[f"{name}_ci_low"], row[f"{name}_ci_high"] = bootstrap_ci(fn, x, y, n_boot, seed)
+        row: dict[str, Any] = {"base_model": "mean", "metric": col, "n": int(sum(t.loc[col, "n"] for t in by_model))}
+        for stat in STAT_NAMES.values():
+            row[stat] = float(np.mean([t.loc[col, stat] for t in by_model]))
+        for kind in ("pearson", "spearman"):
+            mean_boot = np.mean([b[col][kind] for b in boots], axis=0)
+            row[f"{kind}_ci_low"], row[f"{kind}_ci_high"] = st.percentile_interval(mean_boot)
+            if reference is not None:
+                row[f"{kind}_diff_vs_ref"] = float(np.mean([t.loc[col, f"{kind}_diff_vs_ref"] for t in by_model]))
+                ref_boot = np.mean([b[reference][kind] for b in boots], axis=0)
+                row[f"{kind}_diff_ci_low"], row[f"{kind}_diff_ci_high"] = st.percentile_interval(mean_boot - ref_boot)
+            for control in CONTROLS:
+                row[f"{kind}_partial_{control}"] = float(np.mean([t.loc[col, f"{kind}_partial_{control}"]
+                                                                  for t in by_model]))
         rows.append(row)
-    return pd.DataFrame(rows).sort_values("pearson_r", ascending=False, na_position="last", ignore_index=True)
-
-
-def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return "undefined" if np.isnan(v) else f"{v:.3f}"
-    return str(v)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
@@ -105,9 +168,31 @@ def with_paper_values(table: pd.DataFrame, reported: Path = PAPER_REPORTED) -> p
     return table.assign(paper_reported=[lookup.get(m, "") for m in base])
 
 
+def performance_is_proxy(runs: pd.DataFrame) -> bool:
+    """Whether performance is the judge-free reference likelihood (``performance_source`` names only it)."""
+    return "performance_source" in runs and bool(
+        runs["performance_source"].astype(str).str.fullmatch(r"(raw:)?neg_reference_nll").all())
+
+
+def performance_label(runs: pd.DataFrame) -> str:
+    """The y-axis / table label of performance: what it is, and a warning when it is not a benchmark number."""
+    if performance_is_proxy(runs):
+        return f"IT performance proxy: {PROXY_LABEL}"
+    if performance_note(runs):
+        return "IT performance (smoke-test judge: not valid)"
+    return "IT performance"
+
+
 def performance_note(runs: pd.DataFrame) -> str | None:
-    """A warning for the table and figures when any performance comes from a smoke-test judge."""
-    if "judge_smoke_test" not in runs or not runs["judge_smoke_test"].astype(bool).any():
+    """A note for the table and figures saying what performance is when it is not a real benchmark number: the
+    judge-free reference likelihood, or a smoke-test judge's verdicts."""
+    smoke = "judge_smoke_test" in runs and runs["judge_smoke_test"].astype(bool).any()
+    if performance_is_proxy(runs):
+        note = (f"IT performance here is {PROXY_LABEL}; it is not an AlpacaEval or MT-Bench score.")
+        if smoke:
+            note += " The smoke-test judge's columns in runs.csv only check that the judged path runs."
+        return note
+    if not smoke:
         return None
     judges = sorted({str(j).split(" [")[0] for j in runs.loc[runs["judge_smoke_test"].astype(bool), "judge"]})
     return (f"IT performance here comes from a smoke-test judge ({'; '.join(judges)}): it exercises the "
@@ -115,24 +200,19 @@ def performance_note(runs: pd.DataFrame) -> str | None:
 
 
 def to_latex(table: pd.DataFrame, note: str | None = None) -> str:
-    """A booktabs table of r and rho with their intervals; the best value of each column in bold."""
-    cols = [("pearson_r", "Pearson $r$"), ("spearman_rho", "Spearman $\\rho$"), ("kendall_tau", "Kendall $\\tau$")]
-    best = {c: table[c].max() for c, _ in cols}
-    lines = ["\\begin{tabular}{ll" + "r" * len(cols) + "}", "\\toprule",
-             "Base model & Metric & " + " & ".join(label for _, label in cols) + " \\\\", "\\midrule"]
-    for row in table.itertuples(index=False):
-        cells = []
-        for c, _ in cols:
-            v = getattr(row, c)
-            text = "undef." if np.isnan(v) else f"{v:.3f}"
-            cells.append(f"\\textbf{{{text}}}" if np.isfinite(v) and v == best[c] else text)
-        metric = str(row.metric).replace("_", "\\_")
-        lines.append(f"{row.base_model} & {metric} & " + " & ".join(cells) + " \\\\")
-    lines.append("\\bottomrule")
+    """A booktabs table of r, rho and tau (pandas' Styler); the best value of each column in bold."""
+    cols = {"base_model": "Base model", "metric": "Metric", "pearson_r": "Pearson $r$",
+            "spearman_rho": "Spearman $\\rho$", "kendall_tau": "Kendall $\\tau$"}
+    frame = table[list(cols)].rename(columns=cols)
+    styler = (frame.style.hide(axis="index")
+              .format(precision=3, na_rep="undef.", subset=list(cols.values())[2:])
+              .format(escape="latex", subset=["Base model", "Metric"])
+              .highlight_max(subset=list(cols.values())[2:], props="textbf:--rwrap;"))
+    latex = styler.to_latex(hrules=True, column_format="ll" + "r" * (len(cols) - 2))
     if note:
-        lines.append(f"\\multicolumn{{{2 + len(cols)}}}{{l}}{{\\footnotesize {_latex_escape(note)}}} \\\\")
-    lines.append("\\end{tabular}")
-    return "\n".join(lines) + "\n"
+        foot = f"\\multicolumn{{{len(cols)}}}{{l}}{{\\footnotesize {_latex_escape(note)}}} \\\\\n"
+        latex = latex.replace("\\end{tabular}", foot + "\\end{tabular}")
+    return latex
 
 
 def _latex_escape(text: str) -> str:
@@ -143,54 +223,6 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
 
 
-def _save(fig: Figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
-
-
-def scatter(runs: pd.DataFrame, metric: str, row: pd.Series, path: Path, target: str = "performance",
-            smoke_test: bool = False) -> None:
-    """One point per subset, one colour and marker per selection strategy, r and rho in the title."""
-    fig = Figure(figsize=(5, 4), dpi=120)
-    ax = fig.subplots()
-    markers = "osD^vP*Xh<>p"
-    for i, (label, group) in enumerate(runs.groupby("subset", sort=True)):
-        ax.scatter(group[metric], group[target], label=label, s=40, marker=markers[i % len(markers)])
-    ax.set_xlabel(metric)
-    ylabel = "IT performance" if target == "performance" else target
-    ax.set_ylabel(f"{ylabel} (smoke-test judge: not valid)" if smoke_test else ylabel)
-    ax.set_title(f"{metric}\nPearson r = {_fmt(row['pearson_r'])}, Spearman rho = {_fmt(row['spearman_rho'])}",
-                 fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def novelsum_heatmap(table: pd.DataFrame, path: Path) -> bool:
-    """Pearson r over NovelSum's grid, rows (K, B), columns A; False when the runs hold no grid."""
-    grid = table[table["metric"].str.startswith("novelsum_grid[")]
-    if grid.empty:
-        return False
-    keys = grid["metric"].str.extract(r"neighbors=(\d+),density_power=([\d.]+),distance_power=([\d.]+)")
-    frame = pd.DataFrame({"K": keys[0].astype(int), "B": keys[1].astype(float), "A": keys[2].astype(float),
-                          "r": grid["pearson_r"].to_numpy()})
-    pivot = frame.pivot_table(index=["K", "B"], columns="A", values="r")
-    fig = Figure(figsize=(4.5, 4), dpi=120)
-    ax = fig.subplots()
-    im = ax.imshow(pivot.to_numpy(), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(pivot.columns)), [f"A={a:g}" for a in pivot.columns])
-    ax.set_yticks(range(len(pivot.index)), [f"K={k}, B={b:g}" for k, b in pivot.index])
-    for (i, j), v in np.ndenumerate(pivot.to_numpy()):
-        ax.text(j, i, _fmt(float(v)), ha="center", va="center", color="w", fontsize=8)
-    fig.colorbar(im, ax=ax, label="Pearson r")
-    ax.set_title("NovelSum grid: correlation with performance", fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
-    return True
-
-
 def check_runs(runs: pd.DataFrame, source: str = "runs.csv") -> None:
     missing = [c for c in REQUIRED_RUN_COLUMNS if c not in runs]
     if missing:
@@ -199,29 +231,75 @@ def check_runs(runs: pd.DataFrame, source: str = "runs.csv") -> None:
     if found != [RUNS_SCHEMA]:
         raise InputError(f"{source} was written by an older divbench (schema {found}, expected {RUNS_SCHEMA}): "
                          "re-run the study; finished stages are reused from the cache")
+    keys = [c for c in ("base_model", "subset", "seed") if c in runs]
+    dup = runs[runs.duplicated(keys, keep=False)]
+    if not dup.empty:
+        first = dup.iloc[0]
+        raise InputError(f"{source}: {len(dup)} rows share ({', '.join(keys)}), first "
+                         f"{tuple(first[k] for k in keys)}: each subset must appear once per base model "
+                         "(training replicates belong in one row, averaged; see finetune.seeds)")
+
+
+def noise_floors(runs: pd.DataFrame, table: pd.DataFrame, alpha: float = 0.05) -> dict[str, Any]:
+    """The noise floor of each base model (flat when there is one) plus the metrics whose correlation excludes 0
+    after Benjamini-Hochberg (q < alpha), by test."""
+    several = "base_model" in runs and runs["base_model"].nunique() > 1
+    groups = list(runs.groupby("base_model", sort=True)) if several else [("all", runs)]
+    out = {}
+    for name, group in groups:
+        rows = table[table["base_model"] == name]
+        floor = st.noise_floor_of(group)
+        floor["significant_after_bh"] = {
+            col: rows.loc[rows[col] < alpha, "metric"].tolist()
+            for col in ("pearson_q", "spearman_q", "pearson_q_perm", "spearman_q_perm")}
+        floor["alpha"] = alpha
+        if floor["within_sd"] is None:
+            floor["note"] = "one training replicate per subset: set finetune.seeds to measure the noise floor"
+        out[str(name)] = floor
+    return next(iter(out.values())) if len(out) == 1 else {"base_models": out}
 
 
 def write_report(runs: pd.DataFrame, metric_columns: list[str], out_dir: str | Path, *, n_boot: int = 1000,
-                 seed: int = 0) -> dict[str, Path]:
-    """Write runs.csv, table.{csv,md,tex}, scatter_<metric>.png (and the NovelSum grid heatmap) into out_dir."""
+                 seed: int = 0, n_perm: int = 9999, reference_metric: str | None = None,
+                 alpha: float = 0.05) -> dict[str, Path]:
+    """Write runs.csv, table.{csv,md,tex}, noise_floor.json, scatter_<metric>.png, forest.png (and the NovelSum
+    grid heatmap) into out_dir. Everything is computed before the first file is written."""
     if "schema" not in runs:
         runs = runs.assign(schema=RUNS_SCHEMA)
     check_runs(runs)
+    table = with_paper_values(correlate(runs, metric_columns, n_boot=n_boot, seed=seed, n_perm=n_perm,
+                                        reference=reference_metric))
+    floor = noise_floors(runs, table, alpha)
+    note = performance_note(runs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = with_paper_values(correlate(runs, metric_columns, n_boot=n_boot, seed=seed))
     paths = {"runs": out / "runs.csv", "table_csv": out / "table.csv", "table_md": out / "table.md",
-             "table_tex": out / "table.tex"}
+             "table_tex": out / "table.tex", "noise_floor": out / "noise_floor.json"}
     atomic_write(paths["runs"], runs.to_csv(index=False))
     atomic_write(paths["table_csv"], table.to_csv(index=False))
-    note = performance_note(runs)
-    atomic_write(paths["table_md"], (f"> **Note:** {note}\n\n" if note else "") + to_markdown(table))
+    header = f"> **Note:** {note}\n\n" if note else ""
+    if reference_metric:
+        header += f"> Paired differences (`*_diff_vs_ref`) are against `{reference_metric}`.\n\n"
+    atomic_write(paths["table_md"], header + to_markdown(table))
     atomic_write(paths["table_tex"], to_latex(table, note))
-    scatter_rows = table[table["base_model"].isin(["all", "mean"])]
-    for _, row in scatter_rows.iterrows():
-        paths[f"scatter:{row['metric']}"] = out / f"scatter_{slug(row['metric'])}.png"
-        scatter(runs, row["metric"], row, paths[f"scatter:{row['metric']}"], smoke_test=note is not None)
-    if novelsum_heatmap(scatter_rows, out / "novelsum_grid_heatmap.png"):
+    atomic_write(paths["noise_floor"], json.dumps(floor, indent=2))
+    paths |= write_figures(runs, table, out, alpha)
+    return paths
+
+
+def write_figures(runs: pd.DataFrame, table: pd.DataFrame, out: Path, alpha: float = 0.05) -> dict[str, Path]:
+    """A scatter per metric (one panel per base model), the forest plot and the NovelSum grid heatmap."""
+    ylabel = performance_label(runs)
+    paths = {}
+    models = table[table["base_model"] != "mean"]
+    for metric, rows in models.groupby("metric", sort=False):
+        paths[f"scatter:{metric}"] = out / f"scatter_{slug(metric)}.png"
+        figures.scatter(runs, metric, rows, paths[f"scatter:{metric}"], ylabel=ylabel)
+    paths["forest"] = out / "forest.png"
+    what = "IT performance proxy (-NLL of reference answers)" if performance_is_proxy(runs) else "IT performance"
+    figures.forest(table, paths["forest"], xlabel=f"Pearson r with {what}, 95% bootstrap interval", q_alpha=alpha)
+    summary = table[table["base_model"].isin(["all", "mean"])]
+    if figures.novelsum_heatmap(summary, out / "novelsum_grid_heatmap.png"):
         paths["heatmap"] = out / "novelsum_grid_heatmap.png"
     return paths
 
@@ -234,11 +312,53 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
     return [c for c in runs.columns if c.split("[")[0] in names]
 
 
-def regenerate(runs_csv: str | Path, out_dir: str | Path | None = None, **kw) -> dict[str, Path]:
-    """Rebuild every table and figure from a runs.csv alone (no cache, no models)."""
-    runs_csv = Path(runs_csv)
-    if not runs_csv.exists():
-        raise InputError(f"{runs_csv} does not exist: run the study first, or point at its results/<study>/runs.csv")
-    runs = pd.read_csv(runs_csv)
-    check_runs(runs, str(runs_csv))
-    return write_report(runs, metric_columns(runs), out_dir or runs_csv.parent, **kw)
+def read_runs(runs_csvs: str | Path | Sequence[str | Path]) -> tuple[pd.DataFrame, list[Path]]:
+    """One runs table from one or several runs.csv files (several: one per base model, same columns)."""
+    paths = [Path(p) for p in ([runs_csvs] if isinstance(runs_csvs, (str, Path)) else runs_csvs)]
+    if not paths:
+        raise InputError("runs= is empty: give a runs.csv, or a list of them (runs=[a.csv,b.csv])")
+    frames = []
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"{path} does not exist: run the study first, or point at its results/<study>/runs.csv")
+        frame = pd.read_csv(path)
+        check_runs(frame, str(path))
+        frames.append(frame)
+    if len(frames) > 1:
+        _check_mergeable(frames, paths)
+    runs = pd.concat(frames, ignore_index=True)
+    check_runs(runs, " + ".join(map(str, paths)))
+    return runs, paths
+
+
+def _check_mergeable(frames: list[pd.DataFrame], paths: list[Path]) -> None:
+    first = set(frames[0].columns)
+    for frame, path in zip(frames[1:], paths[1:], strict=True):
+        if set(frame.columns) != first:
+            raise InputError(f"{path} and {paths[0]} have different columns (only in {path}: "
+                             f"{sorted(set(frame.columns) - first)}, only in {paths[0]}: "
+                             f"{sorted(first - set(frame.columns))}): merge runs of studies with the same metrics "
+                             "and evaluation")
+    missing = [str(p) for f, p in zip(frames, paths, strict=True) if "base_model" not in f]
+    if missing:
+        raise InputError(f"{missing} lack a base_model column: merged runs are grouped by base model")
+
+
+def default_out(paths: list[Path]) -> Path:
+    """The folder of a single runs.csv; for several, their common parent folder, unless that would overwrite an
+    input."""
+    if len(paths) == 1:
+        return paths[0].parent
+    parent = Path(os.path.commonpath([p.resolve().parent for p in paths]))
+    if any(p.resolve() == parent / "runs.csv" for p in paths):
+        raise InputError(f"the merged report would overwrite {parent / 'runs.csv'}: set out=<folder>")
+    return parent
+
+
+def regenerate(runs_csv: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
+               **kw) -> dict[str, Path]:
+    """Rebuild every table and figure from one runs.csv, or merge several (one per base model), alone: no cache,
+    no models. ``out_dir`` defaults to :func:`default_out`."""
+    runs, paths = read_runs(runs_csv)
+    out = Path(out_dir) if out_dir else default_out(paths)
+    return write_report(runs, metric_columns(runs), out, **kw)
