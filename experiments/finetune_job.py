@@ -27,14 +27,17 @@ log = logging.getLogger("divbench")
 
 def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
     """Fine-tune every subset of the plan (or of ``selection.only``) that is not in the cache yet; returns the
-    ``<label>-s<seed>`` names of those it trained."""
+    ``<label>-s<seed>`` names (``-t<training seed>`` with ``finetune.seeds``) of those it trained."""
     from accelerate import PartialState
 
     from experiments.cache import ArtifactStore
     from experiments.pipeline import (
         SubsetRunner,
         embed_stage,
+        finetune_config,
         pool_stage,
+        replicate_entries,
+        replicate_name,
         selected_entries,
         stage_specs,
         subset_plan,
@@ -43,7 +46,7 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
 
     state = PartialState()
     store = ArtifactStore(cfg["cache_dir"])
-    entries = selected_entries(subset_plan(cfg["selection"]), cfg["selection"].get("only"))
+    entries = replicate_entries(selected_entries(subset_plan(cfg["selection"]), cfg["selection"].get("only")), cfg)
     cfg = cfg | {"logger": cfg["logger"] | {"enabled": cfg["logger"].get("enabled", True) and state.is_main_process}}
     specs = stage_specs(cfg)
     with state.main_process_first():
@@ -59,7 +62,8 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
             continue
         ckpt = runner.checkpoint_dir(entry_specs, force=True)
         final = ckpt / "final"
-        stats = train_sft(subsets[entry["label"], entry["seed"]], base, final, cfg["finetune"], checkpoint_dir=ckpt)
+        stats = train_sft(subsets[entry["label"], entry["seed"]], base, final, finetune_config(cfg, entry),
+                          checkpoint_dir=ckpt)
         state.wait_for_everyone()
         if state.is_main_process:
             with store.build("finetune", entry_specs["finetune"]) as tmp:
@@ -67,7 +71,7 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
                 (tmp / "train.json").write_text(json.dumps(stats | {"processes": state.num_processes}, indent=2))
             runner.drop_checkpoints(ckpt)
         state.wait_for_everyone()
-        trained.append(f"{entry['label']}-s{entry['seed']}")
+        trained.append(replicate_name(entry))
     return trained
 
 

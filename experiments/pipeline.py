@@ -34,7 +34,7 @@ from experiments.pools import (
     sample_pool,
     write_jsonl,
 )
-from experiments.report import RUNS_SCHEMA, metric_columns, write_report
+from experiments.report import RUNS_SCHEMA, aggregate_replicates, metric_columns, write_report
 from experiments.tracking import wandb_run
 from finetune.models import finetuned, resolve_model
 from metrics.registry import check_config
@@ -75,6 +75,34 @@ def subset_plan(sel_cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
 STAGES = ("pool", "embed", "subset", "metrics", "finetune", "generate", "eval")
 RUN_ONLY = ("resume", "keep_checkpoints")  # how a fine-tuning runs, not what it produces
+
+
+def train_seeds(ft_cfg: dict[str, Any]) -> list[int]:
+    """The training replicates of every subset: ``finetune.seeds``, or the one ``finetune.args.seed``."""
+    seeds = ft_cfg.get("seeds")
+    if seeds is None:
+        return [int(ft_cfg["args"]["seed"])]
+    if isinstance(seeds, (int, str)) or not seeds or len(set(seeds)) != len(seeds) or \
+            not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
+        raise InputError(f"finetune.seeds must be a non-empty list of distinct integers (training replicates), "
+                         f"got {seeds!r}; e.g. finetune.seeds=[1,2,3], or null for one run with finetune.args.seed")
+    return [int(v) for v in seeds]
+
+
+def finetune_config(cfg: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuning config of one training replicate: the replicate's seed drives the trainer (weights
+    init, data order) and nothing else, so replicates of a subset differ only by training noise."""
+    ft = {k: v for k, v in cfg["finetune"].items() if k != "seeds"}
+    seed = entry.get("train_seed")
+    if seed is None:
+        return ft
+    return ft | {"args": ft["args"] | {"seed": int(seed), "data_seed": int(seed)}}
+
+
+def replicate_entries(entries: list[dict[str, Any]], cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each (subset, seed) entry once per training seed; subset and metrics artifacts are shared by them."""
+    replicated = cfg["finetune"].get("seeds") is not None
+    return [e | {"train_seed": t, "replicated": replicated} for e in entries for t in train_seeds(cfg["finetune"])]
 GENERATION_ONLY = ("judge", "performance", "annotator", "annotator_seed", "judge_max_tokens", "judge_prefill")
 
 
@@ -99,7 +127,8 @@ def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dic
     specs = {"pool": pool, "embed": embed}
     if entry is not None:
         subset = {"embed": embed, "subset": {k: entry[k] for k in ("selector", "params", "seed", "size")}}
-        finetune = {"subset": subset, "finetune": {k: v for k, v in cfg["finetune"].items() if k not in RUN_ONLY}}
+        finetune = {"subset": subset,
+                    "finetune": {k: v for k, v in finetune_config(cfg, entry).items() if k not in RUN_ONLY}}
         specs |= {"subset": subset, "metrics": {"subset": subset, "metrics": list(cfg["metrics"]["compute"])},
                   "finetune": finetune}
         if judged(cfg):
@@ -174,7 +203,7 @@ class SubsetRunner:
             if self.store.is_complete(name, spec):
                 yield None, None
                 return
-            with wandb_run(self.cfg["logger"], name=f"{entry['label']}-s{entry['seed']}/{name}", job_type=name,
+            with wandb_run(self.cfg["logger"], name=f"{replicate_name(entry)}/{name}", job_type=name,
                            config={"study": self.cfg["study"], "stage": name, **entry, name: spec.get(name)},
                            tags=[entry["selector"], f"seed={entry['seed']}", self.cfg["finetune"]["base_model"]]
                            ) as run, self.store.build(name, spec) as tmp:
@@ -191,7 +220,7 @@ class SubsetRunner:
             if tmp:
                 from finetune.sft import train_sft  # heavy import (TRL), only when training is due
 
-                ft_cfg = self.cfg["finetune"]
+                ft_cfg = finetune_config(self.cfg, entry)
                 if run is not None:  # TRL streams its loss curves into this stage's W&B run
                     ft_cfg = ft_cfg | {"args": ft_cfg["args"] | {"report_to": ["wandb"]}}
                 ckpt = self.checkpoint_dir(specs)
@@ -242,7 +271,7 @@ class SubsetRunner:
             with self.stage("generate", entry, specs["generate"]) as (tmp, _):
                 if tmp:
                     generate_benchmarks(model_path, adapter, ev, tmp,
-                                        generator_name=f"{self.cfg['study']}-{entry['label']}-s{entry['seed']}")
+                                        generator_name=f"{self.cfg['study']}-{replicate_name(entry)}")
         with self.stage("eval", entry, specs["eval"]) as (tmp, run):
             if tmp:
                 if judged(self.cfg):
@@ -254,11 +283,36 @@ class SubsetRunner:
                 if run is not None:
                     run.log(row | {k: v for k, v in result.items() if isinstance(v, (int, float))})
         result = json.loads((self.store.path("eval", specs["eval"]) / "eval.json").read_text())
-        log.info("subset %s seed %d evaluated: %s", entry["label"], entry["seed"],
+        log.info("%s evaluated: %s", replicate_name(entry),
                  {k: v for k, v in result.items() if k in ("performance", "alpaca_eval_win_rate", "mt_bench_score")})
         return {"subset": entry["label"], "selector": entry["selector"], "seed": entry["seed"],
-                "size": entry["size"], "unique_rows": len(set(indices)),
-                "base_model": self.cfg["finetune"]["base_model"]} | row | result
+                "train_seed": entry.get("train_seed"), "size": entry["size"], "unique_rows": len(set(indices)),
+                "base_model": self.cfg["finetune"]["base_model"]} | subset_profile(sub) | row | result
+
+
+def replicate_name(entry: dict[str, Any]) -> str:
+    """``<label>-s<selection seed>``, plus ``-t<training seed>`` for a training replicate."""
+    name = f"{entry['label']}-s{entry['seed']}"
+    return f"{name}-t{entry['train_seed']}" if entry.get("replicated") else name
+
+
+def subset_profile(sub: list[dict]) -> dict[str, float]:
+    """Confounds the report controls for: mean characters of the subset's assistant turns (judges and several
+    metrics move with length) and, when the pool scores quality, the subset's mean quality."""
+    chars = [len(m["content"]) for c in sub for m in c["messages"] if m["role"] == "assistant"]
+    profile = {"mean_response_chars": float(np.mean(chars)) if chars else float("nan")}
+    quality = data_column(sub, "quality")
+    if quality is not None:
+        profile["mean_quality"] = float(np.mean(quality))
+    return profile
+
+
+def performance_source(cfg: dict[str, Any]) -> str:
+    """What the performance column is, e.g. ``raw:neg_reference_nll`` or ``zscore_mean:alpaca_eval_win_rate,...``."""
+    if not judged(cfg):
+        return "neg_reference_nll" if cfg["eval"]["name"] == "reference_nll" else str(cfg["eval"]["name"])
+    perf = cfg["eval"]["performance"]
+    return f"{perf.get('method', 'zscore_mean')}:{','.join(perf['columns'])}"
 
 
 def _check_metric_configs(metric_cfgs: list[dict]) -> None:
@@ -284,7 +338,7 @@ def dry_run(cfg: dict[str, Any], plan: list[dict]) -> pd.DataFrame:
     rows = []
     for entry in plan:
         specs = stage_specs(cfg, entry)
-        rows.append({"label": entry["label"], "seed": entry["seed"]} |
+        rows.append({"label": entry["label"], "seed": entry["seed"], "train_seed": entry.get("train_seed")} |
                     {s: ("done" if store.is_complete(s, specs[s]) else "to run") if s in specs else "n/a"
                      for s in STAGES})
     table = pd.DataFrame(rows)
@@ -298,7 +352,7 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     if judged(cfg):
         check_eval_config(cfg["eval"])
     plan = subset_plan(cfg["selection"])
-    entries = selected_entries(plan, cfg["selection"].get("only"))
+    entries = replicate_entries(selected_entries(plan, cfg["selection"].get("only")), cfg)
     if cfg.get("dry_run"):
         return {"dry_run": dry_run(cfg, entries)}
     store = ArtifactStore(cfg["cache_dir"])
@@ -310,14 +364,15 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
         emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"])
     runner = SubsetRunner(cfg, store, convs, emb, timings)
     runs = pd.DataFrame([runner.run(entry) for entry in entries]).assign(schema=RUNS_SCHEMA)
-    runs = runs.astype({c: float for c in runs if runs[c].isna().all()})  # all-missing reads back as float
-    if len(entries) < len(plan):
+    if len(entries) < len(replicate_entries(plan, cfg)):
         log.info("selection.only: %d of %d subsets done; run without selection.only to gather the report",
                  len(entries), len(plan))
         return {"paths": {}, "timings": timings, "runs": runs}
     if judged(cfg):
         perf = cfg["eval"]["performance"]
         runs["performance"] = combine_performance(runs, list(perf["columns"]), perf.get("method", "zscore_mean"))
+    runs = aggregate_replicates(runs.assign(performance_source=performance_source(cfg)))
+    runs = runs.astype({c: float for c in runs if runs[c].isna().all()})  # all-missing reads back as float
     with timed("report", timings):
         paths = write_report(runs, metric_columns(runs), cfg["results_dir"], **cfg.get("report", {}))
         atomic_write(Path(cfg["results_dir"]) / "timings.json", json.dumps(timings, indent=2))
@@ -335,5 +390,4 @@ def _log_study(cfg: dict[str, Any], runs: pd.DataFrame, paths: dict[str, Path]) 
         table = pd.read_csv(paths["table_csv"])
         table = table.astype(object).where(table.notna(), None)  # undefined correlations stay missing, not 0
         run.log({"correlation": wandb.Table(dataframe=table), "runs": wandb.Table(dataframe=runs)})
-        run.log({f"figures/{p.stem}": wandb.Image(str(p)) for key, p in paths.items()
-                 if key.startswith("scatter:") or key == "heatmap"})
+        run.log({f"figures/{p.stem}": wandb.Image(str(p)) for p in paths.values() if p.suffix == ".png"})

@@ -1,6 +1,7 @@
 """Hydra entry point: rebuild every table and figure from a runs.csv alone.
 
-``divbench-report runs=results/demo/runs.csv`` (``out`` defaults to the folder of runs.csv).
+``divbench-report runs=results/demo/runs.csv`` (``out`` defaults to the folder of runs.csv), or several base
+models' runs in one report: ``divbench-report runs=[results/llama/runs.csv,results/qwen/runs.csv] out=results/both``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import logging
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from experiments.run_study import CONFIG_DIR
 
@@ -22,7 +23,9 @@ def main(cfg: DictConfig) -> None:
     from metrics.validation import InputError
 
     try:
-        paths = regenerate(cfg.runs, cfg.out, n_boot=cfg.n_boot, seed=cfg.seed)
+        runs = OmegaConf.to_container(cfg.runs) if isinstance(cfg.runs, ListConfig) else cfg.runs
+        paths = regenerate(runs, cfg.out, n_boot=cfg.n_boot, seed=cfg.seed, n_perm=cfg.n_perm,
+                           reference_metric=cfg.reference_metric, alpha=cfg.alpha)
     except InputError as e:
         log.error("%s", e)
         sys.exit(2)

@@ -58,7 +58,8 @@ def correlate(runs: pd.DataFrame, metric_columns: list[str], target: str = "perf
               n_boot: int = 1000, seed: int = 0, n_perm: int = 9999, reference: str | None = None) -> pd.DataFrame:
     """The correlation table: one row per (base model, metric), plus a ``mean`` row per metric when runs holds
     several base models. ``reference`` names the metric every other is compared with (None: no comparison);
-    ``n_perm`` permutation resamples per test (0: none). Statistics of a constant column are NaN (reported 'undefined'), never 0."""
+    ``n_perm`` permutation resamples per test (0: none). Statistics of a constant column are NaN (reported
+    'undefined'), never 0."""
     if reference is not None and reference not in metric_columns:
         raise InputError(f"reference metric {reference!r} is not among the table's metrics {metric_columns}: "
                          "set reference_metric to one of them (or null for no paired comparison)")
@@ -152,6 +153,40 @@ def _mean_rows(tables: list[pd.DataFrame], boots: list[dict], metric_columns: li
                                                                   for t in by_model]))
         rows.append(row)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+REPLICATE_COLUMNS = ("n_replicates", "performance_sd", "performance_replicates", "train_seeds")
+
+
+def aggregate_replicates(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (base_model, subset, seed) from one row per training replicate (``train_seed``).
+
+    A numeric column that differs across a subset's replicates (performance, benchmark scores) becomes the
+    replicate mean (a missing replicate value makes it missing, not skipped); the rest are the subset's own.
+    Adds ``n_replicates``, ``performance_sd`` (SD over replicates, ddof=1; NaN with one replicate),
+    ``performance_replicates`` and ``train_seeds`` (JSON lists, in training-seed order).
+    """
+    keys = [c for c in ("base_model", "subset", "seed") if c in runs]
+    rows = []
+    for _, group in runs.groupby(keys, sort=False, dropna=False):
+        if "train_seed" in group:
+            group = group.sort_values("train_seed", kind="stable")
+        row = group.iloc[0].to_dict()
+        for col in group.columns:
+            values = group[col]
+            varies = values.nunique(dropna=False) > 1
+            if varies and pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+                row[col] = float(values.astype(float).mean(skipna=False))
+        perf = group["performance"].astype(float)
+        row |= {"n_replicates": len(group), "performance_sd": float(perf.std(ddof=1)) if len(group) > 1 else np.nan,
+                "performance_replicates": json.dumps(perf.tolist()),
+                "train_seeds": json.dumps([int(v) for v in group["train_seed"]]) if "train_seed" in group else ""}
+        row.pop("train_seed", None)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    first = [c for c in out.columns if c not in REPLICATE_COLUMNS]
+    at = first.index("performance") + 1
+    return out[first[:at] + list(REPLICATE_COLUMNS) + first[at:]]
 
 
 def to_markdown(table: pd.DataFrame) -> str:
