@@ -315,9 +315,13 @@ def performance_source(cfg: dict[str, Any]) -> str:
     return f"{perf.get('method', 'zscore_mean')}:{','.join(perf['columns'])}"
 
 
-def _check_metric_configs(metric_cfgs: list[dict]) -> None:
+def _check_metric_configs(metric_cfgs: list[dict], report: dict[str, Any] | None = None) -> None:
     for m in metric_cfgs:
         check_config(m["name"], dict(m.get("params") or {}))
+    ref = (report or {}).get("reference_metric")
+    if ref is not None and ref not in {m["name"] for m in metric_cfgs}:
+        raise InputError(f"report.reference_metric={ref!r} is not among metrics.compute "
+                         f"{[m['name'] for m in metric_cfgs]}: name one of them, or report.reference_metric=null")
 
 
 def selected_entries(plan: list[dict], only: Any) -> list[dict]:
@@ -348,7 +352,7 @@ def dry_run(cfg: dict[str, Any], plan: list[dict]) -> pd.DataFrame:
 
 def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run (or resume) the study described by a resolved config dict; returns paths, timings and runs."""
-    _check_metric_configs(list(cfg["metrics"]["compute"]))
+    _check_metric_configs(list(cfg["metrics"]["compute"]), cfg.get("report"))
     if judged(cfg):
         check_eval_config(cfg["eval"])
     plan = subset_plan(cfg["selection"])
