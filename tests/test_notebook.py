@@ -27,5 +27,8 @@ def test_notebook_executes(tmp_path):
     finally:
         del os.environ["DIVBENCH_RUNS"]
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "| all | novelsum |" in outputs and "0.97 (paper" in outputs
-    assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", []))
+    assert "| all | novelsum |" in outputs and "0.97 (paper" in outputs and "pearson_p_perm" in outputs
+    images = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "display_data"
+              and "image/png" in o.get("data", {})]
+    assert len(images) >= 2  # the NovelSum scatter with its fit band, and the forest plot
+    assert any("ax.fill_between" in c.source for c in nb.cells) and any("figures.forest" in c.source for c in nb.cells)

@@ -31,6 +31,8 @@ def _tiny_overrides(tmp: Path, model: str, judge_url: str | None = None) -> list
                    "eval.mt_bench.n_questions=2", "eval.mt_bench.max_new_tokens=6", "eval.mt_bench.judge_prefill=",
                    "eval.mt_bench.judge_max_tokens=16", "eval.reference_nll.n_examples=2",
                    "eval.reference_nll.max_length=96", "eval.generation.batch_size=4",
+                   "eval.performance.method=zscore_mean",  # the demo correlates neg_reference_nll; test the z-score
+                   "eval.performance.columns=[alpaca_eval_win_rate,mt_bench_score]",
                    "eval.generation.temperature=1.0"]  # an untrained model's greedy answer is blank
 
 
@@ -121,6 +123,8 @@ def _cli(*args: str, tmp: Path) -> subprocess.CompletedProcess:
      "DIVBENCH_NO_SUCH_KEY (eval.judge.api_key_env) is not set"),
     (["eval.judge.kind=openai"], "eval.judge.base_url is empty"),
     (["eval.performance.method=median"], "eval.performance.method must be one of"),
+    (["finetune.seeds=[1,1]"], "finetune.seeds must be a non-empty list of distinct integers"),
+    (["report.reference_metric=nope"], "report.reference_metric='nope' is not among metrics.compute"),
 ])
 def test_cli_bad_input_fails_clearly(tmp_path, args, message):
     proc = _cli(*args, tmp=tmp_path)
@@ -148,3 +152,31 @@ def test_finetune_job_publishes_models_the_study_reuses(tmp_path, tiny_model):
     run(_compose(overrides))
     after = {k: v for k, v in _artifacts(tmp_path / "cache").items() if k.startswith("finetune/")}
     assert after == trained and any(k.startswith("eval/") for k in _artifacts(tmp_path / "cache"))
+
+
+def test_training_replicates_average_into_one_row_per_subset(tmp_path, tiny_model):
+    """finetune.seeds trains every subset once per seed (subset and metrics shared); runs.csv keeps one row per
+    subset with the replicate mean, n_replicates, performance_sd, mean_response_chars, and noise_floor.json."""
+    overrides = _tiny_overrides(tmp_path, tiny_model) + ["logger.enabled=false", "finetune.seeds=[1,2]",
+                                                         "report.n_perm=99"]
+    result = run(_compose(overrides))
+    cache = tmp_path / "cache"
+    assert len(list((cache / "finetune").glob("*/_complete.json"))) == 12
+    assert len(list((cache / "subset").glob("*/_complete.json"))) == 6
+    runs = pd.read_csv(tmp_path / "results" / "runs.csv")
+    assert len(runs) == 6 and (runs["n_replicates"] == 2).all() and "train_seed" not in runs
+    reps = runs["performance_replicates"].map(json.loads)
+    np.testing.assert_allclose(runs["performance"], reps.map(np.mean))
+    np.testing.assert_allclose(runs["performance_sd"], reps.map(lambda v: np.std(v, ddof=1)))
+    assert (runs["performance_sd"] > 0).all()  # the two training seeds give different models
+    assert (runs["performance_source"] == "neg_reference_nll").all()
+    pool = [json.loads(line) for line in next((cache / "pool").glob("*/pool.jsonl")).read_text().splitlines()]
+    by_hand = sorted(np.mean([len(m["content"]) for i in json.loads(d.read_text()) for m in pool[i]["messages"]
+                              if m["role"] == "assistant"]) for d in (cache / "subset").glob("*/indices.json"))
+    np.testing.assert_allclose(sorted(runs["mean_response_chars"]), by_hand)  # the subsets' assistant turns
+    pd.testing.assert_frame_equal(result["runs"].reset_index(drop=True)[["subset", "performance"]],
+                                  runs[["subset", "performance"]])
+    floor = json.loads((tmp_path / "results" / "noise_floor.json").read_text())
+    assert floor["n_replicated_subsets"] == 6 and floor["f_stat"] is not None
+    table = pd.read_csv(tmp_path / "results" / "table.csv")
+    assert {"pearson_p_perm", "pearson_q", "pearson_diff_vs_ref", "pearson_partial_length"} <= set(table.columns)
