@@ -391,7 +391,9 @@ def _log_study(cfg: dict[str, Any], runs: pd.DataFrame, paths: dict[str, Path]) 
             return
         import wandb
 
-        table = pd.read_csv(paths["table_csv"])
-        table = table.astype(object).where(table.notna(), None)  # undefined correlations stay missing, not 0
-        run.log({"correlation": wandb.Table(dataframe=table), "runs": wandb.Table(dataframe=runs)})
+        run.log({"runs": wandb.Table(dataframe=runs)})
+        if "table_csv" in paths:  # a noise-floor run (one subset) has no correlation table
+            table = pd.read_csv(paths["table_csv"])
+            table = table.astype(object).where(table.notna(), None)  # undefined correlations stay missing, not 0
+            run.log({"correlation": wandb.Table(dataframe=table)})
         run.log({f"figures/{p.stem}": wandb.Image(str(p)) for p in paths.values() if p.suffix == ".png"})

@@ -29,7 +29,7 @@ def main(cfg: DictConfig) -> None:
     except InputError as e:
         log.error("%s", e)
         sys.exit(2)
-    log.info("wrote %d files to %s", len(paths), paths["table_md"].parent)
+    log.info("wrote %d files to %s", len(paths), paths["runs"].parent)
 
 
 if __name__ == "__main__":

@@ -302,6 +302,8 @@ def write_report(runs: pd.DataFrame, metric_columns: list[str], out_dir: str | P
     if "schema" not in runs:
         runs = runs.assign(schema=RUNS_SCHEMA)
     check_runs(runs)
+    if _replicates_of_one_subset(runs):
+        return _write_noise_floor_only(runs, Path(out_dir))
     table = with_paper_values(correlate(runs, metric_columns, n_boot=n_boot, seed=seed, n_perm=n_perm,
                                         reference=reference_metric))
     floor = noise_floors(runs, table, alpha)
@@ -319,6 +321,24 @@ def write_report(runs: pd.DataFrame, metric_columns: list[str], out_dir: str | P
     atomic_write(paths["table_tex"], to_latex(table, note))
     atomic_write(paths["noise_floor"], json.dumps(floor, indent=2))
     paths |= write_figures(runs, table, out, alpha)
+    return paths
+
+
+def _replicates_of_one_subset(runs: pd.DataFrame) -> bool:
+    """A noise-floor run (experiment=noise_floor): one subset per base model, trained several times."""
+    per_model = runs.groupby("base_model").size() if "base_model" in runs else pd.Series([len(runs)])
+    return bool((per_model == 1).all()) and "n_replicates" in runs and bool((runs["n_replicates"] >= 2).all())
+
+
+def _write_noise_floor_only(runs: pd.DataFrame, out: Path) -> dict[str, Path]:
+    """One subset has no correlation to report: runs.csv and the training noise (noise_floor.json) only."""
+    floor = noise_floors(runs, pd.DataFrame(columns=["base_model", "metric"] + TABLE_COLUMNS[2:]))
+    log.info("one subset with %s training replicates: noise floor only, no correlation table",
+             runs["n_replicates"].tolist())
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"runs": out / "runs.csv", "noise_floor": out / "noise_floor.json"}
+    atomic_write(paths["runs"], runs.to_csv(index=False))
+    atomic_write(paths["noise_floor"], json.dumps(floor, indent=2))
     return paths
 
 

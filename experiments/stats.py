@@ -148,8 +148,9 @@ def noise_floor(replicates: Sequence[Sequence[float]]) -> dict[str, float | int 
     """Training noise against the signal between subsets, from each subset's replicate performances.
 
     within_sd: mean over subsets of the replicates' SD (ddof=1); within_sd_pooled: sqrt of ANOVA's within-subset
-    mean square; between_sd: SD (ddof=1) of the subsets' replicate means; f_stat, p_value: one-way ANOVA over
-    subsets (``scipy.stats.f_oneway``, subsets with >= 2 replicates); reliability = 1 - 1/F (0 when F <= 1) and
+    mean square; between_sd: SD (ddof=1) of the subsets' replicate means; f_stat, p_value: one-way ANOVA
+    (``scipy.stats.f_oneway``) over the subsets with >= 2 replicates (needs two such subsets);
+    reliability = 1 - 1/F (0 when F <= 1) and
     noise_ceiling = sqrt(reliability). Undefined entries are None.
     """
     groups = [np.asarray(g, float) for g in replicates if len(g) >= 2]
@@ -160,7 +161,7 @@ def noise_floor(replicates: Sequence[Sequence[float]]) -> dict[str, float | int 
         "within_sd": None, "within_sd_pooled": None,
         "between_sd": float(np.std(means, ddof=1)) if len(means) >= 2 else None,
         "ratio_between_within": None, "f_stat": None, "p_value": None, "reliability": None, "noise_ceiling": None}
-    if len(groups) < 2:
+    if not groups:
         return out
     sds = np.array([np.std(g, ddof=1) for g in groups])
     pooled = math.sqrt(sum((len(g) - 1) * s**2 for g, s in zip(groups, sds, strict=True))
@@ -168,7 +169,7 @@ def noise_floor(replicates: Sequence[Sequence[float]]) -> dict[str, float | int 
     out["within_sd"], out["within_sd_pooled"] = float(sds.mean()), pooled
     if out["between_sd"] is not None and sds.mean() > 0:
         out["ratio_between_within"] = out["between_sd"] / float(sds.mean())
-    if pooled > 0:
+    if len(groups) >= 2 and pooled > 0:  # an ANOVA over subsets needs two of them
         res = stats.f_oneway(*groups)
         f = float(res.statistic)
         out["f_stat"], out["p_value"] = f, float(res.pvalue)

@@ -248,3 +248,33 @@ def test_report_cli_merges_and_fails_with_exit_2(tmp_path):
                                 "reference_metric=ttr"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "reference metric 'ttr'" in bad.stderr + bad.stdout
     assert not (tmp_path / "bad").exists()
+
+
+def test_one_subset_with_replicates_reports_its_noise_floor_only(tmp_path):
+    rows = _replicate_rows()
+    runs = aggregate_replicates(rows[rows["subset"] == "kcenter"])
+    paths = write_report(runs, ["novelsum"], tmp_path, n_boot=50, n_perm=99, reference_metric="novelsum")
+    assert set(paths) == {"runs", "noise_floor"} and not (tmp_path / "table.csv").exists()
+    floor = json.loads(paths["noise_floor"].read_text())
+    assert floor["within_sd"] == pytest.approx(np.std(ISSUE_17["kcenter"], ddof=1))
+    assert floor["f_stat"] is None and floor["between_sd"] is None
+
+
+@pytest.mark.parametrize("preset, subsets, replicates", [("mini", 24, 2), ("noise_floor", 1, 5)])
+def test_presets_plan(preset, subsets, replicates, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from experiments.pipeline import replicate_entries, subset_plan
+    from experiments.run_study import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("study", overrides=[f"experiment={preset}"]), resolve=True)
+    plan = subset_plan(cfg["selection"])
+    assert len(plan) == subsets and len(replicate_entries(plan, cfg)) == subsets * replicates
+    if preset == "mini":
+        assert {e["selector"] for e in plan} == {"random", "duplicate", "kmeans", "kcenter", "farthest", "qdit",
+                                                  "repr_filter", "novelselect", "mig"}
+        assert len({e["params"].get("unique_ratio") for e in plan if e["selector"] == "duplicate"}) >= 3
+        assert len({e["seed"] for e in plan if e["selector"] == "random"}) >= 3
+        assert cfg["eval"]["name"] == "reference_nll" and cfg["report"]["reference_metric"] == "novelsum"
