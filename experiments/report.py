@@ -315,9 +315,8 @@ def write_report(runs: pd.DataFrame, metric_columns: list[str], out_dir: str | P
     atomic_write(paths["runs"], runs.to_csv(index=False))
     atomic_write(paths["table_csv"], table.to_csv(index=False))
     header = f"> **Note:** {note}\n\n" if note else ""
-    if reference_metric:
-        header += f"> Paired differences (`*_diff_vs_ref`) are against `{reference_metric}`.\n\n"
-    atomic_write(paths["table_md"], header + to_markdown(table))
+    footer = f"\nPaired differences (`*_diff_vs_ref`) are against `{reference_metric}`.\n" if reference_metric else ""
+    atomic_write(paths["table_md"], header + to_markdown(table) + footer)
     atomic_write(paths["table_tex"], to_latex(table, note))
     atomic_write(paths["noise_floor"], json.dumps(floor, indent=2))
     paths |= write_figures(runs, table, out, alpha)
