@@ -4,12 +4,16 @@
   LLM embeddings, reproduced on the CPU). Inputs are cut to ``max_length`` tokens of the model's tokenizer.
 * ``sentence_transformers``: a sentence embedder with its own pooling (all-MiniLM-L6-v2 by default).
 * ``vllm``: ``LLM(task="embed")`` on a GPU box, exactly the authors' path; only needs vLLM installed.
+* ``precomputed``: vectors someone already computed (the authors' numbered-JSON directory, their released 396k pool,
+  or a ``.npy``), read from ``embed.path`` and kept exactly as given: no re-normalisation, pool order, row count and
+  dimension checked against the pool (:func:`precomputed_embeddings`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +24,10 @@ from finetune.models import load_causal_lm, load_tokenizer
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
-BACKENDS = ("hf_causal", "sentence_transformers", "vllm")
+BACKENDS = ("hf_causal", "sentence_transformers", "vllm", "precomputed")
+# Pool options under which row i of the pool may not be row i of the source files, so precomputed vectors
+# would silently belong to other conversations: refused with embed=precomputed.
+ROW_CHANGING = {"size": None, "max_prompt_chars": None}
 
 
 @torch.inference_mode()
@@ -63,11 +70,57 @@ def embed_vllm(texts: Sequence[str], model_path: str, *, max_length: int = 256, 
     return normalize_rows(vecs)
 
 
+def check_precomputed(pool_cfg: dict, embed_cfg: dict) -> None:
+    """Refuse pool options that drop or reorder rows: precomputed vector i must belong to source record i."""
+    if not embed_cfg.get("path"):
+        raise InputError("embed=precomputed needs embed.path: the authors' numbered-JSON embedding directory, "
+                         "a .json list of vectors or a .npy file")
+    bad = [f"pool.{k}={pool_cfg.get(k)}" for k, keep in ROW_CHANGING.items() if pool_cfg.get(k) != keep]
+    if pool_cfg.get("on_invalid") == "skip":
+        bad.append("pool.on_invalid=skip")
+    if pool_cfg.get("format") == "hub" and any(s.get("limit") is not None for s in pool_cfg.get("sources") or []):
+        bad.append("pool.sources[*].limit")
+    if bad:
+        raise InputError(f"embed=precomputed needs the pool's rows exactly as in the source files, in order; "
+                         f"{', '.join(bad)} would drop or reorder rows. Remove those options (pool.size=null, "
+                         "pool.max_prompt_chars=null, pool.on_invalid=error) or embed the pool instead")
+
+
+def precomputed_embeddings(path: str, n_rows: int, pool_path: str | None = None, dim: int | None = None) -> np.ndarray:
+    """Read vectors from ``path`` (authors' numbered-JSON directory, ``.json`` or ``.npy``) for a pool of
+    ``n_rows`` rows (of dimension ``dim`` when given), unchanged: no re-normalisation, since NovelSum's density
+    reads the raw norms.
+
+    When both ``path`` and the pool's ``pool_path`` are directories (the authors' split layout), every text file
+    must have an embedding file of the same name and row count. JSON values come back as float32: the authors'
+    vectors are vLLM float32 outputs, so the float32 round trip is exact; a ``.npy`` keeps its own dtype.
+    """
+    from experiments.embedding_sets import check_paired_layout, load_matrix
+
+    if pool_path is not None and Path(path).is_dir() and Path(pool_path).is_dir():
+        check_paired_layout(Path(pool_path), Path(path))
+    vecs = load_matrix(path)
+    if vecs.ndim != 2 or vecs.shape[1] == 0:
+        raise InputError(f"embed.path {path}: expected a 2-D (rows, dimension) matrix, got shape {vecs.shape}")
+    if vecs.shape[0] != n_rows:
+        raise InputError(f"embed.path {path} holds {vecs.shape[0]} vectors but the pool has {n_rows} rows: the "
+                         "embeddings must be those of this pool's records, one per record, in the same order")
+    if dim is not None and vecs.shape[1] != int(dim):
+        raise InputError(f"embed.path {path} holds {vecs.shape[1]}-dimensional vectors but embed.dim={dim}: point "
+                         "embed.path at the intended embeddings or fix embed.dim")
+    if not np.isfinite(vecs).all():
+        bad = int(np.flatnonzero(~np.isfinite(vecs).all(axis=1))[0])
+        raise InputError(f"embed.path {path}: vector {bad} contains NaN or inf")
+    return vecs
+
+
 def embed_texts(texts: Sequence[str], model_path: str, backend: str = "hf_causal", *, max_length: int = 256,
                 batch_size: int = 8, device: str = "cpu") -> np.ndarray:
     """Embed ``texts`` with ``backend``; returns a float32 ``(len(texts), D)`` array of unit rows."""
     fns = {"hf_causal": embed_last_token, "sentence_transformers": embed_sentence_transformers,
            "vllm": embed_vllm}
+    if backend == "precomputed":
+        raise InputError("embed.backend=precomputed reads vectors from embed.path; it does not embed texts")
     if backend not in fns:
         raise InputError(f"unknown embed.backend {backend!r}; use one of {BACKENDS}")
     if not texts:

@@ -3,6 +3,7 @@ numbered JSON files (``0.json``, ``1.json``, ... concatenated in numeric order).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -20,7 +21,12 @@ def load_matrix(path: str | Path) -> np.ndarray:
         files = numbered_json_files(path)
         if not files:
             raise InputError(f"{path} holds no *.json embedding files")
-        return np.concatenate([load_matrix(f) for f in files])
+        parts = [load_matrix(f) for f in files]
+        for f, part in zip(files, parts, strict=True):
+            if part.ndim != 2 or part.shape[1] != parts[0].shape[1]:
+                raise InputError(f"{f}: vectors of shape {part.shape[1:]}, but {files[0]} has {parts[0].shape[1:]}; "
+                                 "every file must hold vectors of one dimension")
+        return np.concatenate(parts)
     if path.suffix == ".npy":
         return np.load(path)
     if path.suffix == ".json":
@@ -29,6 +35,60 @@ def load_matrix(path: str | Path) -> np.ndarray:
         except (json.JSONDecodeError, ValueError) as e:
             raise InputError(f"{path}: not a JSON list of equal-length vectors ({e})") from None
     raise InputError(f"{path}: unsupported embedding file type; use .npy, .json or a directory of numbered .json")
+
+
+def json_record_count(path: Path) -> int:
+    """Number of top-level records in a JSON list file."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: malformed JSON at line {e.lineno} ({e.msg})") from None
+    if not isinstance(data, list):
+        raise InputError(f"{path}: expected a JSON list, got {type(data).__name__}")
+    return len(data)
+
+
+def check_paired_layout(text_dir: Path, emb_dir: Path) -> None:
+    """The authors' split layout: text file ``N.json`` and embedding file ``N.json`` hold the same rows."""
+    texts = {f.name: f for f in numbered_json_files(text_dir)}
+    embs = {f.name: f for f in numbered_json_files(emb_dir)}
+    if texts.keys() != embs.keys():
+        only_t, only_e = sorted(texts.keys() - embs.keys()), sorted(embs.keys() - texts.keys())
+        raise InputError(f"the text files in {text_dir} and embedding files in {emb_dir} differ: "
+                         f"no embeddings for {only_t or 'none'}, no texts for {only_e or 'none'}")
+    for name, tfile in texts.items():
+        n_text, n_emb = json_record_count(tfile), json_record_count(embs[name])
+        if n_text != n_emb:
+            raise InputError(f"{tfile} holds {n_text} records but {embs[name]} holds {n_emb} vectors: each "
+                             "embedding file must embed its text file row for row")
+
+
+def source_fingerprint(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, or of a directory's ``*.json`` / ``*.npy`` files (names and bytes, in order).
+
+    Cache keys use it so that changed vectors at the same path never reuse a stale artifact. Digests are
+    memoised per (file, size, mtime) within the process: a 30 GB directory is read once per run, not per stage.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    files = (numbered_json_files(path) + sorted(path.glob("*.npy"))) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f.name}\0{_file_digest(str(f.resolve()), st.st_size, st.st_mtime_ns)}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    key = (path, size, mtime_ns)
+    if key not in _DIGESTS:
+        with open(path, "rb") as fh:
+            _DIGESTS[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _DIGESTS[key]
 
 
 def load_subsets(path: str | Path) -> dict[str, np.ndarray]:

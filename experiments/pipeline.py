@@ -25,7 +25,8 @@ from eval.benchmarks import check_eval_config, generate_benchmarks, judge_benchm
 from eval.combined import combine_performance
 from eval.evaluators import evaluate
 from experiments.cache import ArtifactStore, atomic_write
-from experiments.embed import embed_texts
+from experiments.embed import check_precomputed, embed_texts, precomputed_embeddings
+from experiments.embedding_sets import source_fingerprint
 from experiments.pools import (
     embedding_text,
     filter_prompt_length,
@@ -74,6 +75,7 @@ def subset_plan(sel_cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 STAGES = ("pool", "embed", "subset", "metrics", "finetune", "generate", "eval")
+STUDY_CONFIG = "study_config.json"
 RUN_ONLY = ("resume", "keep_checkpoints")  # how a fine-tuning runs, not what it produces
 
 
@@ -123,8 +125,11 @@ def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dic
     """Each stage's cache key: its own resolved config plus the keys of what it consumes. Pure config, so a
     dry run can tell what is done without loading anything."""
     pool = {"pool": cfg["pool"]}
-    embed = {"pool": pool, "embed": {k: v for k, v in cfg["embed"].items() if k not in ("batch_size", "device")}}
+    embed = {"pool": pool, "embed": embed_spec(cfg)}
     specs = {"pool": pool, "embed": embed}
+    if entry is not None and "finetune" not in cfg:  # divbench-select: selection and metrics only
+        subset = {"embed": embed, "subset": {k: entry[k] for k in ("selector", "params", "seed", "size")}}
+        return specs | {"subset": subset, "metrics": {"subset": subset, "metrics": list(cfg["metrics"]["compute"])}}
     if entry is not None:
         subset = {"embed": embed, "subset": {k: entry[k] for k in ("selector", "params", "seed", "size")}}
         finetune = {"subset": subset,
@@ -141,6 +146,15 @@ def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dic
     return specs
 
 
+def embed_spec(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What the embeddings depend on; precomputed vectors are keyed by their files' content, not their path."""
+    spec = {k: v for k, v in cfg["embed"].items() if k not in ("batch_size", "device")}
+    if spec["backend"] == "precomputed":
+        check_precomputed(cfg["pool"], spec)
+        spec = {"backend": "precomputed", "dim": spec.get("dim"), "content": source_fingerprint(spec["path"])}
+    return spec
+
+
 def pool_stage(store: ArtifactStore, spec: dict) -> list[dict]:
     cfg = spec["pool"]
     if not store.is_complete("pool", spec):
@@ -154,9 +168,12 @@ def pool_stage(store: ArtifactStore, spec: dict) -> list[dict]:
 
 def embed_stage(store: ArtifactStore, spec: dict, convs: list[dict], cfg: dict[str, Any], cache_dir: str) -> np.ndarray:
     if not store.is_complete("embed", spec):
-        vecs = embed_texts([embedding_text(c) for c in convs], resolve_model(cfg["model"], cache_dir), cfg["backend"],
-                           max_length=int(cfg["max_length"]), batch_size=int(cfg["batch_size"]),
-                           device=cfg["device"])
+        if cfg["backend"] == "precomputed":
+            vecs = precomputed_embeddings(cfg["path"], len(convs), spec["pool"]["pool"].get("path"), cfg.get("dim"))
+        else:
+            vecs = embed_texts([embedding_text(c) for c in convs], resolve_model(cfg["model"], cache_dir),
+                               cfg["backend"], max_length=int(cfg["max_length"]), batch_size=int(cfg["batch_size"]),
+                               device=cfg["device"])
         with store.build("embed", spec) as tmp:
             np.save(tmp / "embeddings.npy", vecs)
     return np.load(store.path("embed", spec) / "embeddings.npy")
@@ -205,7 +222,8 @@ class SubsetRunner:
                 return
             with wandb_run(self.cfg["logger"], name=f"{replicate_name(entry)}/{name}", job_type=name,
                            config={"study": self.cfg["study"], "stage": name, **entry, name: spec.get(name)},
-                           tags=[entry["selector"], f"seed={entry['seed']}", self.cfg["finetune"]["base_model"]]
+                           tags=[entry["selector"], f"seed={entry['seed']}",
+                                 self.cfg.get("finetune", {}).get("base_model", "no-finetune")]
                            ) as run, self.store.build(name, spec) as tmp:
                 yield tmp, run
 
@@ -250,9 +268,8 @@ class SubsetRunner:
         indices = json.loads((self.store.path("subset", specs["subset"]) / "indices.json").read_text())
         return indices, [self.convs[i] for i in indices]
 
-    def run(self, entry: dict[str, Any]) -> dict[str, Any]:
-        specs = stage_specs(self.cfg, entry)
-        indices, sub = self.subset_rows(entry, specs)
+    def metrics_row(self, entry: dict[str, Any], specs: dict, indices: list[int], sub: list[dict]) -> dict[str, Any]:
+        """The subset's diversity metrics (density / coverage reference: the whole pool), computed or cached."""
         with self.stage("metrics", entry, specs["metrics"]) as (tmp, run):
             if tmp:
                 inputs = metrics.MetricInputs(embeddings=self.emb[indices], reference=self.emb,
@@ -263,7 +280,12 @@ class SubsetRunner:
                 (tmp / "metrics.json").write_text(json.dumps(row, indent=2))
                 if run is not None:
                     run.log(row)
-        row = json.loads((self.store.path("metrics", specs["metrics"]) / "metrics.json").read_text())
+        return json.loads((self.store.path("metrics", specs["metrics"]) / "metrics.json").read_text())
+
+    def run(self, entry: dict[str, Any]) -> dict[str, Any]:
+        specs = stage_specs(self.cfg, entry)
+        indices, sub = self.subset_rows(entry, specs)
+        row = self.metrics_row(entry, specs, indices, sub)
         self.finetune(entry, specs, sub)
         model_path, adapter = self.evaluated_model(specs)
         ev = self.cfg["eval"]
@@ -315,7 +337,7 @@ def performance_source(cfg: dict[str, Any]) -> str:
     return f"{perf.get('method', 'zscore_mean')}:{','.join(perf['columns'])}"
 
 
-def _check_metric_configs(metric_cfgs: list[dict], report: dict[str, Any] | None = None) -> None:
+def check_metric_configs(metric_cfgs: list[dict], report: dict[str, Any] | None = None) -> None:
     for m in metric_cfgs:
         check_config(m["name"], dict(m.get("params") or {}))
     ref = (report or {}).get("reference_metric")
@@ -352,7 +374,7 @@ def dry_run(cfg: dict[str, Any], plan: list[dict]) -> pd.DataFrame:
 
 def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run (or resume) the study described by a resolved config dict; returns paths, timings and runs."""
-    _check_metric_configs(list(cfg["metrics"]["compute"]), cfg.get("report"))
+    check_metric_configs(list(cfg["metrics"]["compute"]), cfg.get("report"))
     if judged(cfg):
         check_eval_config(cfg["eval"])
     plan = subset_plan(cfg["selection"])
@@ -362,8 +384,13 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     store = ArtifactStore(cfg["cache_dir"])
     timings: dict[str, dict[str, float]] = {}
     specs = stage_specs(cfg)
+    # The resolved config beside the results: divbench-select from_study=<results_dir> finds the artifacts by it.
+    atomic_write(Path(cfg["results_dir"]) / STUDY_CONFIG, json.dumps(cfg, indent=2, default=str))
     with timed("pool", timings):
         convs = pool_stage(store, specs["pool"])
+    if any("messages" not in c for c in convs):
+        raise InputError("the pool holds plain-text rows (no turns), which cannot be fine-tuned on: give the study "
+                         "conversations, or use divbench-select / divbench-measure on plain text")
     with timed("embed", timings):
         emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"])
     runner = SubsetRunner(cfg, store, convs, emb, timings)

