@@ -37,7 +37,8 @@ RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 
 
 def _read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
-    return read_jsonl(path, f"MT-Bench {what}", "the data lives in ../shared/data/mt_bench/")
+    return read_jsonl(path, f"MT-Bench {what}", "run `divbench-data fetch` (needs internet) or set DIVBENCH_DATA "
+                      "to a directory holding mt_bench/")
 
 
 def load_mt_bench(data_dir: str | Path, n_questions: int | None = None,

@@ -28,8 +28,8 @@ def read_reference(path: str | Path) -> list[dict[str, str]]:
     """Every row of an AlpacaEval reference file (``instruction``, ``output``, ...), validated."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"AlpacaEval reference file {path} not found: set eval.reference_path (the data lives "
-                         "in ../shared/data/alpaca_eval/)")
+        raise InputError(f"AlpacaEval reference file {path} not found: run `divbench-data fetch` (needs "
+                         "internet), set DIVBENCH_DATA to a directory holding alpaca_eval/, or set eval.reference_path")
     rows = json.loads(path.read_text())
     if not isinstance(rows, list) or not rows or not all({"instruction", "output"} <= set(r) for r in rows):
         raise InputError(f"{path}: expected a JSON list of records with 'instruction' and 'output'")

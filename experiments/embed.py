@@ -70,20 +70,25 @@ def embed_vllm(texts: Sequence[str], model_path: str, *, max_length: int = 256, 
     return normalize_rows(vecs)
 
 
-def check_precomputed(pool_cfg: dict, embed_cfg: dict) -> None:
-    """Refuse pool options that drop or reorder rows: precomputed vector i must belong to source record i."""
-    if not embed_cfg.get("path"):
-        raise InputError("embed=precomputed needs embed.path: the authors' numbered-JSON embedding directory, "
-                         "a .json list of vectors or a .npy file")
+def check_rows_kept(pool_cfg: dict, purpose: str) -> None:
+    """Refuse pool options that drop or reorder rows when vector i must stay aligned with source record i."""
     bad = [f"pool.{k}={pool_cfg.get(k)}" for k, keep in ROW_CHANGING.items() if pool_cfg.get(k) != keep]
     if pool_cfg.get("on_invalid") == "skip":
         bad.append("pool.on_invalid=skip")
     if pool_cfg.get("format") == "hub" and any(s.get("limit") is not None for s in pool_cfg.get("sources") or []):
         bad.append("pool.sources[*].limit")
     if bad:
-        raise InputError(f"embed=precomputed needs the pool's rows exactly as in the source files, in order; "
+        raise InputError(f"{purpose} needs the pool's rows exactly as in the source files, in order; "
                          f"{', '.join(bad)} would drop or reorder rows. Remove those options (pool.size=null, "
-                         "pool.max_prompt_chars=null, pool.on_invalid=error) or embed the pool instead")
+                         "pool.max_prompt_chars=null, pool.on_invalid=error)")
+
+
+def check_precomputed(pool_cfg: dict, embed_cfg: dict) -> None:
+    """embed=precomputed: a path, and a pool whose row i is source record i."""
+    if not embed_cfg.get("path"):
+        raise InputError("embed=precomputed needs embed.path: the authors' numbered-JSON embedding directory, "
+                         "a .json list of vectors or a .npy file")
+    check_rows_kept(pool_cfg, "embed=precomputed")
 
 
 def precomputed_embeddings(path: str, n_rows: int, pool_path: str | None = None, dim: int | None = None) -> np.ndarray:

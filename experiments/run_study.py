@@ -10,9 +10,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.data import resolve_data
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(PROJECT_ROOT / "configs")
 OmegaConf.register_new_resolver("divbench_root", lambda: str(PROJECT_ROOT), replace=True)
+# ${divbench_data:<shared_dir>,<relative path>}: $DIVBENCH_DATA, then <shared_dir>/data, then the user data dir.
+OmegaConf.register_new_resolver("divbench_data", lambda shared, rel: resolve_data(rel, shared), replace=True)
 
 log = logging.getLogger("divbench")
 

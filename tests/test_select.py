@@ -1,0 +1,327 @@
+"""divbench-select, divbench-embed, embed=precomputed on the authors' layout, and benchmark data resolution."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from experiments.run_study import CONFIG_DIR, PROJECT_ROOT
+from experiments.select_subset import params_as_additions, run_select
+from metrics.validation import InputError
+from tests.conftest import SHARED
+
+FILE_ROWS = (25, 25, 10)  # the authors split a pool into numbered files of ~5000 rows; here three small ones
+# every text has >= 15 words, so that the study's text metrics (vocd_d needs 50 words) are defined on 4 rows
+
+
+def authors_layout(root: Path, dim: int = 12, seed: int = 0) -> tuple[Path, Path, np.ndarray]:
+    """A pool in the authors' layout: ``text/N.json`` (plain strings, turns joined by newlines) and
+    ``emb/N.json`` (one vector per text, un-normalised, indent=4 as their embedding.py writes it)."""
+    rng = np.random.default_rng(seed)
+    text, emb = root / "text", root / "emb"
+    text.mkdir(parents=True)
+    emb.mkdir()
+    start, vectors = 0, []
+    for number, rows in enumerate(FILE_ROWS):
+        texts = [f"question {start + i} on topic {(start + i) % 7}\nanswer " + " ".join(f"w{j}" for j in range(12 + (start + i) % 5))
+                 for i in range(rows)]
+        vecs = rng.normal(size=(rows, dim)) * (0.5 + rng.random((rows, 1)))  # varied norms: density reads them
+        (text / f"{number}.json").write_text(json.dumps(texts))
+        (emb / f"{number}.json").write_text(json.dumps(vecs.tolist(), indent=4))
+        vectors.append(vecs)
+        start += rows
+    return text, emb, np.concatenate(vectors)
+
+
+def select_cfg(tmp: Path, *overrides: str) -> dict:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("select", overrides=params_as_additions([f"cache_dir={tmp}/cache", *overrides]))
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def artifacts(cache: Path) -> dict[str, float]:
+    return {str(p.relative_to(cache)): p.stat().st_mtime_ns for p in cache.glob("*/*/_complete.json")}
+
+
+def test_select_on_authors_layout_matches_novelselect_and_exports(tmp_path):
+    import datasets
+
+    import selection
+
+    text, emb, vectors = authors_layout(tmp_path / "pool")
+    out = tmp_path / "out"
+    cfg = select_cfg(tmp_path, f"pool.path={text}", "embed=precomputed", f"embed.path={emb}",
+                     "selector=novelselect", "size=9", "seed=3", "params.neighbors=4", "params.distance_power=2",
+                     f"out={out}", "map=true")
+    run_select(cfg)
+
+    expected = selection.novelselect(vectors.astype(np.float32), 9, neighbors=4, density_power=0.5,
+                                     distance_power=2.0, seed=3)
+    picks = json.loads((out / "indices.json").read_text())
+    assert picks == expected and len(set(picks)) == 9
+    # the authors' own output files, named and shaped as their novelselect.py writes them
+    stem = "novelselect_9_dense_0.5_dist_2.0"
+    assert json.loads((out / f"{stem}_indices.json").read_text()) == expected
+    texts = [t for f in sorted(text.glob("*.json")) for t in json.loads(f.read_text())]
+    assert json.loads((out / f"{stem}.json").read_text()) == [texts[i] for i in expected]
+
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["selector"] == "novelselect" and prov["seed"] == 3 and prov["size"] == 9
+    assert prov["params"]["neighbors"] == 4 and prov["params"]["density_power"] == 0.5
+    assert prov["pool_size"] == sum(FILE_ROWS) and len(prov["pool_fingerprint"]) == 16
+    rows = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
+    assert [r["pool_index"] for r in rows] == expected and rows[0]["text"] == texts[expected[0]]
+
+    ds = datasets.load_from_disk(str(out / "hf"))
+    assert ds["pool_index"] == expected and ds["text"] == [texts[i] for i in expected]
+    card = (out / "hf" / "README.md").read_text()
+    assert card.startswith("---\n") and "## Provenance" in card and prov["embedding_fingerprint"] in card
+    assert "| `novelsum` |" in card and "## Licence" in card and "## Fine-tuned model" not in card
+    metrics_row = json.loads((out / "metrics.json").read_text())
+    assert np.isfinite(metrics_row["novelsum"])
+
+    import pandas as pd
+
+    table = pd.read_parquet(out / "pool.parquet")
+    assert list(table.columns) == ["id", "text", "embedding", "selected"]
+    assert table["selected"].sum() == 9 and sorted(np.flatnonzero(table["selected"])) == sorted(expected)
+    np.testing.assert_array_equal(np.stack(table["embedding"]), vectors.astype(np.float32))
+
+    # same pool + embeddings + selection: every stage read back from the cache, nothing recomputed
+    before = artifacts(tmp_path / "cache")
+    assert {k.split("/")[0] for k in before} == {"pool", "embed", "subset", "metrics"}
+    run_select(cfg)
+    assert artifacts(tmp_path / "cache") == before
+
+
+def test_precomputed_vectors_are_stored_unchanged_and_keyed_by_content(tmp_path):
+    from experiments.cache import ArtifactStore
+    from experiments.pipeline import embed_stage, pool_stage, stage_specs
+
+    text, emb, vectors = authors_layout(tmp_path / "pool")
+    cfg = select_cfg(tmp_path, f"pool.path={text}", "embed=precomputed", f"embed.path={emb}", "size=3", "out=x")
+    store = ArtifactStore(cfg["cache_dir"])
+    specs = stage_specs(cfg)
+    got = embed_stage(store, specs["embed"], pool_stage(store, specs["pool"]), cfg["embed"], cfg["cache_dir"])
+    np.testing.assert_array_equal(got, vectors.astype(np.float32))  # raw norms kept: no re-normalisation
+    assert not np.allclose(np.linalg.norm(got, axis=1), 1.0)
+
+    changed = json.loads((emb / "2.json").read_text())
+    changed[0][0] += 1.0
+    (emb / "2.json").write_text(json.dumps(changed))  # same path, new content: a new cache key
+    assert stage_specs(cfg)["embed"] != specs["embed"]
+
+    npy = tmp_path / "vectors.npy"
+    np.save(npy, vectors.astype(np.float16))  # a .npy keeps its own dtype
+    cfg = select_cfg(tmp_path, f"pool.path={text}", "embed=precomputed", f"embed.path={npy}", "size=3", "out=x")
+    specs = stage_specs(cfg)
+    got = embed_stage(store, specs["embed"], pool_stage(store, specs["pool"]), cfg["embed"], cfg["cache_dir"])
+    assert got.dtype == np.float16 and np.array_equal(got, vectors.astype(np.float16))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["pool.size=10"], "pool.size=10 would drop or reorder rows"),
+    (["pool.on_invalid=skip"], "pool.on_invalid=skip"),
+    (["embed.dim=7"], "12-dimensional vectors but embed.dim=7"),
+    (["embed.path=MISSING"], "does not exist"),
+])
+def test_precomputed_refuses_misaligned_input(tmp_path, overrides, message):
+    text, emb, _ = authors_layout(tmp_path / "pool")
+    overrides = [o.replace("MISSING", str(tmp_path / "nope")) for o in overrides]
+    cfg = select_cfg(tmp_path, f"pool.path={text}", "embed=precomputed", f"embed.path={emb}", "size=3",
+                     f"out={tmp_path / 'out'}", *overrides)
+    with pytest.raises(InputError, match=message):
+        run_select(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def _select_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HYDRA_FULL_ERROR="0", PYTHONPATH=str(PROJECT_ROOT))
+    return subprocess.run([sys.executable, "-m", "experiments.select_subset", f"cache_dir={tmp}/cache",
+                           f"hydra.run.dir={tmp}/hydra", *args], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_select_cli_bad_input_fails_clearly_and_writes_nothing(tmp_path):
+    text, emb, _ = authors_layout(tmp_path / "pool")
+    base = [f"pool.path={text}", "embed=precomputed", f"embed.path={emb}", "selector=novelselect"]
+    out = tmp_path / "out"
+    short = json.loads((emb / "1.json").read_text())[:-1]
+    (emb / "1.json").write_text(json.dumps(short))
+    for args, message in [  # text and embedding files whose counts differ, unknown selector, unknown parameter
+        ([*base, "size=5"], f"{text / '1.json'} holds 25 records but {emb / '1.json'} holds 24 vectors"),
+        ([*base, "selector=novelselectt", "size=5"], "unknown selector 'novelselectt'"),
+        ([*base, "size=5", "params.neighbours=3"], "has no parameter(s) ['neighbours']"),
+    ]:
+        proc = _select_cli(tmp_path, *args, f"out={out}")
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert message in proc.stdout + proc.stderr
+        assert not out.exists()
+    (emb / "1.json").write_text(json.dumps(short + [short[0]]))
+    proc = _select_cli(tmp_path, *base, "size=500", f"out={out}")
+    assert proc.returncode == 2 and "size=500 is larger than the pool (60 rows)" in proc.stdout + proc.stderr
+
+    assert _select_cli(tmp_path, *base, "size=5", f"out={out}").returncode == 0
+    first = (out / "indices.json").read_text()
+    proc = _select_cli(tmp_path, *base, "size=6", f"out={out}")  # another selection into the same out
+    assert proc.returncode == 2 and "already holds a different selection" in proc.stdout + proc.stderr
+    assert (out / "indices.json").read_text() == first
+    assert _select_cli(tmp_path, *base, "size=5", f"out={out}").returncode == 0  # the same selection again: fine
+    assert _select_cli(tmp_path, *base, "size=6", f"out={out}", "overwrite=true").returncode == 0
+    assert len(json.loads((out / "indices.json").read_text())) == 6
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    proc = _select_cli(tmp_path, *base, "size=5", f"out={stray}")
+    assert proc.returncode == 2 and "holds no divbench selection" in proc.stdout + proc.stderr
+    assert (stray / "notes.txt").read_text() == "mine" and len(list(stray.iterdir())) == 1
+
+
+def test_push_to_hub_uploads_the_dataset_and_its_card(tmp_path, monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(datasets.Dataset, "push_to_hub",
+                        lambda self, repo_id, **kw: calls.append(("data", repo_id, self.num_rows, kw)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_file",
+                        lambda self, **kw: calls.append(("card", kw["repo_id"], Path(kw["path_or_fileobj"]).read_text(),
+                                                         kw["repo_type"])))
+    text, emb, _ = authors_layout(tmp_path / "pool")
+    run_select(select_cfg(tmp_path, f"pool.path={text}", "embed=precomputed", f"embed.path={emb}", "size=4",
+                          "selector=kcenter", f"out={tmp_path / 'out'}", "push_to_hub=me/my-subset"))
+    assert [c[:2] for c in calls] == [("data", "me/my-subset"), ("card", "me/my-subset")]
+    assert calls[0][2] == 4 and calls[0][3] == {"private": True}
+    assert calls[1][2] == (tmp_path / "out" / "hf" / "README.md").read_text() and calls[1][3] == "dataset"
+
+
+def test_embed_round_trip_through_the_authors_layout(tmp_path):
+    """divbench-embed writes one vector file per text file; divbench-select reads them back as precomputed."""
+    from experiments.embed_pool import embed_pool
+
+    text, _, _ = authors_layout(tmp_path / "pool")
+    out = tmp_path / "emb"
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("embed_pool", overrides=[f"pool.path={text}", "embed=minilm", f"out={out}",
+                                               f"cache_dir={tmp_path}/cache"])
+    cfg = OmegaConf.to_container(cfg, resolve=True)
+    embed_pool(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["0.json", "1.json", "2.json"]
+    counts = [len(json.loads((out / f"{i}.json").read_text())) for i in range(3)]
+    assert counts == list(FILE_ROWS)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (out / "2.json").unlink()  # a run killed before the last file: only that file is redone
+    embed_pool(cfg)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "2.json"} == \
+        {k: v for k, v in stamps.items() if k != "2.json"}
+    vecs = np.concatenate([np.asarray(json.loads((out / f"{i}.json").read_text())) for i in range(3)])
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+    npy = tmp_path / "pool.npy"
+    embed_pool(cfg | {"out": str(npy)})  # the same vectors through the study's embed stage
+    np.testing.assert_allclose(np.load(npy), vecs, atol=1e-6)
+
+    run_select(select_cfg(tmp_path, f"pool.path={text}", "embed=precomputed", f"embed.path={out}", "size=5",
+                          f"out={tmp_path / 'sel'}"))
+    import selection
+
+    assert json.loads((tmp_path / "sel" / "indices.json").read_text()) == selection.novelselect(
+        vecs.astype(np.float32), 5, seed=42)
+
+
+# --- benchmark data: $DIVBENCH_DATA, then <shared>/data, then the user data dir that divbench-data fetch fills ---
+
+def test_data_resolution_order(tmp_path, monkeypatch):
+    from experiments.data import resolve_data
+
+    rel = "alpaca_eval/gpt4_1106_preview.json"
+    env, shared, user = tmp_path / "env", tmp_path / "shared", tmp_path / "xdg"
+    monkeypatch.setenv("XDG_DATA_HOME", str(user))
+    monkeypatch.delenv("DIVBENCH_DATA", raising=False)
+    fallback = str(user / "divbench" / rel)
+    assert resolve_data(rel, shared) == fallback  # found nowhere: where fetch would put it
+    for root in (user / "divbench", shared / "data", env):
+        (root / rel).parent.mkdir(parents=True)
+        (root / rel).write_text("[]")
+    assert resolve_data(rel, shared) == str(shared / "data" / rel)
+    monkeypatch.setenv("DIVBENCH_DATA", str(env))
+    assert resolve_data(rel, shared) == str(env / rel)
+    (shared / "data" / rel).unlink()
+    (env / rel).unlink()
+    assert resolve_data(rel, shared) == fallback
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("study", overrides=[f"shared_dir={tmp_path / 'none'}"])
+    assert cfg.eval.alpaca_eval.reference_path == fallback
+
+    from eval.mt_bench import load_mt_bench
+
+    with pytest.raises(InputError, match="divbench-data fetch"):
+        load_mt_bench(str(user / "divbench" / "mt_bench"))
+
+
+class _Mirror:
+    """A local file server with the Hugging Face and raw-GitHub paths of the benchmark files."""
+
+    def __init__(self, root: Path) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> _Mirror:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_fetch_downloads_every_file_from_a_local_server(tmp_path, monkeypatch):
+    from experiments.data import SOURCES, fetch, resolve_data
+
+    site = tmp_path / "site"
+    real = SHARED / "data"
+    for rel, template in SOURCES.items():
+        path = site / template.format(hf="hf", gh="gh")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes((real / rel).read_bytes())
+    dest = tmp_path / "xdg" / "divbench"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("DIVBENCH_DATA", raising=False)
+    with _Mirror(site) as mirror:
+        written = fetch(hf_endpoint=f"{mirror.url}/hf", github_raw=f"{mirror.url}/gh")
+        assert sorted(written) == sorted(dest / rel for rel in SOURCES)
+        assert fetch(hf_endpoint=f"{mirror.url}/hf", github_raw=f"{mirror.url}/gh") == []  # present: kept
+        for rel in SOURCES:
+            assert (dest / rel).read_bytes() == (real / rel).read_bytes()
+            assert resolve_data(rel, tmp_path / "no-shared") == str(dest / rel)
+
+        from eval.mt_bench import load_mt_bench
+
+        questions, prompts, _ = load_mt_bench(resolve_data("mt_bench", tmp_path / "no-shared"))
+        assert len(questions) == 80 and "single-v1" in prompts
+
+        bad = site / "hf" / "datasets/tatsu-lab/alpaca_eval/resolve/main/alpaca_eval.json"
+        bad.write_text("<html>rate limited</html>")
+        other = tmp_path / "other"
+        with pytest.raises(RuntimeError, match="not the expected JSON data"):
+            fetch(other, hf_endpoint=f"{mirror.url}/hf", github_raw=f"{mirror.url}/gh")
+        assert not (other / "alpaca_eval/text_davinci_003.json").exists()
+        with pytest.raises(RuntimeError, match="could not download"):
+            fetch(tmp_path / "third", hf_endpoint=f"{mirror.url}/missing", github_raw=f"{mirror.url}/gh")
