@@ -34,8 +34,8 @@ def authors_layout(root: Path, dim: int = 12, seed: int = 0) -> tuple[Path, Path
     emb.mkdir()
     start, vectors = 0, []
     for number, rows in enumerate(FILE_ROWS):
-        texts = [f"question {start + i} on topic {(start + i) % 7}\nanswer " + " ".join(f"w{j}" for j in range(12 + (start + i) % 5))
-                 for i in range(rows)]
+        texts = [f"question {start + i} on topic {(start + i) % 7}\nanswer "
+                 + " ".join(f"w{j}" for j in range(12 + (start + i) % 5)) for i in range(rows)]
         vecs = rng.normal(size=(rows, dim)) * (0.5 + rng.random((rows, 1)))  # varied norms: density reads them
         (text / f"{number}.json").write_text(json.dumps(texts))
         (emb / f"{number}.json").write_text(json.dumps(vecs.tolist(), indent=4))

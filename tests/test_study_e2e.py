@@ -102,6 +102,31 @@ def _judged_study(tmp_path: Path, tiny_model: str, server: JudgeServer, caplog) 
     new = {k.split("/")[0] for k in set(after) - set(before)}
     assert new == {"eval"} and all(after[k] == v for k, v in before.items())
     assert len(server.requests) - asked == asked  # the new judge re-annotates everything, reusing nothing
+    _export_study(tmp_path, runs)
+
+
+def _export_study(tmp_path: Path, runs: pd.DataFrame) -> None:
+    """divbench-select from_study=: every subset of the finished study as files and a dataset with its scores."""
+    import datasets
+
+    from experiments.select_subset import run_select
+
+    cached = _artifacts(tmp_path / "cache")
+    out = tmp_path / "export"
+    run_select({"from_study": str(tmp_path / "results"), "out": str(out), "map": True})
+    assert _artifacts(tmp_path / "cache") == cached  # read back from the study's cache, nothing recomputed
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(f"{r.subset}-s{r.seed}"
+                                                                         for r in runs.itertuples())
+    ns = out / "novelselect-s0"
+    ds = datasets.load_from_disk(str(ns / "hf"))
+    assert ds.num_rows == 4 and ds["messages"][0][0]["role"] == "user"
+    card = (ns / "hf" / "README.md").read_text()
+    row = runs[runs["subset"] == "novelselect"].iloc[0]
+    assert "## Fine-tuned model" in card and "`performance`" in card and f"{row['mt_bench_score']:.6g}" in card
+    assert json.loads((ns / "scores.json").read_text())["performance"] == pytest.approx(row["performance"])
+    assert json.loads((ns / "metrics.json").read_text())["novelsum"] == pytest.approx(row["novelsum"])
+    assert (ns / "novelselect_4_dense_0.5_dist_1.0_indices.json").exists()
+    assert pd.read_parquet(out / "pool.parquet")["novelselect-s0"].sum() == 4
 
 
 def _cli(*args: str, tmp: Path) -> subprocess.CompletedProcess:
