@@ -325,3 +325,35 @@ def test_fetch_downloads_every_file_from_a_local_server(tmp_path, monkeypatch):
         assert not (other / "alpaca_eval/text_davinci_003.json").exists()
         with pytest.raises(RuntimeError, match="could not download"):
             fetch(tmp_path / "third", hf_endpoint=f"{mirror.url}/missing", github_raw=f"{mirror.url}/gh")
+
+
+def test_conversation_layout_exports_messages_and_the_authors_turns(tmp_path):
+    """The authors' raw SFT files (lists of {"from", "value"} turns) with their embeddings: selected.jsonl holds
+    ``messages``; their novelselect file holds the turns in their own shape."""
+    import datasets
+
+    text, emb, _ = authors_layout(tmp_path / "pool")
+    for f in text.glob("*.json"):
+        f.write_text(json.dumps([[{"from": "human", "value": t.split("\n")[0]}, {"from": "gpt", "value": t}]
+                                 for t in json.loads(f.read_text())]))
+    out = tmp_path / "out"
+    run_select(select_cfg(tmp_path, f"pool.path={text}", "embed=precomputed", f"embed.path={emb}", "size=4",
+                          "params.density_power=0", f"out={out}"))
+    picks = json.loads((out / "indices.json").read_text())
+    ds = datasets.load_from_disk(str(out / "hf"))
+    assert [m["role"] for m in ds["messages"][0]] == ["user", "assistant"]
+    turns = json.loads((out / "novelselect_4_dense_0.0_dist_1.0.json").read_text())
+    assert len(turns) == 4 and turns[0][0]["from"] == "user" and turns[0][1]["value"] == ds["messages"][0][1]["content"]
+    assert ds["pool_index"] == picks
+
+
+def test_study_refuses_to_finetune_on_plain_text(tmp_path):
+    from experiments.run_study import run
+
+    text, emb, _ = authors_layout(tmp_path / "pool")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("study", overrides=[f"cache_dir={tmp_path}/cache", f"results_dir={tmp_path}/results",
+                                          "logger=none", "pool=file", f"pool.path={text}", "embed=precomputed",
+                                          f"embed.path={emb}"])
+    with pytest.raises(InputError, match="plain-text rows"):
+        run(cfg)
