@@ -12,16 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from metrics.validation import InputError
+from divcore.errors import InputError
+from divcore.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +50,6 @@ def check_out_dir(out: Path, provenance: dict[str, Any], overwrite: bool) -> Non
                          "overwrite=true to replace it")
     raise InputError(f"out={out} is a non-empty directory that holds no divbench selection; choose an empty or "
                      "new directory, or pass overwrite=true to replace its contents")
-
-
-@contextmanager
-def staged_dir(out: Path) -> Iterator[Path]:
-    """A temporary sibling of ``out`` that replaces it on success and vanishes on failure."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would make a shared export unreadable to others
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def selected_rows(convs: list[dict], indices: list[int]) -> list[dict]:
@@ -159,7 +141,8 @@ def export_subset(out: Path, convs: list[dict], indices: list[int], provenance: 
     """Write every export file of one subset into ``out`` (see the module docstring); returns ``out``."""
     check_out_dir(out, provenance, overwrite)
     rows = selected_rows(convs, indices)
-    with staged_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would make a shared export unreadable to others
         (tmp / "indices.json").write_text(json.dumps([int(i) for i in indices]))
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, default=str))
         (tmp / "metrics.json").write_text(json.dumps(metrics_row, indent=2))

@@ -24,7 +24,9 @@ PRESETS = [(g, name) for g in GROUPS for name in _presets(g)]
 # presets that need a companion override: a mandatory (???) key; endpoint judges go with eval=paper (the smoke
 # eval's judge_prefill is for local judges only, and says so before any work)
 REQUIRED = {("pool", "file"): ["pool.path=/data/pool.jsonl"], ("eval/judge", "openai_gpt4_turbo"): ["eval=paper"],
-            ("eval/judge", "vllm_server"): ["eval=paper"]}
+            ("eval/judge", "vllm_server"): ["eval=paper"],
+            # vectors on disk, keyed by their content: any existing file stands in for a dry run (nothing is loaded)
+            ("embed", "precomputed"): ["pool=file", "pool.path=/data/text/", f"embed.path={__file__}"]}
 
 
 def test_every_group_directory_is_covered():
@@ -57,7 +59,9 @@ def test_launcher_presets_compose(launcher):
 
 
 def test_measure_and_report_configs_compose(tmp_path):
-    for config, overrides in (("measure", [f"subsets={tmp_path}"]), ("report", [f"runs={tmp_path}/runs.csv"])):
+    for config, overrides in (("measure", [f"subsets={tmp_path}"]), ("report", [f"runs={tmp_path}/runs.csv"]),
+                              ("select", ["pool.path=/data/text/", "size=10", f"out={tmp_path}/out"]),
+                              ("embed_pool", ["pool.path=/data/text/", f"out={tmp_path}/emb"])):
         OmegaConf.to_container(_compose(config, overrides), resolve=True, throw_on_missing=True)
 
 

@@ -153,6 +153,7 @@ def _select_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow  # subprocesses / a sentence embedder
 def test_select_cli_bad_input_fails_clearly_and_writes_nothing(tmp_path):
     text, emb, _ = authors_layout(tmp_path / "pool")
     base = [f"pool.path={text}", "embed=precomputed", f"embed.path={emb}", "selector=novelselect"]
@@ -206,6 +207,7 @@ def test_push_to_hub_uploads_the_dataset_and_its_card(tmp_path, monkeypatch):
     assert calls[1][2] == (tmp_path / "out" / "hf" / "README.md").read_text() and calls[1][3] == "dataset"
 
 
+@pytest.mark.slow  # subprocesses / a sentence embedder
 def test_embed_round_trip_through_the_authors_layout(tmp_path):
     """divbench-embed writes one vector file per text file; divbench-select reads them back as precomputed."""
     from experiments.embed_pool import embed_pool
