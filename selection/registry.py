@@ -7,6 +7,7 @@ A selector is called as ``fn(inputs, n, seed, **params)`` and returns ``n`` row 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
