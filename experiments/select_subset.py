@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.run_study import CONFIG_DIR
@@ -93,28 +94,53 @@ def select_one(cfg: dict[str, Any]) -> Path:
     return out
 
 
-def _study_scores(results: Path, entry: dict[str, Any], eval_json: Path | None) -> dict[str, Any]:
-    """The fine-tuned model's numeric scores: eval.json's, plus the study-wide combined performance."""
+def _replicate_scores(results: Path, rep: dict[str, Any], eval_json: Path) -> dict[str, float]:
+    """One fine-tuned model's numeric scores: eval.json's, plus the study-wide combined performance."""
     import pandas as pd
 
     scores = {}
-    if eval_json is not None and eval_json.exists():
+    if eval_json.exists():
         scores = {k: v for k, v in json.loads(eval_json.read_text()).items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
     runs_csv = results / "runs.csv"
     if runs_csv.exists():
         runs = pd.read_csv(runs_csv)
-        hit = runs[(runs["subset"] == entry["label"]) & (runs["seed"] == entry["seed"])]
+        hit = runs[(runs["subset"] == rep["label"]) & (runs["seed"] == rep["seed"])]
+        if "train_seed" in hit and hit["train_seed"].notna().any():
+            hit = hit[hit["train_seed"] == rep["train_seed"]]
         if len(hit) and "performance" in hit and pd.notna(hit["performance"].iloc[0]):
             scores["performance"] = float(hit["performance"].iloc[0])
     return scores
+
+
+def study_scores(results: Path, study: dict[str, Any], store: Any, replicates: list[dict[str, Any]]
+                 ) -> dict[str, float]:
+    """The scores of the models fine-tuned on one subset: as they are for one model; with training replicates
+    (finetune.seeds), each replicate's under ``<score> (train seed <t>)`` plus their mean under ``<score>``."""
+    from experiments.pipeline import stage_specs
+
+    per = {rep["train_seed"]: _replicate_scores(results, rep, store.path("eval", stage_specs(study, rep)["eval"])
+                                                / "eval.json") for rep in replicates}
+    if len(per) == 1:
+        return next(iter(per.values()))
+    keys = sorted({k for s in per.values() for k in s})
+    means = {k: float(np.mean([s[k] for s in per.values() if k in s])) for k in keys}
+    return means | {f"{k} (train seed {t})": v for t, s in per.items() for k, v in s.items()}
 
 
 def export_study(cfg: dict[str, Any]) -> Path:
     """Export every subset of the finished study at ``cfg['from_study']`` to ``<out>/<label>-s<seed>/``."""
     from experiments.cache import ArtifactStore
     from experiments.export import check_out_dir, export_subset, write_map
-    from experiments.pipeline import STUDY_CONFIG, SubsetRunner, embed_stage, pool_stage, stage_specs, subset_plan
+    from experiments.pipeline import (
+        STUDY_CONFIG,
+        SubsetRunner,
+        embed_stage,
+        pool_stage,
+        replicate_entries,
+        stage_specs,
+        subset_plan,
+    )
     from metrics.validation import InputError
 
     results = Path(cfg["from_study"])
@@ -147,10 +173,9 @@ def export_study(cfg: dict[str, Any]) -> Path:
         check_out_dir(dest, prov, bool(cfg.get("overwrite")))  # all checked before any is written
         jobs.append((entry, specs, indices, sub, prov, dest))
     for entry, specs, indices, sub, prov, dest in jobs:
-        eval_json = store.path("eval", specs["eval"]) / "eval.json" if "eval" in specs else None
-        export_subset(dest, convs, indices, prov, runner.metrics_row(entry, specs, indices, sub),
-                      scores=_study_scores(results, entry, eval_json), overwrite=bool(cfg.get("overwrite")),
-                      name=f"{study['study']}-{dest.name}")
+        scores = study_scores(results, study, store, replicate_entries([entry], study))
+        export_subset(dest, convs, indices, prov, runner.metrics_row(entry, specs, indices, sub), scores=scores,
+                      overwrite=bool(cfg.get("overwrite")), name=f"{study['study']}-{dest.name}")
     if cfg.get("map"):
         write_map(out / "pool.parquet", convs, emb, {dest.name: indices for _, _, indices, _, _, dest in jobs})
     return out
