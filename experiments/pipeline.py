@@ -27,6 +27,7 @@ from eval.evaluators import evaluate
 from experiments.cache import ArtifactStore, atomic_write
 from experiments.embed import check_precomputed, embed_texts, precomputed_embeddings
 from experiments.embedding_sets import source_fingerprint
+from experiments.keys import result_config, result_part
 from experiments.pools import (
     embedding_text,
     filter_prompt_length,
@@ -124,14 +125,15 @@ def _generation_spec(ev: dict[str, Any]) -> dict[str, Any]:
 def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dict[str, dict]:
     """Each stage's cache key: its own resolved config plus the keys of what it consumes. Pure config, so a
     dry run can tell what is done without loading anything."""
+    cfg = result_config(cfg)  # runtime knobs (device, batch_size, trainer logging/saving) are never hashed
     pool = {"pool": cfg["pool"]}
     embed = {"pool": pool, "embed": embed_spec(cfg)}
     specs = {"pool": pool, "embed": embed}
     if entry is not None and "finetune" not in cfg:  # divbench-select: selection and metrics only
-        subset = {"embed": embed, "subset": {k: entry[k] for k in ("selector", "params", "seed", "size")}}
+        subset = {"embed": embed, "subset": result_part({k: entry[k] for k in ("selector", "params", "seed", "size")})}
         return specs | {"subset": subset, "metrics": {"subset": subset, "metrics": list(cfg["metrics"]["compute"])}}
     if entry is not None:
-        subset = {"embed": embed, "subset": {k: entry[k] for k in ("selector", "params", "seed", "size")}}
+        subset = {"embed": embed, "subset": result_part({k: entry[k] for k in ("selector", "params", "seed", "size")})}
         finetune = {"subset": subset,
                     "finetune": {k: v for k, v in finetune_config(cfg, entry).items() if k not in RUN_ONLY}}
         specs |= {"subset": subset, "metrics": {"subset": subset, "metrics": list(cfg["metrics"]["compute"])},

@@ -1,0 +1,50 @@
+"""A config key that does not change results changes no cache key; one that does changes some."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from experiments.cache import ArtifactStore
+from experiments.pipeline import STAGES, stage_specs, subset_plan
+from experiments.run_study import CONFIG_DIR
+
+BASES = {"reference_nll": ["debug=tiny"],
+         "judged": ["debug=tiny", "eval=smoke_judge"],
+         "paper": ["experiment=paper_qwen25"]}
+
+
+def _keys(overrides: list[str]) -> dict[str, str]:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("study", overrides=overrides + ["cache_dir=/c"]), resolve=True)
+    store = ArtifactStore("/c")
+    keys = {}
+    for entry in subset_plan(cfg["selection"]):
+        for stage, spec in stage_specs(cfg, entry).items():
+            keys[f"{entry['label']}-s{entry['seed']}/{stage}"] = store.path(stage, spec).name
+    assert {k.split("/")[1] for k in keys} >= set(STAGES) - {"generate"}
+    return keys
+
+
+RUNTIME = ["finetune.args.logging_steps=7", "++finetune.args.save_steps=3", "++finetune.args.save_total_limit=2",
+           "++finetune.args.logging_first_step=true", "finetune.args.disable_tqdm=true",
+           "++finetune.args.report_to=[wandb]", "finetune.resume=true", "finetune.keep_checkpoints=true",
+           "embed.batch_size=3", "embed.device=cuda", "device=cuda", "++embed.runtime.workers=4"]
+JUDGED_RUNTIME = ["eval.generation.batch_size=2", "eval.generation.device=cuda"]
+RESULT = ["finetune.args.learning_rate=0.001", "finetune.max_length=128", "embed.max_length=32", "pool.size=41",
+          "selection.size=5", "seed=7"]
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_runtime_knobs_change_no_cache_key(base):
+    before = _keys(BASES[base])
+    for override in RUNTIME + (JUDGED_RUNTIME if base == "judged" else []):
+        assert _keys(BASES[base] + [override]) == before, f"{override} changed a cache key"
+
+
+@pytest.mark.parametrize("override", RESULT)
+def test_result_keys_change_cache_keys(override):
+    before = _keys(BASES["reference_nll"])
+    after = _keys(BASES["reference_nll"] + [override])
+    assert set(after.values()) != set(before.values()), f"{override} changed no cache key"
