@@ -22,11 +22,13 @@ def _presets(group: str) -> list[str]:
 
 PRESETS = [(g, name) for g in GROUPS for name in _presets(g)]
 # presets that need a companion override: a mandatory (???) key; endpoint judges go with eval=paper (the smoke
-# eval's judge_prefill is for local judges only, and says so before any work)
+# eval's judge_prefill is for local judges only, and says so before any work); a metric set without novelsum
+# names another paired-comparison reference (or none)
 REQUIRED = {("pool", "file"): ["pool.path=/data/pool.jsonl"], ("eval/judge", "openai_gpt4_turbo"): ["eval=paper"],
             ("eval/judge", "vllm_server"): ["eval=paper"],
             # vectors on disk, keyed by their content: any existing file stands in for a dry run (nothing is loaded)
-            ("embed", "precomputed"): ["pool=file", "pool.path=/data/text/", f"embed.path={__file__}"]}
+            ("embed", "precomputed"): ["pool=file", "pool.path=/data/text/", f"embed.path={__file__}"],
+            ("metrics", "embedding_only"): ["report.reference_metric=null"]}
 
 
 def test_every_group_directory_is_covered():
