@@ -18,6 +18,13 @@ SHARED = Path(os.environ.get("DIVBENCH_SHARED", ROOT.parent / "shared"))
 GOLDEN = SHARED / "golden" / "novelsum_reference"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that builds the tiny model trains or runs it: it belongs to the slow lane even if unmarked."""
+    for item in items:
+        if "tiny_model" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def golden() -> dict:
     if not GOLDEN.exists():

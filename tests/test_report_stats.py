@@ -237,6 +237,7 @@ def test_merge_rejects_bad_input_and_writes_nothing(tmp_path, case, message):
     assert not out.exists()
 
 
+@pytest.mark.slow  # two subprocesses
 def test_report_cli_merges_and_fails_with_exit_2(tmp_path):
     _two_models(tmp_path)
     cmd = [sys.executable, "-m", "experiments.regenerate", f"hydra.run.dir={tmp_path}/hydra", "n_boot=50", "n_perm=99"]

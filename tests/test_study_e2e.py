@@ -179,6 +179,7 @@ def test_finetune_job_publishes_models_the_study_reuses(tmp_path, tiny_model):
     assert after == trained and any(k.startswith("eval/") for k in _artifacts(tmp_path / "cache"))
 
 
+@pytest.mark.slow
 def test_training_replicates_average_into_one_row_per_subset(tmp_path, tiny_model):
     """finetune.seeds trains every subset once per seed (subset and metrics shared); runs.csv keeps one row per
     subset with the replicate mean, n_replicates, performance_sd, mean_response_chars, and noise_floor.json."""
