@@ -23,7 +23,7 @@ import metrics
 import selection
 from eval.benchmarks import check_eval_config, generate_benchmarks, judge_benchmarks
 from eval.combined import combine_performance
-from eval.evaluators import evaluate
+from eval.evaluators import check_evaluator, evaluate
 from experiments.cache import ArtifactStore, atomic_write
 from experiments.embed import check_precomputed, embed_texts, precomputed_embeddings
 from experiments.embedding_sets import source_fingerprint
@@ -379,6 +379,8 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     check_metric_configs(list(cfg["metrics"]["compute"]), cfg.get("report"))
     if judged(cfg):
         check_eval_config(cfg["eval"])
+    else:
+        check_evaluator(cfg["eval"]["name"])
     plan = subset_plan(cfg["selection"])
     entries = replicate_entries(selected_entries(plan, cfg["selection"].get("only")), cfg)
     if cfg.get("dry_run"):

@@ -70,11 +70,13 @@ def test_measure_and_report_configs_compose(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("selection.subsets.1.params.unique_ratio=0", "selector 'duplicate' parameter unique_ratio must be"),
     ("metrics.compute.0.params.neighbors=0", "metric 'novelsum' hyperparameter neighbors must be an integer >= 1"),
+    ("eval=tiny eval.name=reference_nl", r"unknown evaluator 'reference_nl' \(did you mean 'reference_nll'\?\)"),
 ])
 def test_bad_plugin_value_fails_before_the_pool_is_read(override, message, tmp_path):
     """The pool file does not exist: reaching the pool stage would fail differently."""
     cfg = _compose("study", ["pool=file", f"pool.path={tmp_path}/missing.jsonl", f"cache_dir={tmp_path}/cache",
-                             f"results_dir={tmp_path}/results", "selection=demo", "metrics=default", override])
+                             f"results_dir={tmp_path}/results", "selection=demo", "metrics=default",
+                             *override.split()])
     with pytest.raises(InputError, match=message):
         run_study(OmegaConf.to_container(cfg, resolve=True))
     assert not (tmp_path / "cache").exists()

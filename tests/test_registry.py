@@ -89,3 +89,13 @@ def test_one_of_is_exact():
 def test_valid_values_still_run():
     x = np.random.default_rng(0).normal(size=(30, 4))
     assert metrics.compute([{"name": "knn_distance", "params": {"k": 3}}], metrics.MetricInputs(embeddings=x))
+
+
+def test_evaluators_share_the_registry_shape():
+    from eval.evaluators import EVALUATORS, evaluate, register
+
+    assert "reference_nll" in EVALUATORS
+    with pytest.raises(InputError, match=r"unknown evaluator 'reference_nl' \(did you mean 'reference_nll'\?\)"):
+        evaluate("reference_nl", "m", None, {})
+    with pytest.raises(RegistryError, match="evaluator 'reference_nll' is registered twice"):
+        register("reference_nll")(lambda model, adapter, cfg: {})
