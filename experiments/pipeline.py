@@ -388,8 +388,6 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     store = ArtifactStore(cfg["cache_dir"])
     timings: dict[str, dict[str, float]] = {}
     specs = stage_specs(cfg)
-    # The resolved config beside the results: divbench-select from_study=<results_dir> finds the artifacts by it.
-    atomic_write(Path(cfg["results_dir"]) / STUDY_CONFIG, json.dumps(cfg, indent=2, default=str))
     with timed("pool", timings):
         convs = pool_stage(store, specs["pool"])
     if any("messages" not in c for c in convs):
@@ -397,6 +395,9 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
                          "conversations, or use divbench-select / divbench-measure on plain text")
     with timed("embed", timings):
         emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"])
+    # The resolved config beside the results: divbench-select from_study=<results_dir> finds the artifacts by it.
+    # Written once the pool and embeddings exist, so a run that fails on bad input leaves no results folder.
+    atomic_write(Path(cfg["results_dir"]) / STUDY_CONFIG, json.dumps(cfg, indent=2, default=str))
     runner = SubsetRunner(cfg, store, convs, emb, timings)
     runs = pd.DataFrame([runner.run(entry) for entry in entries]).assign(schema=RUNS_SCHEMA)
     if len(entries) < len(replicate_entries(plan, cfg)):
