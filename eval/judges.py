@@ -1,14 +1,24 @@
 """Judges for AlpacaEval and MT-Bench: an OpenAI-compatible endpoint, or a local transformers model.
 
 Both answer ``chat(messages, max_tokens=..., temperature=..., top_logprobs=...)`` with an OpenAI-style choice dict
-(``text``, and ``logprobs.content[0].top_logprobs`` when asked), which is what alpaca_eval's parsers read. The
-endpoint judge is a thin layer over the ``openai`` client (``base_url`` reaches OpenAI, ``vllm serve``, or any
-compatible server). Its retry loop is our own rather than the client's or alpaca_eval's because a fault must
-surface as an error after the last attempt: alpaca_eval's decoder turns exhausted retries into empty completions,
-which would be scored as missing or lost comparisons.
+(``text``, ``usage`` with prompt and completion tokens, and ``logprobs.content[0].top_logprobs`` when asked), which
+is what alpaca_eval's parsers read. The endpoint judge is a thin layer over the ``openai`` client (``base_url``
+reaches OpenAI, ``vllm serve``, or any compatible server).
+
+Faults are handled in two layers. Transport faults (timeouts, connection errors, 408/409/429/5xx) are retried by
+the ``openai`` client itself, which waits as the server's ``Retry-After`` says; a request refused for good (400,
+401, 403, 404, 422: unknown model, unsupported parameter, bad key) is a :class:`JudgeError` at once, naming the
+model and the fix. Our own loop only retries content faults (a reply without choices, content or the requested
+logprobs, or one that is not JSON): a fault must surface as an error after the last attempt, because alpaca_eval's
+decoder would turn exhausted retries into empty completions, scored as missing or lost comparisons.
+
+Many prompts are judged at once with :func:`judge_many` on ``concurrency`` threads (HTTP judges; a local model
+answers one prompt at a time); results come back in input order, so they do not depend on completion order.
 
 API keys never enter a config: a judge config names the environment variable that holds the key
 (``api_key_env``), so Hydra's dumped config, W&B's run config and the logs only ever see the variable's name.
+A judge config may carry a ``price`` (USD per million input / output tokens), from which every judgment's cost is
+computed.
 """
 
 from __future__ import annotations
@@ -17,18 +27,32 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
+from divcore.locks import hold_lock
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
 
 KINDS = ("openai", "local")
+DEFAULT_CONCURRENCY = {"openai": 8, "local": 1}
+PRICE_KEYS = ("input_usd_per_mtok", "output_usd_per_mtok")
+REFUSALS = {400: "the endpoint rejected the request (unsupported parameter? e.g. logprobs, which alpaca_eval's "
+                 "weighted annotator needs: choose a judge that returns logprobs)",
+            401: "the API key was refused: check the key in the environment variable {key_env}",
+            403: "the key has no access to this model: check the account's model permissions",
+            404: "the endpoint does not serve this model: set eval.judge.model to a model it serves (OpenAI "
+                 "retired gpt-4-1106-preview; e.g. eval/judge=openai_gpt41)",
+            422: "the endpoint could not process the request: check eval.judge.model and the decoding settings"}
 
 
 class JudgeError(RuntimeError):
-    """The judge failed after every retry; no score is recorded for the item."""
+    """The judge failed after every retry, or refused the request; no score is recorded for the item."""
 
 
 @dataclass(frozen=True)
@@ -42,9 +66,12 @@ class JudgeConfig:
     backoff_s: float = 1.0
     smoke_test: bool = False
     device: str = "cpu"
+    concurrency: int | None = None  # None: 8 for an HTTP judge, 1 for a local model
+    price: dict[str, float] | None = field(default=None, hash=False)
 
     @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> JudgeConfig:
+    def from_dict(cls, cfg: dict[str, Any], check_key: bool = True) -> JudgeConfig:
+        """A validated judge config; ``check_key=False`` skips the key's presence (dry runs need no secret)."""
         cfg = dict(cfg)
         for secret in ("api_key", "key", "token"):
             if secret in cfg:
@@ -59,19 +86,23 @@ class JudgeConfig:
         if not cfg.get("model"):
             raise InputError("eval.judge.model is empty: name the judge model (an endpoint's model id, or a "
                              "local checkpoint / packaged:smollm2 for kind=local)")
+        cfg["concurrency"] = _check_concurrency(cfg.get("concurrency"), cfg["kind"])
+        cfg["price"] = _check_price(cfg.get("price"))
+        if int(cfg.get("max_retries", 1)) < 1:
+            raise InputError(f"eval.judge.max_retries must be >= 1 (attempts per item), got {cfg['max_retries']}")
         judge = cls(**cfg)
         if judge.kind == "openai":
-            judge.check_endpoint()
+            judge.check_endpoint(check_key)
         return judge
 
-    def check_endpoint(self) -> None:
+    def check_endpoint(self, check_key: bool = True) -> None:
         if not self.base_url:
             raise InputError("eval.judge.base_url is empty: give the OpenAI-compatible endpoint, e.g. "
                              "https://api.openai.com/v1 or http://localhost:8000/v1 for `vllm serve`")
         if not self.api_key_env:
             raise InputError("eval.judge.api_key_env is empty: name the environment variable holding the "
                              "endpoint's API key (e.g. OPENAI_API_KEY; any non-empty value for a keyless vLLM)")
-        if not os.environ.get(self.api_key_env):
+        if check_key and not os.environ.get(self.api_key_env):
             raise InputError(f"environment variable {self.api_key_env} (eval.judge.api_key_env) is not set: "
                              f"export {self.api_key_env}=<key> before running")
 
@@ -85,12 +116,51 @@ class JudgeConfig:
         name = f"{self.model} ({'local' if self.kind == 'local' else self.base_url})"
         return f"{name} [smoke-test judge, not a valid benchmark number]" if self.smoke_test else name
 
+    def cost_usd(self, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
+        """USD for one call from the price table (0 for a local model without one); None when an endpoint judge
+        has no price or did not report its token usage."""
+        if self.kind == "local" and self.price is None:
+            return 0.0  # an in-process model bills nothing
+        if self.price is None or prompt_tokens is None or completion_tokens is None:
+            return None
+        return (prompt_tokens * self.price["input_usd_per_mtok"]
+                + completion_tokens * self.price["output_usd_per_mtok"]) / 1e6
+
+
+def _check_concurrency(value: Any, kind: str) -> int:
+    if value is None:
+        return DEFAULT_CONCURRENCY[kind]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"eval.judge.concurrency must be an integer >= 1 (requests in flight), got {value!r}")
+    if kind == "local" and value != 1:
+        raise InputError(f"eval.judge.concurrency={value} with a local judge: one in-process model answers one "
+                         "prompt at a time; set it to 1, or serve the model (vllm serve) and use kind=openai")
+    return value
+
+
+def _check_price(price: Any) -> dict[str, float] | None:
+    if price is None:
+        return None
+    if not isinstance(price, dict) or set(price) != set(PRICE_KEYS):
+        raise InputError(f"eval.judge.price must give exactly {list(PRICE_KEYS)} (USD per million tokens), got "
+                         f"{price!r}")
+    for k in PRICE_KEYS:
+        v = price[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise InputError(f"eval.judge.price.{k} must be a non-negative number of USD per million tokens, "
+                             f"got {v!r}")
+    return {k: float(price[k]) for k in PRICE_KEYS}
+
 
 class Judge(Protocol):
     config: JudgeConfig
 
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float = 0.0,
              top_logprobs: int | None = None, prefill: str = "") -> dict[str, Any]: ...
+
+
+class ContentFault(Exception):
+    """A reply that arrived but cannot be used (retried by our own loop)."""
 
 
 class EndpointJudge:
@@ -102,21 +172,35 @@ class EndpointJudge:
         config.check_endpoint()
         self.config = config
         self._openai = openai
+        # The client retries transport faults itself, honouring Retry-After; max_retries counts attempts.
         self.client = openai.OpenAI(base_url=config.base_url, api_key=os.environ[config.api_key_env],
-                                    timeout=config.timeout_s, max_retries=0)
+                                    timeout=config.timeout_s, max_retries=config.max_retries - 1)
 
     def _once(self, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> dict[str, Any]:
-        resp = self.client.chat.completions.create(model=self.config.model, messages=messages, **kwargs)
+        try:
+            resp = self.client.chat.completions.create(model=self.config.model, messages=messages, **kwargs)
+        except (self._openai.APIResponseValidationError, ValueError) as e:
+            raise ContentFault(f"malformed reply: {e}") from e
         if not getattr(resp, "choices", None):
-            raise JudgeError("reply has no choices")
+            raise ContentFault("reply has no choices")
         choice = resp.choices[0].model_dump()
         text = (choice.get("message") or {}).get("content")
         if not isinstance(text, str):
-            raise JudgeError("reply has no message content")
+            raise ContentFault("reply has no message content")
         if kwargs.get("logprobs") and not ((choice.get("logprobs") or {}).get("content")):
-            raise JudgeError("reply has no logprobs although they were requested")
+            raise ContentFault("reply has no logprobs although they were requested")
+        usage = getattr(resp, "usage", None)
         choice["text"] = text
+        choice["usage"] = {"prompt_tokens": getattr(usage, "prompt_tokens", None),
+                           "completion_tokens": getattr(usage, "completion_tokens", None)}
         return choice
+
+    def _refused(self, e: Any) -> JudgeError:
+        status = getattr(e, "status_code", None)
+        hint = REFUSALS.get(status, "see the endpoint's message").format(key_env=self.config.api_key_env)
+        message = getattr(e, "message", None) or str(e)
+        return JudgeError(f"judge model {self.config.model!r} at {self.config.base_url}: HTTP {status}: {message}. "
+                          f"Fix: {hint}")
 
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float = 0.0,
              top_logprobs: int | None = None, prefill: str = "") -> dict[str, Any]:
@@ -126,22 +210,86 @@ class EndpointJudge:
         kwargs: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
         if top_logprobs:
             kwargs |= {"logprobs": True, "top_logprobs": top_logprobs}
-        retryable = (self._openai.APITimeoutError, self._openai.APIConnectionError,
-                     self._openai.InternalServerError, self._openai.RateLimitError,
-                     self._openai.APIResponseValidationError, JudgeError, ValueError)
+        transport = (self._openai.APITimeoutError, self._openai.APIConnectionError,
+                     self._openai.InternalServerError, self._openai.RateLimitError)
         last: BaseException | None = None
         for attempt in range(1, self.config.max_retries + 1):
             try:
                 return self._once(messages, kwargs)
-            except retryable as e:
+            except transport as e:  # the client already retried max_retries times, honouring Retry-After
                 last = e
-                log.warning("judge %s attempt %d/%d failed: %s: %s", self.config.model, attempt,
-                            self.config.max_retries, type(e).__name__, e)
+                break
+            except self._openai.APIStatusError as e:
+                if e.status_code in REFUSALS:
+                    raise self._refused(e) from None
+                last = e  # another status the client gave up on (e.g. 409 after its retries)
+                break
+            except ContentFault as e:
+                last = e
+                log.warning("judge %s attempt %d/%d: %s", self.config.model, attempt, self.config.max_retries, e)
                 if attempt < self.config.max_retries:
                     time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
         raise JudgeError(f"judge {self.config.model} at {self.config.base_url} failed {self.config.max_retries} "
                          f"times; last error {type(last).__name__}: {last}. Nothing was scored for this item; "
                          "re-run to retry (finished annotations are cached)") from last
+
+
+JUDGE_LOCK_TIMEOUT_S = 24 * 3600.0  # a twin judging the same answers for longer than a day is stuck
+
+
+def cache_lock(path: Path, what: str, timeout_s: float = JUDGE_LOCK_TIMEOUT_S) -> AbstractContextManager[None]:
+    """An inter-process lock on a judge cache (:func:`divcore.locks.hold_lock`): processes judging into one cache
+    never race on it."""
+    return hold_lock(path, timeout_s, what)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def judge_many(fn: Callable[[T], R], items: Sequence[T], concurrency: int, *, desc: str = "judging",
+               on_result: Callable[[int, R], None] | None = None) -> list[R]:
+    """``[fn(x) for x in items]`` on ``concurrency`` threads, in input order.
+
+    ``on_result(i, result)`` runs in the calling thread as each item finishes (e.g. to append it to a cache), so
+    a kill loses at most the calls in flight. On the first failure, items not yet started are cancelled, those
+    in flight still finish and are reported to ``on_result``, and the failure is raised.
+    """
+    from tqdm.auto import tqdm
+
+    results: list[Any] = [None] * len(items)
+    bar = tqdm(total=len(items), desc=desc, disable=not items)
+    if concurrency <= 1:
+        for i, item in enumerate(items):
+            results[i] = fn(item)
+            if on_result is not None:
+                on_result(i, results[i])
+            bar.update()
+        bar.close()
+        return results
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge") as pool:
+        futures: dict[Future, int] = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        pending, error = set(futures), None
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                if fut.cancelled():
+                    continue
+                if fut.exception() is not None:
+                    error = error or fut.exception()
+                    continue
+                i = futures[fut]
+                results[i] = fut.result()
+                if on_result is not None:
+                    on_result(i, results[i])
+                bar.update()
+            if error is not None:
+                for fut in pending:
+                    fut.cancel()
+    bar.close()
+    if error is not None:
+        raise error
+    return results
 
 
 class LocalJudge:
@@ -171,7 +319,9 @@ class LocalJudge:
                                       return_dict_in_generate=True, pad_token_id=self.tok.pad_token_id)
         text = prefill + self.tok.decode(out.sequences[0, ids.shape[1]:],
                                                              skip_special_tokens=True)
-        choice: dict[str, Any] = {"text": text, "message": {"role": "assistant", "content": text}}
+        choice: dict[str, Any] = {"text": text, "message": {"role": "assistant", "content": text},
+                                  "usage": {"prompt_tokens": int(ids.shape[1]),
+                                            "completion_tokens": int(out.sequences.shape[1] - ids.shape[1])}}
         if top_logprobs:
             logp = torch.log_softmax(out.scores[0][0].float(), dim=-1)
             values, index = logp.topk(top_logprobs)

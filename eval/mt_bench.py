@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 from divcore.hashing import stable_hash
 from divcore.io import atomic_write, read_jsonl
 from eval.generation import MT_BENCH_TEMPERATURES, Generator
-from eval.judges import Judge
+from eval.judges import Judge, cache_lock, judge_many
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,15 @@ def _read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
                       "to a directory holding mt_bench/")
 
 
-def load_mt_bench(data_dir: str | Path, n_questions: int | None = None,
-                  seed: int = 0) -> tuple[list[dict], dict[str, dict], dict[int, list[str]]]:
+REFERENCES = ("gpt-4", "gpt-4-0125-preview")  # the paper's / FastChat's corrected set (FastChat PR 3158)
+
+
+def load_mt_bench(data_dir: str | Path, n_questions: int | None = None, seed: int = 0,
+                  reference: str = "gpt-4") -> tuple[list[dict], dict[str, dict], dict[int, list[str]]]:
     """Questions (optionally a seeded sample, balanced over categories), judge prompts by name, and the
-    reference answers by question id."""
+    reference answers by question id, from ``reference_answer/<reference>.jsonl``: ``gpt-4`` (the paper's and
+    the original leaderboard's) or ``gpt-4-0125-preview`` (FastChat's corrected answers: PR 3158 found 13 of the
+    30 GPT-4 references wrong)."""
     data_dir = Path(data_dir)
     questions = _read_jsonl(data_dir / "question.jsonl", "question")
     for q in questions:
@@ -55,8 +61,14 @@ def load_mt_bench(data_dir: str | Path, n_questions: int | None = None,
     missing = {"single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn"} - set(prompts)
     if missing:
         raise InputError(f"{data_dir / 'judge_prompts.jsonl'} lacks judge prompt(s) {sorted(missing)}")
-    refs = {r["question_id"]: r["choices"][0]["turns"]
-            for r in _read_jsonl(data_dir / "reference_answer" / "gpt-4.jsonl", "reference answer")}
+    if reference not in REFERENCES:
+        raise InputError(f"eval.mt_bench.reference must be one of {REFERENCES}, got {reference!r}")
+    ref_file = data_dir / "reference_answer" / f"{reference}.jsonl"
+    if not ref_file.exists() and reference != "gpt-4":
+        raise InputError(f"MT-Bench reference answers {ref_file} not found: copy FastChat's "
+                         f"fastchat/llm_judge/data/mt_bench/reference_answer/{reference}.jsonl there, or use "
+                         "eval.mt_bench.reference=gpt-4 (the paper's)")
+    refs = {r["question_id"]: r["choices"][0]["turns"] for r in _read_jsonl(ref_file, "reference answer")}
     if n_questions is not None and n_questions < len(questions):
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(questions))
@@ -72,7 +84,7 @@ def load_mt_bench(data_dir: str | Path, n_questions: int | None = None,
         questions = [questions[i] for i in sorted(picked)]
     lacking = [q["question_id"] for q in questions if q["category"] in NEED_REFERENCE and q["question_id"] not in refs]
     if lacking:
-        raise InputError(f"no GPT-4 reference answer for reference-graded question(s) {lacking}")
+        raise InputError(f"{ref_file}: no reference answer for reference-graded question(s) {lacking}")
     return questions, prompts, refs
 
 
@@ -117,32 +129,53 @@ def parse_rating(text: str) -> float:
 def judge_answers(judge: Judge, questions: list[dict], answers: list[dict], prompts: dict[str, dict],
                   refs: dict[int, list[str]], cache_path: Path, max_tokens: int = 2048,
                   prefill: str = "") -> list[dict]:
-    """One judgment per (question, turn). Judgments are cached in ``cache_path`` (JSONL, one per judge) by the
-    prompt sent, so a re-run only asks what it has not asked this judge before. ``prefill`` starts each reply
-    (local judges only; a smoke-test crutch for tiny models)."""
-    from tqdm.auto import tqdm
+    """One judgment per (question, turn), asked ``judge.config.concurrency`` at a time, returned in question order.
 
-    cache = _load_cache(cache_path)
+    Judgments are cached in ``cache_path`` (JSONL, one file per judge) by the prompt sent, so a re-run only asks
+    what it has not asked this judge before. Each finished judgment is appended at once under the file's lock, and
+    the whole run holds a lock per set of answers, so a twin process judging the same answers waits and then asks
+    nothing. ``prefill`` starts each reply (local judges only; a smoke-test crutch for tiny models)."""
     by_id = {a["question_id"]: a for a in answers}
-    out = []
-    for q in tqdm(questions, desc="MT-Bench judging"):
+    items = []
+    for q in questions:
         for turn in (1, 2):
             name, messages = judge_prompt(q, by_id[q["question_id"]], prompts, refs, turn)
-            key = stable_hash({"messages": messages, "max_tokens": max_tokens, "prefill": prefill})
-            if key not in cache:
-                reply = judge.chat(messages, max_tokens=max_tokens, temperature=0.0, prefill=prefill)["text"]
-                cache[key] = {"key": key, "judgment": reply, "score": parse_rating(reply)}
-                _append(cache_path, cache[key])
-            r = cache[key]
-            out.append({"question_id": q["question_id"], "category": q["category"], "turn": turn,
-                        "judge_prompt": name, "judgment": r["judgment"],
-                        "score": parse_rating(r["judgment"])})  # re-parsed: caches from older parsers agree
+            items.append((q, turn, name, messages,
+                          stable_hash({"messages": messages, "max_tokens": max_tokens, "prefill": prefill})))
+    file_lock = cache_path.with_name(cache_path.name + ".lock")
+    work_lock = cache_path.with_name(f".{cache_path.stem}-{stable_hash(sorted(i[4] for i in items))}.lock")
+    with cache_lock(work_lock, f"MT-Bench judging with {judge.config.model}"):
+        with cache_lock(file_lock, f"MT-Bench judgment cache {cache_path}"):
+            cache = _load_cache(cache_path)
+        todo = list(dict.fromkeys(key for *_, key in items if key not in cache))
+        messages_of = {key: messages for *_, messages, key in items}
+
+        def ask(key: str) -> dict:
+            reply = judge.chat(messages_of[key], max_tokens=max_tokens, temperature=0.0, prefill=prefill)
+            return {"key": key, "judgment": reply["text"], "score": parse_rating(reply["text"]),
+                    **(reply.get("usage") or {"prompt_tokens": None, "completion_tokens": None})}
+
+        def store(i: int, row: dict) -> None:
+            cache[row["key"]] = row
+            with cache_lock(file_lock, f"MT-Bench judgment cache {cache_path}"):
+                _append(cache_path, row)
+
+        judge_many(ask, todo, judge.config.concurrency, desc="MT-Bench judging", on_result=store)
+    out = []
+    for q, turn, name, messages, key in items:
+        r = cache[key]
+        out.append({"question_id": q["question_id"], "category": q["category"], "turn": turn, "judge_prompt": name,
+                    "user_prompt": messages[-1]["content"], "judgment": r["judgment"],
+                    "score": parse_rating(r["judgment"]),  # re-parsed: caches from older parsers agree
+                    "prompt_tokens": r.get("prompt_tokens"), "completion_tokens": r.get("completion_tokens"),
+                    "judge_usd": judge.config.cost_usd(r.get("prompt_tokens"), r.get("completion_tokens"))})
     return out
 
 
 def _load_cache(path: Path) -> dict[str, dict]:
-    """The judge's cached judgments. The file is append-only; a line cut off by a kill can only be the last
-    one, and is dropped (its item is simply asked again); damage anywhere else is an error."""
+    """The judge's cached judgments (call under the file's lock). The file is append-only; a line cut off by a
+    kill can only be the last one, and is dropped (its item is simply asked again); damage anywhere else is an
+    error."""
     if not path.exists():
         return {}
     lines = path.read_text().split("\n")
@@ -166,6 +199,8 @@ def _append(path: Path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
         fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())  # a judgment is paid for: on disk before the next is counted done
 
 
 def mt_bench_summary(judgments: list[dict]) -> dict[str, Any]:

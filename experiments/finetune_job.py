@@ -30,7 +30,7 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
     ``<label>-s<seed>`` names (``-t<training seed>`` with ``finetune.seeds``) of those it trained."""
     from accelerate import PartialState
 
-    from experiments.cache import ArtifactStore
+    from experiments.cache import LOCK_TIMEOUT_S, ArtifactStore
     from experiments.pipeline import (
         SubsetRunner,
         embed_stage,
@@ -45,7 +45,7 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
     from finetune.sft import train_sft
 
     state = PartialState()
-    store = ArtifactStore(cfg["cache_dir"])
+    store = ArtifactStore(cfg["cache_dir"], cfg.get("cache_lock_timeout_s", LOCK_TIMEOUT_S))
     entries = replicate_entries(selected_entries(subset_plan(cfg["selection"]), cfg["selection"].get("only")), cfg)
     cfg = cfg | {"logger": cfg["logger"] | {"enabled": cfg["logger"].get("enabled", True) and state.is_main_process}}
     specs = stage_specs(cfg)
@@ -67,8 +67,9 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
         state.wait_for_everyone()
         if state.is_main_process:
             with store.build("finetune", entry_specs["finetune"]) as tmp:
-                shutil.move(str(final), tmp / "model")
-                (tmp / "train.json").write_text(json.dumps(stats | {"processes": state.num_processes}, indent=2))
+                if tmp is not None:  # else a twin job published the same model first; the first writer wins
+                    shutil.move(str(final), tmp / "model")
+                    (tmp / "train.json").write_text(json.dumps(stats | {"processes": state.num_processes}, indent=2))
             runner.drop_checkpoints(ckpt)
         state.wait_for_everyone()
         trained.append(replicate_name(entry))

@@ -21,13 +21,14 @@ import pandas as pd
 
 import metrics
 import selection
-from eval.benchmarks import check_eval_config, generate_benchmarks, judge_benchmarks
+from eval.benchmarks import MT_ANSWERS, check_eval_config, generate_benchmarks, judge_benchmarks
 from eval.combined import combine_performance
 from eval.evaluators import check_evaluator, evaluate
-from experiments.cache import ArtifactStore, atomic_write
+from experiments.cache import LOCK_TIMEOUT_S, ArtifactStore, atomic_write
 from experiments.embed import check_precomputed, embed_texts, precomputed_embeddings
 from experiments.embedding_sets import source_fingerprint
 from experiments.keys import result_config, result_part
+from experiments.plan import plan_table, plan_totals
 from experiments.pools import (
     embedding_text,
     filter_prompt_length,
@@ -37,7 +38,7 @@ from experiments.pools import (
     write_jsonl,
 )
 from experiments.report import RUNS_SCHEMA, aggregate_replicates, metric_columns, write_report
-from experiments.tracking import wandb_run
+from experiments.tracking import alpaca_eval_table, log_to_run, mt_bench_table, wandb_run
 from finetune.models import finetuned, resolve_model
 from metrics.registry import check_config
 from metrics.validation import InputError
@@ -57,6 +58,17 @@ def timed(stage: str, timings: dict[str, dict[str, float]]) -> Iterator[None]:
         entry = timings.setdefault(stage, {"wall_s": 0.0, "peak_rss_gib": 0.0})
         entry["wall_s"] += time.perf_counter() - start
         entry["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+@contextmanager
+def executed(stage: str, timings: dict[str, dict[str, float]]) -> Iterator[None]:
+    """Count the runs of a stage that did its work (not a cache hit) and their wall time: the planner's
+    measured per-stage cost (``timings.json``)."""
+    start = time.perf_counter()
+    yield
+    entry = timings.setdefault(stage, {"wall_s": 0.0, "peak_rss_gib": 0.0})
+    entry["executed"] = entry.get("executed", 0) + 1
+    entry["executed_wall_s"] = entry.get("executed_wall_s", 0.0) + time.perf_counter() - start
 
 
 def subset_plan(sel_cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -106,7 +118,9 @@ def replicate_entries(entries: list[dict[str, Any]], cfg: dict[str, Any]) -> lis
     """Each (subset, seed) entry once per training seed; subset and metrics artifacts are shared by them."""
     replicated = cfg["finetune"].get("seeds") is not None
     return [e | {"train_seed": t, "replicated": replicated} for e in entries for t in train_seeds(cfg["finetune"])]
-GENERATION_ONLY = ("judge", "performance", "annotator", "annotator_seed", "judge_max_tokens", "judge_prefill")
+GENERATION_ONLY = ("judge", "performance", "annotator", "annotator_seed", "judge_max_tokens", "judge_prefill",
+                   "reference")
+JUDGING_ONLY = ("concurrency",)  # how judgments are requested, not what they are
 
 
 def judged(cfg: dict[str, Any]) -> bool:
@@ -120,6 +134,12 @@ def _generation_spec(ev: dict[str, Any]) -> dict[str, Any]:
     bench = {b: {k: v for k, v in (ev.get(b) or {}).items() if k not in GENERATION_ONLY}
              for b in ("alpaca_eval", "mt_bench", "reference_nll")}
     return {"generation": gen} | bench
+
+
+def _judging_spec(ev: dict[str, Any]) -> dict[str, Any]:
+    """What the judged scores depend on: the benchmarks' and the judge's settings, not the generation."""
+    spec = {k: v for k, v in ev.items() if k not in ("generation", "performance")}
+    return spec | {"judge": {k: v for k, v in spec["judge"].items() if k not in JUDGING_ONLY}}
 
 
 def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dict[str, dict]:
@@ -141,8 +161,7 @@ def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dic
         if judged(cfg):
             generate = {"finetune": finetune} | _generation_spec(cfg["eval"])
             specs |= {"generate": generate,
-                      "eval": {"generate": generate, "eval": {k: v for k, v in cfg["eval"].items()
-                                                              if k not in ("generation", "performance")}}}
+                      "eval": {"generate": generate, "eval": _judging_spec(cfg["eval"])}}
         else:
             specs["eval"] = {"finetune": finetune, "eval": cfg["eval"]}
     return specs
@@ -160,24 +179,27 @@ def embed_spec(cfg: dict[str, Any]) -> dict[str, Any]:
 def pool_stage(store: ArtifactStore, spec: dict) -> list[dict]:
     cfg = spec["pool"]
     if not store.is_complete("pool", spec):
-        convs = load_conversations(cfg.get("path"), cfg["format"], cfg["on_invalid"], cfg.get("sources"))
-        convs = sample_pool(filter_prompt_length(convs, cfg.get("max_prompt_chars")), cfg.get("size"),
-                            int(cfg["seed"]))
         with store.build("pool", spec) as tmp:
-            write_jsonl(tmp / "pool.jsonl", convs)
+            if tmp is not None:  # else a twin job built it while this one waited for the lock
+                convs = load_conversations(cfg.get("path"), cfg["format"], cfg["on_invalid"], cfg.get("sources"))
+                convs = sample_pool(filter_prompt_length(convs, cfg.get("max_prompt_chars")), cfg.get("size"),
+                                    int(cfg["seed"]))
+                write_jsonl(tmp / "pool.jsonl", convs)
     return read_jsonl(store.path("pool", spec) / "pool.jsonl")
 
 
 def embed_stage(store: ArtifactStore, spec: dict, convs: list[dict], cfg: dict[str, Any], cache_dir: str) -> np.ndarray:
     if not store.is_complete("embed", spec):
-        if cfg["backend"] == "precomputed":
-            vecs = precomputed_embeddings(cfg["path"], len(convs), spec["pool"]["pool"].get("path"), cfg.get("dim"))
-        else:
-            vecs = embed_texts([embedding_text(c) for c in convs], resolve_model(cfg["model"], cache_dir),
-                               cfg["backend"], max_length=int(cfg["max_length"]), batch_size=int(cfg["batch_size"]),
-                               device=cfg["device"])
         with store.build("embed", spec) as tmp:
-            np.save(tmp / "embeddings.npy", vecs)
+            if tmp is not None:  # else a twin job built it while this one waited for the lock
+                if cfg["backend"] == "precomputed":
+                    vecs = precomputed_embeddings(cfg["path"], len(convs), spec["pool"]["pool"].get("path"),
+                                                  cfg.get("dim"))
+                else:
+                    vecs = embed_texts([embedding_text(c) for c in convs], resolve_model(cfg["model"], cache_dir),
+                                       cfg["backend"], max_length=int(cfg["max_length"]),
+                                       batch_size=int(cfg["batch_size"]), device=cfg["device"])
+                np.save(tmp / "embeddings.npy", vecs)
     return np.load(store.path("embed", spec) / "embeddings.npy")
 
 
@@ -222,12 +244,16 @@ class SubsetRunner:
             if self.store.is_complete(name, spec):
                 yield None, None
                 return
-            with wandb_run(self.cfg["logger"], name=f"{replicate_name(entry)}/{name}", job_type=name,
-                           config={"study": self.cfg["study"], "stage": name, **entry, name: spec.get(name)},
-                           tags=[entry["selector"], f"seed={entry['seed']}",
-                                 self.cfg.get("finetune", {}).get("base_model", "no-finetune")]
-                           ) as run, self.store.build(name, spec) as tmp:
-                yield tmp, run
+            with self.store.build(name, spec) as tmp:
+                if tmp is None:  # a twin job finished it while this one waited for the lock
+                    yield None, None
+                    return
+                with executed(name, self.timings), wandb_run(
+                        self.cfg["logger"], name=f"{replicate_name(entry)}/{name}", job_type=name,
+                        config={"study": self.cfg["study"], "stage": name, **entry, name: spec.get(name)},
+                        tags=[entry["selector"], f"seed={entry['seed']}",
+                              self.cfg.get("finetune", {}).get("base_model", "no-finetune")]) as run:
+                    yield tmp, run
 
     def checkpoint_dir(self, specs: dict, force: bool = False) -> Path | None:
         """Where the trainer checkpoints a subset's fine-tuning so a killed run resumes (finetune.resume)."""
@@ -306,12 +332,25 @@ class SubsetRunner:
                 (tmp / "eval.json").write_text(json.dumps(result, indent=2))
                 if run is not None:
                     run.log(row | {k: v for k, v in result.items() if isinstance(v, (int, float))})
+                    if judged(self.cfg):
+                        log_to_run(run, judgment_tables(tmp, self.store.path("generate", specs["generate"])))
         result = json.loads((self.store.path("eval", specs["eval"]) / "eval.json").read_text())
         log.info("%s evaluated: %s", replicate_name(entry),
                  {k: v for k, v in result.items() if k in ("performance", "alpaca_eval_win_rate", "mt_bench_score")})
         return {"subset": entry["label"], "selector": entry["selector"], "seed": entry["seed"],
                 "train_seed": entry.get("train_seed"), "size": entry["size"], "unique_rows": len(set(indices)),
                 "base_model": self.cfg["finetune"]["base_model"]} | subset_profile(sub) | row | result
+
+
+def judgment_tables(eval_dir: Path, gen_dir: Path) -> dict[str, list[dict]]:
+    """A model's generations with what the judge saw and said, per benchmark, for W&B tables."""
+    tables = {}
+    if (ann := eval_dir / "alpaca_eval_annotations.json").exists():
+        tables["alpaca_eval"] = alpaca_eval_table(json.loads(ann.read_text()))
+    if (judgments := eval_dir / "mt_bench_judgments.jsonl").exists():
+        answers = {a["question_id"]: a for a in read_jsonl(gen_dir / MT_ANSWERS)}
+        tables["mt_bench"] = mt_bench_table(read_jsonl(judgments), answers)
+    return tables
 
 
 def replicate_name(entry: dict[str, Any]) -> str:
@@ -361,16 +400,25 @@ def selected_entries(plan: list[dict], only: Any) -> list[dict]:
 
 
 def dry_run(cfg: dict[str, Any], plan: list[dict]) -> pd.DataFrame:
-    """What a run would do: one row per (subset, seed) and one column per stage, 'done' or 'to run'."""
+    """What a run would do and cost, without running anything (no key, no GPU): ``<results_dir>/plan.csv`` with
+    one row per (subset, seed, stage), the totals logged."""
     store = ArtifactStore(cfg["cache_dir"])
-    rows = []
+    status, eval_dirs = {}, []
     for entry in plan:
         specs = stage_specs(cfg, entry)
-        rows.append({"label": entry["label"], "seed": entry["seed"], "train_seed": entry.get("train_seed")} |
-                    {s: ("done" if store.is_complete(s, specs[s]) else "to run") if s in specs else "n/a"
-                     for s in STAGES})
-    table = pd.DataFrame(rows)
-    log.info("dry run (nothing executed):\n%s", table.to_string(index=False))
+        eval_dirs.append(store.path("eval", specs["eval"]))
+        for s in STAGES:
+            status[entry["label"], entry["seed"], entry.get("train_seed"), s] = (
+                ("done" if store.is_complete(s, specs[s]) else "to run") if s in specs else "n/a")
+    table = plan_table(cfg, plan, STAGES, status, eval_dirs, judged(cfg))
+    atomic_write(Path(cfg["results_dir"]) / "plan.csv", table.to_csv(index=False))
+    wide = table.pivot(index=["subset", "seed", "train_seed"], columns="stage", values="status")[list(STAGES)]
+    log.info("dry run (nothing executed); plan in %s:\n%s", Path(cfg["results_dir"]) / "plan.csv", wide.to_string())
+    for scope, t in plan_totals(table).items():
+        log.info("plan totals (%s): %d judge calls, %.1f GPU hours, %.3g judge input tokens, %.3g output tokens, "
+                 "USD %s", scope.replace("_", " "), t["judge_calls"], t["est_gpu_hours"], t["est_judge_input_tokens"],
+                 t["est_judge_output_tokens"], "unknown (no eval.judge.price)" if np.isnan(t["est_usd"])
+                 else f"{t['est_usd']:.2f}")
     return table
 
 
@@ -378,14 +426,14 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run (or resume) the study described by a resolved config dict; returns paths, timings and runs."""
     check_metric_configs(list(cfg["metrics"]["compute"]), cfg.get("report"))
     if judged(cfg):
-        check_eval_config(cfg["eval"])
+        check_eval_config(cfg["eval"], check_key=not cfg.get("dry_run"))
     else:
         check_evaluator(cfg["eval"]["name"])
     plan = subset_plan(cfg["selection"])
     entries = replicate_entries(selected_entries(plan, cfg["selection"].get("only")), cfg)
     if cfg.get("dry_run"):
         return {"dry_run": dry_run(cfg, entries)}
-    store = ArtifactStore(cfg["cache_dir"])
+    store = ArtifactStore(cfg["cache_dir"], cfg.get("cache_lock_timeout_s", LOCK_TIMEOUT_S))
     timings: dict[str, dict[str, float]] = {}
     specs = stage_specs(cfg)
     with timed("pool", timings):

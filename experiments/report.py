@@ -234,6 +234,20 @@ def performance_note(runs: pd.DataFrame) -> str | None:
             "evaluation code path and is not a valid benchmark number.")
 
 
+def judge_note(runs: pd.DataFrame) -> str | None:
+    """A note when scores come from a judge other than the published leaderboards' (``judge_leaderboard_note``
+    in runs.csv), so they are not compared with the leaderboards by mistake."""
+    if "judge_leaderboard_note" not in runs:
+        return None
+    differing = sorted({str(n) for n in runs["judge_leaderboard_note"].dropna() if str(n)})
+    return " ".join(f"Scores {n}." for n in differing) or None
+
+
+def report_note(runs: pd.DataFrame) -> str | None:
+    """Everything the table and figures must say about what the performance numbers are."""
+    return " ".join(n for n in (performance_note(runs), judge_note(runs)) if n) or None
+
+
 def to_latex(table: pd.DataFrame, note: str | None = None) -> str:
     """A booktabs table of r, rho and tau (pandas' Styler); the best value of each column in bold."""
     cols = {"base_model": "Base model", "metric": "Metric", "pearson_r": "Pearson $r$",
@@ -307,7 +321,7 @@ def write_report(runs: pd.DataFrame, metric_columns: list[str], out_dir: str | P
     table = with_paper_values(correlate(runs, metric_columns, n_boot=n_boot, seed=seed, n_perm=n_perm,
                                         reference=reference_metric))
     floor = noise_floors(runs, table, alpha)
-    note = performance_note(runs)
+    note = report_note(runs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"runs": out / "runs.csv", "table_csv": out / "table.csv", "table_md": out / "table.md",

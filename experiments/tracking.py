@@ -32,3 +32,42 @@ def wandb_run(cfg: dict[str, Any], *, name: str, job_type: str, config: dict[str
         run.finish(exit_code=1)  # W&B shows the stage's run as failed, not as a finished success
         raise
     run.finish()
+
+
+def log_tables(cfg: dict[str, Any], *, name: str, config: dict[str, Any], tables: dict[str, list[dict]],
+               summary: dict[str, Any]) -> None:
+    """One W&B run holding each table (e.g. a model's generations with the judge's prompt, reply and score, so a
+    researcher can read what the judge saw and said) and the numeric summary."""
+    with wandb_run(cfg, name=name, job_type="judge", config=config) as run:
+        if run is not None:
+            log_to_run(run, tables, summary)
+
+
+def log_to_run(run: Any, tables: dict[str, list[dict]], summary: dict[str, Any] | None = None) -> None:
+    """Log ``tables`` (rows of plain values) as ``wandb.Table``s and the numbers of ``summary`` into ``run``."""
+    import pandas as pd
+    import wandb
+
+    for key, rows in tables.items():
+        if rows:
+            frame = pd.DataFrame(rows)
+            frame = frame.astype(object).where(frame.notna(), None)
+            run.log({f"{key}/judgments": wandb.Table(dataframe=frame)})
+    numbers = {k: v for k, v in (summary or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numbers:
+        run.log(numbers)
+
+
+def alpaca_eval_table(annotations: list[dict]) -> list[dict]:
+    """Per instruction: the reference and model outputs the judge compared, and its preference (2: model wins)."""
+    return [{"instruction": a["instruction"], "reference_output": a.get("output_1"), "model_output": a.get("output_2"),
+             "preference": a.get("preference"), "judge_reply": str(a.get("preference_raw_completion", ""))[:2000]}
+            for a in annotations]
+
+
+def mt_bench_table(judgments: list[dict], answers: dict[int, dict]) -> list[dict]:
+    """Per (question, turn): the model's answer, the judge's prompt and reply, and the rating."""
+    return [{"question_id": j["question_id"], "category": j["category"], "turn": j["turn"],
+             "answer": answers[j["question_id"]]["choices"][0]["turns"][j["turn"] - 1],
+             "judge_prompt": j.get("user_prompt"), "judgment": j["judgment"], "score": j["score"]}
+            for j in judgments]

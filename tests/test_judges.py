@@ -31,9 +31,10 @@ def server(monkeypatch):
         yield srv
 
 
-def _judge(server: JudgeServer, model: str = "judge-a", retries: int = 3):
+def _judge(server: JudgeServer, model: str = "judge-a", retries: int = 3, concurrency: int = 1, **extra):
     return make_judge({"kind": "openai", "model": model, "base_url": server.base_url, "api_key_env": KEY_ENV,
-                       "timeout_s": 0.5, "max_retries": retries, "backoff_s": 0.0}, "unused")
+                       "timeout_s": 0.5, "max_retries": retries, "backoff_s": 0.0, "concurrency": concurrency}
+                      | extra, "unused")
 
 
 def test_endpoint_judge_retries_faults_then_answers(server):

@@ -85,7 +85,10 @@ def _judged_study(tmp_path: Path, tiny_model: str, server: JudgeServer, caplog) 
     configured = {m["name"] for m in _compose(overrides).metrics.compute}
     assert set(table["metric"]) == configured and {"novelsum", "distsum_cosine", "vendi"} <= configured
     assert table[["pearson_r", "spearman_rho"]].abs().max().max() <= 1.0
-    assert (res / "table.md").read_text().startswith("| base_model | metric |")
+    md = (res / "table.md").read_text()
+    assert md.startswith("> **Note:** Scores judged by test-judge, not by the published leaderboards' judges")
+    assert "\n| base_model | metric |" in md
+    assert runs["judge_usd"].eq(0).all() and (runs["judge_input_tokens"] > 0).all()  # vllm_server: price 0
     assert (res / "scatter_novelsum.png").exists() and (res / "scatter_distsum_cosine.png").exists()
     assert set(result["timings"]) == {"pool", "embed", "subset", "metrics", "finetune", "generate", "eval", "report"}
     assert len(list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))) == 6 * 5 + 1  # (subset, stage) + study

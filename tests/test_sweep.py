@@ -35,8 +35,9 @@ def test_local_sweep_then_gather(tmp_path, tiny_model):
     assert not (tmp_path / "results").exists()  # partial jobs never write the report
 
     dry = run(_compose(overrides + ["dry_run=true"]))["dry_run"]
-    status = dry.set_index(["label", "seed"])["eval"]
-    assert status[("kcenter", 0)] == "done" and status[("novelselect", 0)] == "to run"
+    status = dry.set_index(["subset", "seed", "stage"])["status"]
+    assert status[("kcenter", 0, "eval")] == "done" and status[("novelselect", 0, "eval")] == "to run"
+    assert (tmp_path / "results" / "plan.csv").exists()
 
     result = run(_compose(overrides))
     after = _artifacts(tmp_path / "cache")

@@ -1,0 +1,188 @@
+"""``divbench-judge``: judge existing model outputs with any configured judge (Hydra entry point).
+
+- ``benchmark=mt_bench answers=<FastChat model_answer .jsonl>``: single-answer grading of all 80 questions, both
+  turns, with FastChat's prompts (byte-identical: :func:`eval.mt_bench.judge_prompt`); writes
+  ``<out>/model_judgment.jsonl`` in FastChat's format (``question_id``, ``model``, ``judge`` = [judge model, judge
+  prompt name], ``user_prompt``, ``judgment``, ``score`` (-1 when no rating parses), ``turn``, ``tstamp``) and
+  ``<out>/summary.json`` (``score`` as FastChat's show_result: the mean over scores other than -1; ``turn_1``,
+  ``turn_2``, per category, counts, tokens and cost).
+- ``benchmark=alpaca_eval outputs=<model_outputs.json>``: alpaca_eval's annotator against the reference outputs;
+  writes ``<out>/annotations.json`` (alpaca_eval's format) and ``<out>/summary.json`` (win rate, SE, LC when
+  available, tokens and cost).
+
+Both use the study's per-judge caches under ``cache_dir``, ``eval.judge.concurrency`` and the key rules; the
+generations and judgments go to a W&B table (offline unless ``WANDB_MODE=online``). Inputs are checked before
+anything is written or asked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.run_study import CONFIG_DIR
+from experiments.tracking import alpaca_eval_table, mt_bench_table
+
+log = logging.getLogger("divbench")
+BENCHMARKS = ("mt_bench", "alpaca_eval")
+
+
+def read_fastchat_answers(path: str | Path, questions: list[dict]) -> tuple[str, dict[int, dict]]:
+    """(model name, answers by question id) of a FastChat model_answer file, checked against MT-Bench: every
+    question answered, both turns present, no unknown question id. The model is the file's stem, as FastChat."""
+    from experiments.pools import read_jsonl
+    from metrics.validation import InputError
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"answers file {path} does not exist (FastChat's model_answer/<model>.jsonl)")
+    known = {q["question_id"] for q in questions}
+    answers: dict[int, dict] = {}
+    for n, row in enumerate(read_jsonl(path), 1):
+        qid = row.get("question_id")
+        if qid not in known:
+            raise InputError(f"{path}:{n}: question_id {qid!r} is not an MT-Bench question (ids {min(known)}-"
+                             f"{max(known)}); pass answers to FastChat's mt_bench question.jsonl")
+        turns = ((row.get("choices") or [{}])[0] or {}).get("turns")
+        if not isinstance(turns, list) or len(turns) < 2 or not all(isinstance(t, str) for t in turns[:2]):
+            raise InputError(f"{path}:{n}: question {qid} needs choices[0].turns with two answers (turn 1 and "
+                             f"turn 2), got {turns!r:.80}")
+        answers[qid] = row
+    missing = sorted(known - set(answers))
+    if missing:
+        more = " ..." if len(missing) > 10 else ""
+        raise InputError(f"{path}: no answer to MT-Bench question(s) {missing[:10]}{more} ({len(missing)} of "
+                         f"{len(known)}); answer every question")
+    return path.name[:-len(".jsonl")] if path.name.endswith(".jsonl") else path.stem, answers
+
+
+def fastchat_judgments(judgments: list[dict], model: str, judge_model: str) -> list[dict]:
+    """Rows of FastChat's model_judgment JSONL (single grading)."""
+    return [{"question_id": j["question_id"], "model": model, "judge": [judge_model, j["judge_prompt"]],
+             "user_prompt": j["user_prompt"], "judgment": j["judgment"],
+             "score": -1 if j["score"] is None else j["score"], "turn": j["turn"], "tstamp": time.time()}
+            for j in judgments]
+
+
+def fastchat_summary(rows: list[dict], categories: dict[int, str]) -> dict[str, Any]:
+    """FastChat show_result's single-grading numbers: means over scores other than -1."""
+    import numpy as np
+
+    valid = [r for r in rows if r["score"] != -1]
+
+    def mean(sel: list[dict]) -> float | None:
+        return float(np.mean([r["score"] for r in sel])) if sel else None
+
+    return {"score": mean(valid), "turn_1": mean([r for r in valid if r["turn"] == 1]),
+            "turn_2": mean([r for r in valid if r["turn"] == 2]),
+            "by_category": {c: mean([r for r in valid if categories[r["question_id"]] == c])
+                            for c in sorted(set(categories.values()))},
+            "n_judgments": len(rows), "n_failed": len(rows) - len(valid)}
+
+
+def judge_mt_bench(cfg: dict[str, Any], out: Path) -> tuple[dict[str, Any], dict[str, list[dict]]]:
+    """Judge a FastChat answers file; write model_judgment.jsonl; return (summary, W&B table rows)."""
+    from eval import mt_bench as mt
+    from eval.alpaca_eval import judge_dir
+    from eval.judges import make_judge
+
+    mt_cfg = cfg["eval"]["mt_bench"]
+    questions, prompts, refs = mt.load_mt_bench(mt_cfg["data_dir"], reference=mt_cfg.get("reference", "gpt-4"))
+    model, answers = read_fastchat_answers(cfg["answers"], questions)
+    judge = make_judge(dict(cfg["eval"]["judge"]), cfg["cache_dir"])
+    judgments = mt.judge_answers(judge, questions, list(answers.values()), prompts, refs,
+                                 judge_dir(cfg["cache_dir"], judge) / "mt_bench" / "judgments.jsonl",
+                                 max_tokens=int(mt_cfg.get("judge_max_tokens", 2048)),
+                                 prefill=mt_cfg.get("judge_prefill") or "")
+    rows = fastchat_judgments(judgments, model, judge.config.model)
+    summary = {"model": model, "judge": judge.config.label} | fastchat_summary(
+        rows, {q["question_id"]: q["category"] for q in questions}) | _usage(judgments)
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / "model_judgment.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    return summary, {"mt_bench": mt_bench_table(judgments, answers)}
+
+
+def judge_alpaca_eval(cfg: dict[str, Any], out: Path) -> tuple[dict[str, Any], dict[str, list[dict]]]:
+    """Judge an alpaca_eval model_outputs.json; write annotations.json; return (summary, W&B table rows)."""
+    from eval import alpaca_eval as ae
+    from eval.judges import make_judge
+    from eval.reference_nll import read_reference
+    from metrics.validation import InputError
+
+    ae_cfg = cfg["eval"]["alpaca_eval"]
+    reference = [r | {"index": i} for i, r in enumerate(read_reference(ae_cfg["reference_path"]))]
+    outputs = ae.read_model_outputs(cfg["outputs"], reference)
+    generators = {o.get("generator") for o in outputs}
+    if len(generators) != 1 or None in generators:
+        raise InputError(f"{cfg['outputs']}: every record needs the same 'generator' (the model's name), got "
+                         f"{sorted(map(str, generators))[:5]}")
+    judge = make_judge(dict(cfg["eval"]["judge"]), cfg["cache_dir"])
+    annotations = ae.annotate(outputs, reference, judge, ae_cfg["annotator"], cfg["cache_dir"],
+                              seed=int(ae_cfg.get("annotator_seed", 0)))
+    summary = {"model": generators.pop(), "judge": judge.config.label} | ae.alpaca_eval_summary(annotations)
+    summary |= _usage([ae.annotation_usage(a) for a in annotations])
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / "annotations.json", json.dumps(annotations, indent=2, default=str))
+    return summary, {"alpaca_eval": alpaca_eval_table(annotations)}
+
+
+def _usage(rows: list[dict]) -> dict[str, Any]:
+    from eval.benchmarks import usage_totals
+
+    t = usage_totals(rows)
+    return {"judge_input_tokens": t["input_tokens"], "judge_output_tokens": t["output_tokens"], "judge_usd": t["usd"]}
+
+
+def _write(path: Path, text: str) -> None:
+    from experiments.cache import atomic_write
+
+    atomic_write(path, text)
+
+
+def judge_outputs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Judge the configured answers / outputs; returns the summary (also written to ``<out>/summary.json``)."""
+    from experiments.tracking import log_tables
+    from metrics.validation import InputError
+
+    bench = cfg.get("benchmark")
+    if bench not in BENCHMARKS:
+        raise InputError(f"benchmark must be one of {BENCHMARKS}, got {bench!r}")
+    source = "answers" if bench == "mt_bench" else "outputs"
+    if not cfg.get(source):
+        kind = "FastChat model_answer JSONL" if bench == "mt_bench" else "alpaca_eval model_outputs.json"
+        raise InputError(f"benchmark={bench} needs {source}=<file> ({kind})")
+    out = Path(cfg["out"])
+    summary, tables = (judge_mt_bench if bench == "mt_bench" else judge_alpaca_eval)(cfg, out)
+    _write(out / "summary.json", json.dumps(summary, indent=2))
+    log_tables(cfg["logger"], name=f"judge-{bench}-{summary['model']}", config={"benchmark": bench,
+               "judge": cfg["eval"]["judge"], "model": summary["model"]}, tables=tables, summary=summary)
+    log.info("%s of %s judged by %s: %s (written to %s)", bench, summary["model"], summary["judge"],
+             {k: v for k, v in summary.items() if k in ("score", "win_rate", "length_controlled_winrate",
+                                                       "judge_usd")}, out)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="judge")
+def main(cfg: DictConfig) -> None:
+    from eval.judges import JudgeError
+    from metrics.validation import InputError
+
+    try:
+        judge_outputs(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    except InputError as e:
+        log.error("%s", e)
+        sys.exit(2)
+    except JudgeError as e:  # finished judgments are cached; a re-run asks only the rest
+        log.error("%s", e)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()
