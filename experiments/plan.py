@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 4.0
 GPU_STAGES = ("embed", "finetune", "generate")
-PLAN_COLUMNS = ["subset", "seed", "train_seed", "stage", "status", "shared_with_first", "judge_calls", "est_gpu_hours",
+PLAN_COLUMNS = ["subset", "seed", "stage", "status", "train_seed", "shared_with_first", "judge_calls", "est_gpu_hours",
                 "est_judge_input_tokens", "est_judge_output_tokens", "est_usd", "estimate_source"]
 
 

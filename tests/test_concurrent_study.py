@@ -15,6 +15,7 @@ from experiments.run_study import PROJECT_ROOT
 from tests.test_study_e2e import _artifacts, _tiny_overrides
 
 
+@pytest.mark.slow
 def test_three_study_processes_on_one_cold_cache(tmp_path, tiny_model):
     overrides = _tiny_overrides(tmp_path, tiny_model) + ["selection.only=kcenter"]
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1", PYTHONPATH=str(PROJECT_ROOT))

@@ -25,6 +25,7 @@ PRESETS = [(g, name) for g in GROUPS for name in _presets(g)]
 # eval's judge_prefill is for local judges only, and says so before any work); a metric set without novelsum
 # names another paired-comparison reference (or none)
 REQUIRED = {("pool", "file"): ["pool.path=/data/pool.jsonl"], ("eval/judge", "openai_gpt4_turbo"): ["eval=paper"],
+            ("eval/judge", "openai_gpt41"): ["eval=paper"],
             ("eval/judge", "vllm_server"): ["eval=paper"],
             # vectors on disk, keyed by their content: any existing file stands in for a dry run (nothing is loaded)
             ("embed", "precomputed"): ["pool=file", "pool.path=/data/text/", f"embed.path={__file__}"],
@@ -51,7 +52,9 @@ def test_preset_composes_resolves_and_passes_checks(group, name, tmp_path, monke
     if judge.get("api_key_env"):  # a hosted judge's key is checked before any work; give it a placeholder
         monkeypatch.setenv(judge["api_key_env"], "sk-placeholder")
     plan = run_study(resolved | {"dry_run": True})["dry_run"]
-    assert len(plan) > 0 and set(plan["pool"]) == {"to run"}, f"{group}={name}: the dry run lists no stage"
+    pool = plan.loc[plan["stage"] == "pool", "status"]
+    assert len(pool) > 0 and set(pool) == {"to run"}, f"{group}={name}: the dry run lists no stage"
+    assert (Path(resolved["results_dir"]) / "plan.csv").exists()
 
 
 @pytest.mark.parametrize("launcher", _presets("hydra/launcher"))

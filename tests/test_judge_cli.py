@@ -63,6 +63,7 @@ def _fastchat_prompt(q: dict, answer: dict, prompts: dict, refs: dict, turn: int
     return [{"role": "system", "content": spec["system_prompt"]}, {"role": "user", "content": user}]
 
 
+@pytest.mark.slow
 def test_mt_bench_fastchat_answers_to_fastchat_judgments(server, tmp_path):
     questions, prompts, refs = mt.load_mt_bench(MT_DIR)
     answers = _answers(questions)
@@ -98,6 +99,7 @@ def test_mt_bench_fastchat_answers_to_fastchat_judgments(server, tmp_path):
     assert json.loads((tmp_path / "out2" / "summary.json").read_text())["score"] == summary["score"]
 
 
+@pytest.mark.slow
 def test_alpaca_eval_outputs_to_annotations(server, tmp_path):
     reference = read_reference(AE_REF)
     outputs = [{"dataset": r["dataset"], "instruction": r["instruction"], "output": f"My answer {i}.",
@@ -118,6 +120,7 @@ def test_alpaca_eval_outputs_to_annotations(server, tmp_path):
     assert summary["judge_input_tokens"] > 805 * 100  # the template alone is hundreds of tokens
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, message", [
     ("unknown_id", "question_id 999 is not an MT-Bench question"),
     ("missing_turn", "needs choices\\[0\\].turns with two answers"),
@@ -149,6 +152,7 @@ def test_bad_input_exits_2_and_writes_nothing(server, tmp_path, case, message):
     assert "Traceback" not in proc.stdout and not (tmp_path / "out").exists() and not server.requests
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code", ["404", "400", "401"])
 def test_refused_judge_exits_3_naming_the_model(server, tmp_path, code):
     questions, _, _ = mt.load_mt_bench(MT_DIR)
