@@ -28,7 +28,7 @@ from eval.reference_nll import read_reference  # noqa: E402
 from tests.judge_server import JudgeServer  # noqa: E402
 
 SHARED = Path(os.environ.get("DIVBENCH_SHARED", ROOT.parent / "shared"))
-PAPER_MODELS = 12  # judged models per base model in the paper preset (10 subsets, random x 3 seeds)
+PAPER_MODELS = 20  # judged models per base model in experiment=paper_llama3 (its dry run's plan.csv)
 
 
 def main() -> None:
