@@ -443,9 +443,6 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
                          "conversations, or use divbench-select / divbench-measure on plain text")
     with timed("embed", timings):
         emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"])
-    # The resolved config beside the results: divbench-select from_study=<results_dir> finds the artifacts by it.
-    # Written once the pool and embeddings exist, so a run that fails on bad input leaves no results folder.
-    atomic_write(Path(cfg["results_dir"]) / STUDY_CONFIG, json.dumps(cfg, indent=2, default=str))
     runner = SubsetRunner(cfg, store, convs, emb, timings)
     runs = pd.DataFrame([runner.run(entry) for entry in entries]).assign(schema=RUNS_SCHEMA)
     if len(entries) < len(replicate_entries(plan, cfg)):
@@ -457,6 +454,9 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
         runs["performance"] = combine_performance(runs, list(perf["columns"]), perf.get("method", "zscore_mean"))
     runs = aggregate_replicates(runs.assign(performance_source=performance_source(cfg)))
     runs = runs.astype({c: float for c in runs if runs[c].isna().all()})  # all-missing reads back as float
+    # The resolved config beside the results: divbench-select from_study=<results_dir> finds the artifacts by it.
+    # Written with the report, so a run failing on bad input or a partial (selection.only) job writes no results.
+    atomic_write(Path(cfg["results_dir"]) / STUDY_CONFIG, json.dumps(cfg, indent=2, default=str))
     with timed("report", timings):
         paths = write_report(runs, metric_columns(runs), cfg["results_dir"], **cfg.get("report", {}))
         atomic_write(Path(cfg["results_dir"]) / "timings.json", json.dumps(timings, indent=2))
