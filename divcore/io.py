@@ -2,13 +2,21 @@
 
 A file is written to a temporary sibling and renamed into place; a directory is built in a hidden temporary
 sibling and renamed when complete. A killed run therefore never leaves a half-written artifact behind.
+
+Temporary names carry the host and process id (``.<name>.tmp-<host>-<pid>-XXXX``), so
+:func:`remove_stale_temps` can remove those of dead processes (a killed model conversion, stage or report) and
+never a live one or another host's. Everything created here honours the umask: ``mkstemp``/``mkdtemp`` alone
+create owner-only files and folders, which a shared cache or results folder must not be.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -17,15 +25,81 @@ from typing import Any
 
 from divcore.errors import InputError
 
+log = logging.getLogger(__name__)
+_TEMP = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)-[^/]*$")
+
+
+def umask_mode(mode: int) -> int:
+    """``mode`` with the process umask applied (read and restored at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def temp_tag() -> str:
+    """``<host>-<pid>``: which process owns a temporary file or folder, so a sweep can tell dead from live."""
+    return f"{re.sub(r'[^A-Za-z0-9_.]', '_', socket.gethostname())}-{os.getpid()}"
+
+
+def make_temp_dir(parent: str | Path, name: str) -> Path:
+    """A hidden temporary folder ``.<name>.tmp-<host>-<pid>-XXXX`` in ``parent``, with umask permissions."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp-{temp_tag()}-"))
+    tmp.chmod(umask_mode(0o777))
+    return tmp
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(root: str | Path, depth: int = 2) -> list[Path]:
+    """Remove temporary files and folders under ``root`` (``depth`` levels down) whose process on this host is
+    gone; a live process's, or another host's (a shared file system), are left alone."""
+    root, removed = Path(root), []
+    if not root.is_dir():
+        return removed
+    host = temp_tag().rsplit("-", 1)[0]
+    for level in range(1, depth + 1):
+        for p in root.glob("/".join(["*"] * level)):
+            m = _TEMP.match(p.name)
+            if not m or m["host"] != host or _alive(int(m["pid"])):
+                continue
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    if removed:
+        log.info("removed %d temporary folder(s) of dead runs under %s", len(removed), root)
+    return removed
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Put the finished folder ``new`` at ``final``, replacing what was there as a whole: the old folder is
+    renamed aside, the new one renamed in, the old one removed. A reader sees the old or the new folder, never a
+    mix of both."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.tmp-{temp_tag()}-old-{os.urandom(4).hex()}"
+        final.rename(old)
+    new.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
 
 def atomic_write(path: str | Path, data: str | bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{temp_tag()}-")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -39,8 +113,7 @@ def atomic_dir(dest: str | Path, *, replace: bool = True) -> Iterator[Path]:
     ``replace``: an existing ``dest`` (an incomplete leftover, or a concurrent twin) is removed first.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    tmp = make_temp_dir(dest.parent, dest.name)
     try:
         yield tmp
         if replace and dest.exists():
@@ -64,13 +137,34 @@ def iter_jsonl(path: str | Path, what: str = "JSONL", hint: str = "") -> Iterato
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} file {path} not found" + (f" ({hint})" if hint else ""))
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield n, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{n}: malformed JSON ({e.msg}); fix or remove the line") from None
+    n = 0
+    try:
+        with path.open(encoding="utf-8") as fh:  # streamed: pools run to gigabytes
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        doc = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise InputError(f"{path}:{n}: malformed JSON ({e.msg}); fix or remove the line") from None
+                    yield n, doc
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}:{n + 1}: " + _not_utf8(path, e).split(": ", 1)[1]) from None
+
+
+def read_text(path: str | Path) -> str:
+    """A file's UTF-8 text; another encoding, or a folder, is an input error naming the file (and the byte)."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(_not_utf8(path, e)) from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder, expected a file") from None
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> str:
+    return (f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); re-encode it as UTF-8 "
+            "(e.g. iconv -t UTF-8)")
 
 
 def read_jsonl(path: str | Path, what: str = "JSONL", hint: str = "") -> list[Any]:
@@ -84,6 +178,6 @@ def read_json(path: str | Path, what: str = "JSON", hint: str = "") -> Any:
     if not path.is_file():
         raise InputError(f"{what} file {path} not found" + (f" ({hint})" if hint else ""))
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: malformed JSON at line {e.lineno} ({e.msg})") from None

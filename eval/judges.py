@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -102,6 +103,10 @@ class JudgeConfig:
         if not self.api_key_env:
             raise InputError("eval.judge.api_key_env is empty: name the environment variable holding the "
                              "endpoint's API key (e.g. OPENAI_API_KEY; any non-empty value for a keyless vLLM)")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):  # a pasted key is never echoed
+            raise InputError(f"eval.judge.api_key_env must name an environment variable (letters, digits, _), got "
+                             f"{self.api_key_env[:3]}... ({len(self.api_key_env)} characters); export the key and "
+                             "name its variable")
         if check_key and not os.environ.get(self.api_key_env):
             raise InputError(f"environment variable {self.api_key_env} (eval.judge.api_key_env) is not set: "
                              f"export {self.api_key_env}=<key> before running")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +81,8 @@ def embed_to_npy(cfg: dict[str, Any]) -> Path:
 
     store = ArtifactStore(cfg["cache_dir"])
     specs = stage_specs(cfg)
-    vecs = embed_stage(store, specs["embed"], pool_stage(store, specs["pool"]), cfg["embed"], cfg["cache_dir"])
+    vecs = embed_stage(store, specs["embed"], pool_stage(store, specs["pool"], cfg["pool"]), cfg["embed"],
+                       cfg["cache_dir"], cfg["pool"].get("path"))
     buf = io.BytesIO()
     np.save(buf, vecs)
     atomic_write(cfg["out"], buf.getvalue())
@@ -100,14 +100,18 @@ def embed_pool(cfg: dict[str, Any]) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="embed_pool")
-def main(cfg: DictConfig) -> None:
-    from metrics.validation import InputError
+def _hydra_main(cfg: DictConfig) -> None:
+    from experiments.cli import guard
 
-    try:
-        embed_pool(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
-    except InputError as e:
-        log.error("%s", e)
-        sys.exit(2)
+    guard(lambda: embed_pool(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
+
+
+def main() -> None:
+    """``divbench-embed``: secrets and the config are checked before Hydra writes its run folder."""
+    from experiments.cli import preflight
+
+    preflight("embed_pool")
+    _hydra_main()
 
 
 if __name__ == "__main__":

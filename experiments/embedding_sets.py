@@ -1,5 +1,5 @@
 """Read embedding sets from disk: ``.npy``, a JSON list of vectors, or the NovelSum authors' directory of
-numbered JSON files (``0.json``, ``1.json``, ... concatenated in numeric order)."""
+numbered JSON files (``0.json``, ``1.json``, ... concatenated in numeric order, without gaps or foreign files)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
+from divcore.io import read_text
 from experiments.pools import numbered_json_files
 from metrics.validation import InputError
+
+
+def _real_matrix(arr: np.ndarray, path: Path) -> np.ndarray:
+    """A real-valued 2-D matrix; complex, boolean, string or object arrays are refused, not coerced."""
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InputError(f"{path}: embeddings must be real numbers (float or int), got dtype {arr.dtype}; "
+                         "convert them (e.g. np.abs or .real only if that is what you mean)")
+    if arr.ndim != 2:
+        raise InputError(f"{path}: embeddings must be a 2-D (rows, dims) array, got shape {arr.shape}")
+    return arr
 
 
 def load_matrix(path: str | Path) -> np.ndarray:
@@ -28,11 +39,15 @@ def load_matrix(path: str | Path) -> np.ndarray:
                                  "every file must hold vectors of one dimension")
         return np.concatenate(parts)
     if path.suffix == ".npy":
-        return np.load(path)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(f"{path}: not a readable .npy array ({e}); re-save it with numpy.save") from None
+        return _real_matrix(arr, path)
     if path.suffix == ".json":
         try:
-            return np.asarray(json.loads(path.read_text()), dtype=np.float32)
-        except (json.JSONDecodeError, ValueError) as e:
+            return _real_matrix(np.asarray(json.loads(read_text(path)), dtype=np.float32), path)
+        except (json.JSONDecodeError, ValueError, TypeError) as e:
             raise InputError(f"{path}: not a JSON list of equal-length vectors ({e})") from None
     raise InputError(f"{path}: unsupported embedding file type; use .npy, .json or a directory of numbered .json")
 
@@ -98,5 +113,10 @@ def load_subsets(path: str | Path) -> dict[str, np.ndarray]:
         files = sorted([*path.glob("*.npy"), *path.glob("*.json")])
         if not files:
             raise InputError(f"{path} holds no *.npy or *.json subset files")
+        stems = [f.stem for f in files]
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        if twice:
+            raise InputError(f"{path}: subset name(s) {twice} come from two files each ({twice[0]}.npy and "
+                             f"{twice[0]}.json); rename or remove one, every subset needs its own name")
         return {f.stem: load_matrix(f) for f in files}
     return {path.stem: load_matrix(path)}

@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.run_study import CONFIG_DIR
+from experiments.run_study import CONFIG_DIR, check_config
 
 log = logging.getLogger("divbench")
 
@@ -30,7 +29,7 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
     ``<label>-s<seed>`` names (``-t<training seed>`` with ``finetune.seeds``) of those it trained."""
     from accelerate import PartialState
 
-    from experiments.cache import LOCK_TIMEOUT_S, ArtifactStore
+    from experiments.cache import LOCK_TIMEOUT_S, ArtifactStore, remove_stale_temps
     from experiments.pipeline import (
         SubsetRunner,
         embed_stage,
@@ -45,20 +44,22 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
     from finetune.sft import train_sft
 
     state = PartialState()
+    if state.is_main_process:
+        remove_stale_temps(cfg["cache_dir"])
     store = ArtifactStore(cfg["cache_dir"], cfg.get("cache_lock_timeout_s", LOCK_TIMEOUT_S))
     entries = replicate_entries(selected_entries(subset_plan(cfg["selection"]), cfg["selection"].get("only")), cfg)
     cfg = cfg | {"logger": cfg["logger"] | {"enabled": cfg["logger"].get("enabled", True) and state.is_main_process}}
     specs = stage_specs(cfg)
     with state.main_process_first():
-        convs = pool_stage(store, specs["pool"])
-        emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"])
+        convs = pool_stage(store, specs["pool"], cfg["pool"])
+        emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"], cfg["pool"].get("path"))
         runner = SubsetRunner(cfg, store, convs, emb, {})
         base = runner.base_model
         subsets = {(e["label"], e["seed"]): runner.subset_rows(e, stage_specs(cfg, e))[1] for e in entries}
     trained = []
     for entry in entries:
         entry_specs = stage_specs(cfg, entry)
-        if store.is_complete("finetune", entry_specs["finetune"]):
+        if store.ready("finetune", entry_specs["finetune"]):
             continue
         ckpt = runner.checkpoint_dir(entry_specs, force=True)
         final = ckpt / "final"
@@ -77,15 +78,19 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="study")
-def main(cfg: DictConfig) -> None:
-    from metrics.validation import InputError
+def _hydra_main(cfg: DictConfig) -> None:
+    from experiments.cli import guard
 
-    try:
-        trained = finetune_subsets(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
-        log.info("fine-tuned %d subset(s): %s", len(trained), trained)
-    except InputError as e:
-        log.error("%s", e)
-        sys.exit(2)
+    trained = guard(lambda: finetune_subsets(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
+    log.info("fine-tuned %d subset(s): %s", len(trained), trained)
+
+
+def main() -> None:
+    """``divbench-finetune``: the same checks as the study before Hydra writes anything."""
+    from experiments.cli import preflight
+
+    preflight("study", validate=check_config)
+    _hydra_main()
 
 
 if __name__ == "__main__":

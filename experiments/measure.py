@@ -8,7 +8,6 @@ writes ``measure.csv`` and ``measure.md`` (one column per metric configuration).
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -20,19 +19,32 @@ from experiments.run_study import CONFIG_DIR
 log = logging.getLogger("divbench.measure")
 
 
+def check_measure_config(cfg: dict) -> None:
+    """Metric configs, input paths and the output folder, before anything is read or written."""
+    from experiments.cli import check_writable
+    from metrics.registry import check_config
+    from metrics.validation import InputError
+
+    for c in cfg["metrics"]["compute"]:
+        check_config(c["name"], dict(c.get("params") or {}))
+    for key in ("subsets", "reference"):
+        if cfg.get(key) and not Path(cfg[key]).exists():
+            raise InputError(f"{key}={cfg[key]} does not exist: point it at a .npy / .json file or a folder of them")
+    check_writable(cfg["out"], "out")
+
+
 def measure(cfg: dict) -> pd.DataFrame:
     import metrics
     from experiments.cache import atomic_write
     from experiments.embedding_sets import load_matrix, load_subsets
     from experiments.report import to_markdown
-    from metrics.registry import check_config
 
+    check_measure_config(cfg)
     configs = list(cfg["metrics"]["compute"])
-    for c in configs:
-        check_config(c["name"], dict(c.get("params") or {}))
     reference = load_matrix(cfg["reference"]) if cfg.get("reference") else None
     rows = []
-    for name, emb in load_subsets(cfg["subsets"]).items():
+    subsets = load_subsets(cfg["subsets"])  # every file is read and checked before the first metric runs
+    for name, emb in subsets.items():
         ref = emb if reference is None else reference
         row = metrics.compute(configs, metrics.MetricInputs(embeddings=emb, reference=ref))
         rows.append({"subset": name, "n": len(emb)} | row)
@@ -46,14 +58,18 @@ def measure(cfg: dict) -> pd.DataFrame:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="measure")
-def main(cfg: DictConfig) -> None:
-    from metrics.validation import InputError
+def _hydra_main(cfg: DictConfig) -> None:
+    from experiments.cli import guard
 
-    try:
-        measure(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
-    except InputError as e:
-        log.error("%s", e)
-        sys.exit(2)
+    guard(lambda: measure(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
+
+
+def main() -> None:
+    """``divbench-measure``: secrets, inputs and the output folder are checked before Hydra writes anything."""
+    from experiments.cli import preflight
+
+    preflight("measure", validate=check_measure_config)
+    _hydra_main()
 
 
 if __name__ == "__main__":

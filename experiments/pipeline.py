@@ -24,12 +24,15 @@ import selection
 from eval.benchmarks import MT_ANSWERS, check_eval_config, generate_benchmarks, judge_benchmarks
 from eval.combined import combine_performance
 from eval.evaluators import check_evaluator, evaluate
-from experiments.cache import LOCK_TIMEOUT_S, ArtifactStore, atomic_write
-from experiments.embed import check_precomputed, embed_texts, precomputed_embeddings
+from experiments.cache import LOCK_TIMEOUT_S, ArtifactStore, atomic_write, remove_stale_temps
+from experiments.cli import check_writable
+from experiments.embed import BACKENDS, check_precomputed, embed_texts, precomputed_embeddings
 from experiments.embedding_sets import source_fingerprint
+from experiments.fingerprint import content_keys
 from experiments.keys import result_config, result_part
 from experiments.plan import plan_table, plan_totals
 from experiments.pools import (
+    check_pool_config,
     embedding_text,
     filter_prompt_length,
     load_conversations,
@@ -37,9 +40,10 @@ from experiments.pools import (
     sample_pool,
     write_jsonl,
 )
-from experiments.report import RUNS_SCHEMA, aggregate_replicates, metric_columns, write_report
+from experiments.report import RUNS_SCHEMA, aggregate_replicates, check_out_dir, metric_columns, write_report
 from experiments.tracking import alpaca_eval_table, log_to_run, mt_bench_table, wandb_run
 from finetune.models import finetuned, resolve_model
+from finetune.sft import check_finetune_config
 from metrics.registry import check_config
 from metrics.validation import InputError
 from selection.registry import check_params
@@ -73,6 +77,9 @@ def executed(stage: str, timings: dict[str, dict[str, float]]) -> Iterator[None]
 
 def subset_plan(sel_cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Expand the selection config into one entry per (subset, seed), validated before any heavy work."""
+    size = sel_cfg.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise InputError(f"selection.size must be a positive integer, got {size!r}")
     plan = []
     for item in sel_cfg["subsets"]:
         spec = selection.get_selector(item["selector"])
@@ -83,7 +90,9 @@ def subset_plan(sel_cfg: dict[str, Any]) -> list[dict[str, Any]]:
                          "params": params, "seed": int(seed), "size": int(sel_cfg["size"])})
     labels = [(p["label"], p["seed"]) for p in plan]
     if len(set(labels)) != len(labels):
-        raise InputError("selection.subsets: two subsets share a label and seed; give each a distinct label")
+        twice = sorted({f"{label} (seed {seed})" for label, seed in labels if labels.count((label, seed)) > 1})
+        raise InputError(f"selection.subsets: {', '.join(twice)} named twice; give each subset a distinct label "
+                         "(selection.subsets.<i>.label=...)")
     return plan
 
 
@@ -142,12 +151,21 @@ def _judging_spec(ev: dict[str, Any]) -> dict[str, Any]:
     return spec | {"judge": {k: v for k, v in spec["judge"].items() if k not in JUDGING_ONLY}}
 
 
+def keyed_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config with every local file or folder it names (pool, model and adapter folders, judge data)
+    replaced by its content fingerprint (experiments.fingerprint): cache keys follow content, not paths."""
+    hashes = ArtifactStore(cfg["cache_dir"]).hashes  # saved with the next artifact built, not before
+    return cfg | {g: content_keys(cfg[g], hashes) for g in ("pool", "embed", "finetune", "eval") if g in cfg}
+
+
 def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dict[str, dict]:
-    """Each stage's cache key: its own resolved config plus the keys of what it consumes. Pure config, so a
-    dry run can tell what is done without loading anything."""
+    """Each stage's cache key: its own resolved config (local inputs by content, runtime knobs left out) plus the
+    keys of what it consumes. No stage output is read, so a dry run can tell what is done without loading anything."""
     cfg = result_config(cfg)  # runtime knobs (device, batch_size, trainer logging/saving) are never hashed
+    embed_part = embed_spec(cfg)
+    cfg = keyed_config(cfg)
     pool = {"pool": cfg["pool"]}
-    embed = {"pool": pool, "embed": embed_spec(cfg)}
+    embed = {"pool": pool, "embed": content_keys(embed_part, ArtifactStore(cfg["cache_dir"]).hashes)}
     specs = {"pool": pool, "embed": embed}
     if entry is not None and "finetune" not in cfg:  # divbench-select: selection and metrics only
         subset = {"embed": embed, "subset": result_part({k: entry[k] for k in ("selector", "params", "seed", "size")})}
@@ -176,9 +194,10 @@ def embed_spec(cfg: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def pool_stage(store: ArtifactStore, spec: dict) -> list[dict]:
-    cfg = spec["pool"]
-    if not store.is_complete("pool", spec):
+def pool_stage(store: ArtifactStore, spec: dict, cfg: dict[str, Any]) -> list[dict]:
+    """The pool of ``cfg`` (the pool config), cached under ``spec`` (its content-keyed form: local files enter it
+    by content, so the path to read is taken from ``cfg``)."""
+    if not store.ready("pool", spec):
         with store.build("pool", spec) as tmp:
             if tmp is not None:  # else a twin job built it while this one waited for the lock
                 convs = load_conversations(cfg.get("path"), cfg["format"], cfg["on_invalid"], cfg.get("sources"))
@@ -188,13 +207,15 @@ def pool_stage(store: ArtifactStore, spec: dict) -> list[dict]:
     return read_jsonl(store.path("pool", spec) / "pool.jsonl")
 
 
-def embed_stage(store: ArtifactStore, spec: dict, convs: list[dict], cfg: dict[str, Any], cache_dir: str) -> np.ndarray:
-    if not store.is_complete("embed", spec):
+def embed_stage(store: ArtifactStore, spec: dict, convs: list[dict], cfg: dict[str, Any], cache_dir: str,
+                pool_path: str | None = None) -> np.ndarray:
+    """The pool's embeddings by ``cfg`` (the embed config); ``pool_path``: the pool's source, which precomputed
+    vectors are matched against file by file."""
+    if not store.ready("embed", spec):
         with store.build("embed", spec) as tmp:
             if tmp is not None:  # else a twin job built it while this one waited for the lock
                 if cfg["backend"] == "precomputed":
-                    vecs = precomputed_embeddings(cfg["path"], len(convs), spec["pool"]["pool"].get("path"),
-                                                  cfg.get("dim"))
+                    vecs = precomputed_embeddings(cfg["path"], len(convs), pool_path, cfg.get("dim"))
                 else:
                     vecs = embed_texts([embedding_text(c) for c in convs], resolve_model(cfg["model"], cache_dir),
                                        cfg["backend"], max_length=int(cfg["max_length"]),
@@ -241,7 +262,7 @@ class SubsetRunner:
     def stage(self, name: str, entry: dict[str, Any], spec: dict) -> Iterator[tuple[Path | None, Any]]:
         """Yield (temporary artifact dir, W&B run) when the stage must run, (None, None) when it is cached."""
         with timed(name, self.timings):
-            if self.store.is_complete(name, spec):
+            if self.store.ready(name, spec):
                 yield None, None
                 return
             with self.store.build(name, spec) as tmp:
@@ -401,7 +422,8 @@ def selected_entries(plan: list[dict], only: Any) -> list[dict]:
 
 def dry_run(cfg: dict[str, Any], plan: list[dict]) -> pd.DataFrame:
     """What a run would do and cost, without running anything (no key, no GPU): ``<results_dir>/plan.csv`` with
-    one row per (subset, seed, stage), the totals logged."""
+    one row per (subset, seed, stage), the totals logged. A stage is 'done', 'to run' or 'corrupt' (finished but
+    failing verification: rebuilt for cheap stages, refused for costly ones)."""
     store = ArtifactStore(cfg["cache_dir"])
     status, eval_dirs = {}, []
     for entry in plan:
@@ -409,7 +431,7 @@ def dry_run(cfg: dict[str, Any], plan: list[dict]) -> pd.DataFrame:
         eval_dirs.append(store.path("eval", specs["eval"]))
         for s in STAGES:
             status[entry["label"], entry["seed"], entry.get("train_seed"), s] = (
-                ("done" if store.is_complete(s, specs[s]) else "to run") if s in specs else "n/a")
+                store.status(s, specs[s]) if s in specs else "n/a")
     table = plan_table(cfg, plan, STAGES, status, eval_dirs, judged(cfg))
     atomic_write(Path(cfg["results_dir"]) / "plan.csv", table.to_csv(index=False))
     wide = table.pivot(index=["subset", "seed", "train_seed"], columns="stage", values="status")[list(STAGES)]
@@ -422,27 +444,44 @@ def dry_run(cfg: dict[str, Any], plan: list[dict]) -> pd.DataFrame:
     return table
 
 
-def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run (or resume) the study described by a resolved config dict; returns paths, timings and runs."""
+def check_study_config(cfg: dict[str, Any]) -> None:
+    """Every check that needs no data or model, before any work (and, from the CLI, before Hydra writes)."""
     check_metric_configs(list(cfg["metrics"]["compute"]), cfg.get("report"))
     if judged(cfg):
         check_eval_config(cfg["eval"], check_key=not cfg.get("dry_run"))
     else:
         check_evaluator(cfg["eval"]["name"])
+    selected_entries(subset_plan(cfg["selection"]), cfg["selection"].get("only"))
+    check_finetune_config(cfg["finetune"])
+    if cfg["embed"]["backend"] not in BACKENDS:
+        raise InputError(f"unknown embed.backend {cfg['embed']['backend']!r}; use one of {BACKENDS}")
+    check_pool_config(cfg["pool"])  # last: a plugin's bad value is named even when the pool is also wrong
+    check_writable(cfg["cache_dir"], "cache_dir")
+    if cfg.get("logger", {}).get("enabled") and cfg["logger"].get("dir"):
+        check_writable(cfg["logger"]["dir"], "logger.dir")
+    if not cfg.get("dry_run"):
+        check_writable(cfg["results_dir"], "results_dir")
+        check_out_dir(Path(cfg["results_dir"]))
+
+
+def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume) the study described by a resolved config dict; returns paths, timings and runs."""
+    check_study_config(cfg)
     plan = subset_plan(cfg["selection"])
     entries = replicate_entries(selected_entries(plan, cfg["selection"].get("only")), cfg)
     if cfg.get("dry_run"):
         return {"dry_run": dry_run(cfg, entries)}
+    remove_stale_temps(cfg["cache_dir"])
     store = ArtifactStore(cfg["cache_dir"], cfg.get("cache_lock_timeout_s", LOCK_TIMEOUT_S))
     timings: dict[str, dict[str, float]] = {}
     specs = stage_specs(cfg)
     with timed("pool", timings):
-        convs = pool_stage(store, specs["pool"])
+        convs = pool_stage(store, specs["pool"], cfg["pool"])
     if any("messages" not in c for c in convs):
         raise InputError("the pool holds plain-text rows (no turns), which cannot be fine-tuned on: give the study "
                          "conversations, or use divbench-select / divbench-measure on plain text")
     with timed("embed", timings):
-        emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"])
+        emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"], cfg["pool"].get("path"))
     runner = SubsetRunner(cfg, store, convs, emb, timings)
     runs = pd.DataFrame([runner.run(entry) for entry in entries]).assign(schema=RUNS_SCHEMA)
     if len(entries) < len(replicate_entries(plan, cfg)):
@@ -455,11 +494,12 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     runs = aggregate_replicates(runs.assign(performance_source=performance_source(cfg)))
     runs = runs.astype({c: float for c in runs if runs[c].isna().all()})  # all-missing reads back as float
     # The resolved config beside the results: divbench-select from_study=<results_dir> finds the artifacts by it.
-    # Written with the report, so a run failing on bad input or a partial (selection.only) job writes no results.
-    atomic_write(Path(cfg["results_dir"]) / STUDY_CONFIG, json.dumps(cfg, indent=2, default=str))
+    # Written with the report (inside its folder swap), so a run failing on bad input or a partial
+    # (selection.only) job writes no results.
+    study_config = json.dumps(cfg, indent=2, default=str)
     with timed("report", timings):
-        paths = write_report(runs, metric_columns(runs), cfg["results_dir"], **cfg.get("report", {}))
-        atomic_write(Path(cfg["results_dir"]) / "timings.json", json.dumps(timings, indent=2))
+        paths = write_report(runs, metric_columns(runs), cfg["results_dir"], **cfg.get("report", {}),
+                             extra={"timings.json": json.dumps(timings, indent=2), STUDY_CONFIG: study_config})
     _log_study(cfg, runs, paths)
     return {"paths": paths, "timings": timings, "runs": runs}
 

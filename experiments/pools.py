@@ -72,10 +72,31 @@ def _turns_to_messages(turns: Any, where: str) -> list[dict[str, str]]:
     return messages
 
 
+def _alpaca_fields(record: Any, where: str) -> None:
+    if not isinstance(record, dict) or "instruction" not in record or "output" not in record:
+        raise InputError(f"{where}: an Alpaca record needs 'instruction' and 'output' keys")
+    for key in ("instruction", "input", "output"):
+        value = record.get(key, "")
+        if not isinstance(value, str) and not (key == "input" and value is None):
+            raise InputError(f"{where}: Alpaca field {key!r} must be a string, got {json.dumps(value)[:40]} (fix "
+                             "the record, or set pool.on_invalid=skip to drop such records)")
+
+
+def _quality(value: Any, where: str) -> float:
+    """A record's quality score: a finite number (strings such as "high" or NaN would poison every selector)."""
+    try:
+        out = float(value) if not isinstance(value, (bool, str)) else float("nan")
+    except (TypeError, ValueError):
+        out = float("nan")
+    if not np.isfinite(out):
+        raise InputError(f"{where}: 'quality' must be a finite number, got {json.dumps(value)[:40]}; fix the "
+                         "record, drop the field from every record, or set pool.on_invalid=skip")
+    return out
+
+
 def _from_record(record: Any, fmt: str, where: str) -> Conversation:
     if fmt == "alpaca":
-        if not isinstance(record, dict) or "instruction" not in record or "output" not in record:
-            raise InputError(f"{where}: an Alpaca record needs 'instruction' and 'output' keys")
+        _alpaca_fields(record, where)
         prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
     elif fmt == "messages":
@@ -93,8 +114,10 @@ def _from_record(record: Any, fmt: str, where: str) -> Conversation:
                           "messages": messages}
     if isinstance(record, dict):
         if "quality" in record:
-            conv["quality"] = float(record["quality"])
+            conv["quality"] = _quality(record["quality"], where)
         if "tags" in record:
+            if not isinstance(record["tags"], list):
+                raise InputError(f"{where}: 'tags' must be a list of strings")
             conv["tags"] = [str(t) for t in record["tags"]]
     return conv
 
@@ -111,9 +134,20 @@ def check_conversation(conv: Conversation, where: str) -> str | None:
 
 
 def numbered_json_files(directory: Path) -> list[Path]:
-    """``*.json`` files of a directory, numbered ones (the authors' ``0.json, 1.json, ...``) in numeric order."""
-    return sorted(directory.glob("*.json"), key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit()
-                                                           else 0, p.stem))
+    """The authors' ``0.json, 1.json, ...`` of a directory in numeric order. A gap (``1.json`` missing) or a
+    foreign ``*.json`` (``backup.json``) is an error, not a silently different pool."""
+    files = list(directory.glob("*.json"))
+    foreign = sorted(p.name for p in files if not p.stem.isdigit())
+    if foreign:
+        raise InputError(f"{directory}: {foreign[:5]} are not numbered like the authors' 0.json, 1.json, ...; "
+                         "move them out of the folder")
+    numbers = sorted(int(p.stem) for p in files)
+    missing = sorted(set(range(len(numbers))) - set(numbers)) if numbers else []
+    if missing or len(set(numbers)) != len(numbers):
+        raise InputError(f"{directory}: numbered files must run 0.json .. {len(numbers) - 1}.json without gaps; "
+                         f"missing {[f'{m}.json' for m in missing[:5]]} (found {len(numbers)} files, the highest "
+                         f"{numbers[-1]}.json); restore them or renumber")
+    return sorted(files, key=lambda p: int(p.stem))
 
 
 def _read_records(path: Path, fmt: str) -> Iterator[tuple[Any, str]]:
@@ -144,9 +178,8 @@ def infer_format(path: Path) -> str:
     if path.is_dir():
         return "authors"
     if path.suffix == ".jsonl":
-        with path.open() as fh:
-            first = json.loads(fh.readline() or "{}")
-        return "messages" if "messages" in first else "alpaca"
+        first = next((doc for _, doc in iter_jsonl(path, "pool")), {})
+        return "messages" if isinstance(first, dict) and "messages" in first else "alpaca"
     return "authors"
 
 
@@ -175,6 +208,8 @@ def load_conversations(path: str | Path | None, fmt: str = "auto", on_invalid: s
     if fmt == "auto":
         if path is None:
             raise InputError("pool.path is required unless pool.format is sharegpt_package or hub")
+        if not Path(path).exists():
+            raise InputError(f"pool file {path} does not exist: set pool.path to an existing file or directory")
         fmt = infer_format(Path(path))
     if fmt not in FORMATS:
         raise InputError(f"unknown pool format {fmt!r}; use one of {FORMATS} or 'auto'")
@@ -205,6 +240,28 @@ def load_conversations(path: str | Path | None, fmt: str = "auto", on_invalid: s
     return convs
 
 
+def check_pool_config(cfg: dict[str, Any]) -> None:
+    """The pool's config, before anything is read: format, path, size, seed, on_invalid, max_prompt_chars."""
+    fmt = cfg.get("format", "auto")
+    if fmt != "auto" and fmt not in FORMATS:
+        raise InputError(f"pool.format={fmt!r} is unknown; use one of {FORMATS} or 'auto'")
+    if fmt not in ("sharegpt_package", "hub"):
+        if not cfg.get("path"):
+            raise InputError(f"pool.path is empty: pool.format={fmt} reads a file or folder; set pool.path=...")
+        if not Path(cfg["path"]).exists():
+            raise InputError(f"pool file {cfg['path']} does not exist: set pool.path to an existing file or "
+                             "directory")
+    if cfg.get("on_invalid", "error") not in ("error", "skip"):
+        raise InputError(f"pool.on_invalid must be 'error' or 'skip', got {cfg.get('on_invalid')!r}")
+    for key in ("size", "max_prompt_chars"):
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            hint = " (an empty pool cannot be studied)" if value == 0 else ""
+            raise InputError(f"pool.{key} must be a positive integer or null, got {value!r}{hint}")
+    if isinstance(cfg.get("seed"), bool) or not isinstance(cfg.get("seed", 0), int):
+        raise InputError(f"pool.seed must be an integer, got {cfg.get('seed')!r}")
+
+
 def filter_prompt_length(convs: list[Conversation], max_chars: int | None) -> list[Conversation]:
     """Keep conversations whose first user turn has at most ``max_chars`` characters (None: keep all).
 
@@ -225,6 +282,8 @@ def filter_prompt_length(convs: list[Conversation], max_chars: int | None) -> li
 
 def sample_pool(convs: list[Conversation], size: int | None, seed: int) -> list[Conversation]:
     """A seeded uniform sample of ``size`` conversations (all of them when size is None), in source order."""
+    if size is not None and size <= 0:
+        raise InputError(f"pool.size must be a positive integer or null, got {size!r}")
     if size is None or size >= len(convs):
         if size is not None and size > len(convs):
             raise InputError(f"pool.size={size} but the source holds only {len(convs)} usable conversations")

@@ -7,7 +7,6 @@ models' runs in one report: ``divbench-report runs=[results/llama/runs.csv,resul
 from __future__ import annotations
 
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -18,18 +17,26 @@ log = logging.getLogger("divbench.report")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="report")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
+    from experiments.cli import guard
     from experiments.report import regenerate
-    from metrics.validation import InputError
 
-    try:
+    def work() -> dict:
         runs = OmegaConf.to_container(cfg.runs) if isinstance(cfg.runs, ListConfig) else cfg.runs
-        paths = regenerate(runs, cfg.out, n_boot=cfg.n_boot, seed=cfg.seed, n_perm=cfg.n_perm,
-                           reference_metric=cfg.reference_metric, alpha=cfg.alpha)
-    except InputError as e:
-        log.error("%s", e)
-        sys.exit(2)
+        return regenerate(runs, cfg.out, n_boot=cfg.n_boot, seed=cfg.seed, n_perm=cfg.n_perm,
+                          reference_metric=cfg.reference_metric, alpha=cfg.alpha)
+
+    paths = guard(work)
     log.info("wrote %d files to %s", len(paths), paths["runs"].parent)
+
+
+def main() -> None:
+    """``divbench-report``: the runs table and the output folder are checked before Hydra writes anything."""
+    from experiments.cli import preflight
+    from experiments.report import check_report_config
+
+    preflight("report", validate=check_report_config)
+    _hydra_main()
 
 
 if __name__ == "__main__":

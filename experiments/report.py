@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from divcore.io import atomic_write, make_temp_dir, remove_stale_temps, replace_dir
 from experiments import figures
 from experiments import stats as st
-from experiments.cache import atomic_write
 from experiments.figures import fmt, novelsum_heatmap, scatter  # noqa: F401  (public since the first report)
 from experiments.stats import bootstrap_ci  # noqa: F401
 from metrics.validation import InputError
@@ -83,10 +84,9 @@ def _correlate_group(runs: pd.DataFrame, metric_columns: list[str], target: str,
                      ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
     if len(runs) < 3:
         raise InputError(f"correlation needs at least 3 subsets, the study has {len(runs)}: add subsets or seeds")
-    y = runs[target].to_numpy(float)
+    y = numeric(runs[target])
     idx = st.resample_indices(rng, len(runs), n_boot)
-    boot = {col: {k: st.rowwise_correlation(k, runs[col].to_numpy(float), y, idx) for k in ("pearson", "spearman")}
-            for col in metric_columns}
+    boot = {col: _resampled(numeric(runs[col]), y, idx, rng) for col in metric_columns}
     floor = st.noise_floor_of(runs)
     rows = [_metric_row(runs, col, y, boot, n_perm=n_perm, seed=seed, reference=reference, floor=floor)
             for col in metric_columns]
@@ -100,25 +100,55 @@ def _correlate_group(runs: pd.DataFrame, metric_columns: list[str], target: str,
 
 def _metric_row(runs: pd.DataFrame, col: str, y: np.ndarray, boot: dict, *, n_perm: int, seed: int,
                 reference: str | None, floor: dict) -> dict[str, Any]:
-    x = runs[col].to_numpy(float)
-    row: dict[str, Any] = {"metric": col, "n": len(x)}
+    x, ok = numeric(runs[col]), complete(runs, col, y)
+    row: dict[str, Any] = {"metric": col, "n": int(ok.sum())}  # missing cells leave out their pair only
     for kind, stat in STAT_NAMES.items():
-        row[stat], row[f"{kind}_p"] = st.correlation(kind, x, y)
+        row[stat], row[f"{kind}_p"] = _correlation(kind, x[ok], y[ok])
         if kind == "kendall":
             continue
         row[f"{kind}_ci_low"], row[f"{kind}_ci_high"] = st.percentile_interval(boot[col][kind])
-        row[f"{kind}_p_perm"] = st.permutation_p(kind, x, y, n_perm, seed) if n_perm else np.nan
+        permutable = ok.all() or ok.sum() >= st.MIN_PERMUTATION_SUBSETS  # a whole study too small still raises
+        row[f"{kind}_p_perm"] = st.permutation_p(kind, x[ok], y[ok], n_perm, seed) if n_perm and permutable \
+            else np.nan
         if reference is not None:
-            ref_stat = st.correlation(kind, runs[reference].to_numpy(float), y)[0]
-            row[f"{kind}_diff_vs_ref"] = row[stat] - ref_stat
+            ref_ok = complete(runs, reference, y)
+            row[f"{kind}_diff_vs_ref"] = row[stat] - _correlation(kind, numeric(runs[reference])[ref_ok],
+                                                                  y[ref_ok])[0]
+            paired = ok.all() and ref_ok.all()  # resampled together only when both columns are complete
             row[f"{kind}_diff_ci_low"], row[f"{kind}_diff_ci_high"] = st.percentile_interval(
-                boot[col][kind] - boot[reference][kind])
+                boot[col][kind] - boot[reference][kind]) if paired else (np.nan, np.nan)
         for control, column in CONTROLS.items():
             if column in runs:
-                row[f"{kind}_partial_{control}"] = st.partial_correlation(x, y, runs[column].to_numpy(float),
+                row[f"{kind}_partial_{control}"] = st.partial_correlation(x[ok], y[ok], numeric(runs[column])[ok],
                                                                           rank=kind == "spearman")
     row |= _noise_flag(row, floor)
     return row
+
+
+def numeric(column: pd.Series) -> np.ndarray:
+    """A runs.csv column as floats; a missing or non-numeric cell is NaN (:func:`warn_bad_cells` names it)."""
+    return pd.to_numeric(column, errors="coerce").to_numpy(float)
+
+
+def complete(runs: pd.DataFrame, col: str, y: np.ndarray) -> np.ndarray:
+    """Rows where both the metric and the target are numbers: the pairs a correlation uses."""
+    return np.isfinite(numeric(runs[col])) & np.isfinite(y)
+
+
+def _correlation(kind: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """:func:`stats.correlation` on complete pairs; undefined (NaN) below 3 of them."""
+    return st.correlation(kind, x, y) if len(x) >= 3 else (np.nan, np.nan)
+
+
+def _resampled(x: np.ndarray, y: np.ndarray, idx: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Bootstrap r and rho of a metric: the study's shared resamples when its column is complete (so paired
+    differences resample subsets together), else resamples of its own complete pairs."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.all():
+        if ok.sum() < 3:
+            return {k: np.full(len(idx), np.nan) for k in ("pearson", "spearman")}
+        x, y, idx = x[ok], y[ok], st.resample_indices(rng, int(ok.sum()), len(idx))
+    return {k: st.rowwise_correlation(k, x, y, idx) for k in ("pearson", "spearman")}
 
 
 def _noise_flag(row: dict[str, Any], floor: dict) -> dict[str, Any]:
@@ -308,22 +338,65 @@ def noise_floors(runs: pd.DataFrame, table: pd.DataFrame, alpha: float = 0.05) -
     return next(iter(out.values())) if len(out) == 1 else {"base_models": out}
 
 
+def warn_bad_cells(runs: pd.DataFrame, columns: list[str], source: str = "runs.csv") -> None:
+    """Name every missing or non-numeric cell of the correlated columns: their pairs are left out (each
+    correlation uses its complete pairs, and its ``n`` says how many), never silently poison a column."""
+    for col in columns:
+        bad = np.flatnonzero(~np.isfinite(numeric(runs[col])))
+        if bad.size:
+            where = [f"row {i + 2} ({runs['subset'].iloc[i]}, seed {runs['seed'].iloc[i]}): {runs[col].iloc[i]!r}"
+                     for i in bad[:5]]
+            log.warning("%s: column %s has %d missing or non-numeric cell(s), left out of its correlations: %s",
+                        source, col, bad.size, "; ".join(where))
+
+
+RUN_FILES = ("timings.json", "study_config.json")  # the run's own records, kept when its report is rebuilt in place
+
+
+def check_out_dir(out: Path) -> None:
+    """A report replaces its folder as a whole, so the folder must be a previous study's (or empty / new)."""
+    ours = any((out / name).exists() for name in ("runs.csv", "plan.csv", *RUN_FILES))
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ours)):
+        raise InputError(f"{out} exists and is not a divbench results folder (no runs.csv): the report replaces "
+                         "its folder as a whole, so choose a new or empty folder")
+
+
 def write_report(runs: pd.DataFrame, metric_columns: list[str], out_dir: str | Path, *, n_boot: int = 1000,
                  seed: int = 0, n_perm: int = 9999, reference_metric: str | None = None,
-                 alpha: float = 0.05) -> dict[str, Path]:
+                 alpha: float = 0.05, extra: dict[str, str] | None = None) -> dict[str, Path]:
     """Write runs.csv, table.{csv,md,tex}, noise_floor.json, scatter_<metric>.png, forest.png (and the NovelSum
-    grid heatmap) into out_dir. Everything is computed before the first file is written."""
+    grid heatmap), plus the ``extra`` {file name: text} files, into a temporary folder beside out_dir, then swap
+    it in as a whole: no file of an earlier report (a plot of a metric no longer computed) survives, and a kill
+    leaves the previous report. Missing or non-numeric cells are named in a warning and left out pairwise."""
     if "schema" not in runs:
         runs = runs.assign(schema=RUNS_SCHEMA)
     check_runs(runs)
+    warn_bad_cells(runs, ["performance", *metric_columns])
+    out = Path(out_dir)
+    check_out_dir(out)
+    remove_stale_temps(out.parent, depth=1)
+    numbers = runs.assign(**{c: numeric(runs[c]) for c in ["performance", *metric_columns]})
+    tmp = make_temp_dir(out.parent, out.name)
+    try:
+        paths = _write_report_files(numbers, metric_columns, tmp, n_boot=n_boot, seed=seed, n_perm=n_perm,
+                                    reference_metric=reference_metric, alpha=alpha)
+        atomic_write(paths["runs"], runs.to_csv(index=False))  # as given, text cells included
+        for name, text in (extra or {}).items():
+            atomic_write(tmp / name, text)
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {key: out / p.relative_to(tmp) for key, p in paths.items()}
+
+
+def _write_report_files(runs: pd.DataFrame, metric_columns: list[str], out: Path, *, n_boot: int, seed: int,
+                        n_perm: int, reference_metric: str | None, alpha: float) -> dict[str, Path]:
     if _replicates_of_one_subset(runs):
-        return _write_noise_floor_only(runs, Path(out_dir))
+        return _write_noise_floor_only(runs, out)
     table = with_paper_values(correlate(runs, metric_columns, n_boot=n_boot, seed=seed, n_perm=n_perm,
                                         reference=reference_metric))
     floor = noise_floors(runs, table, alpha)
     note = report_note(runs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"runs": out / "runs.csv", "table_csv": out / "table.csv", "table_md": out / "table.md",
              "table_tex": out / "table.tex", "noise_floor": out / "noise_floor.json"}
     atomic_write(paths["runs"], runs.to_csv(index=False))
@@ -387,9 +460,7 @@ def read_runs(runs_csvs: str | Path | Sequence[str | Path]) -> tuple[pd.DataFram
         raise InputError("runs= is empty: give a runs.csv, or a list of them (runs=[a.csv,b.csv])")
     frames = []
     for path in paths:
-        if not path.exists():
-            raise InputError(f"{path} does not exist: run the study first, or point at its results/<study>/runs.csv")
-        frame = pd.read_csv(path)
+        frame = _read_csv(path)
         check_runs(frame, str(path))
         frames.append(frame)
     if len(frames) > 1:
@@ -397,6 +468,32 @@ def read_runs(runs_csvs: str | Path | Sequence[str | Path]) -> tuple[pd.DataFram
     runs = pd.concat(frames, ignore_index=True)
     check_runs(runs, " + ".join(map(str, paths)))
     return runs, paths
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """One runs.csv; a missing, empty, folder or unparsable path is an input error naming it."""
+    if not path.exists():
+        raise InputError(f"{path} does not exist: run the study first, or point at its results/<study>/runs.csv")
+    if not path.is_file():
+        raise InputError(f"runs={path} is a folder: point at the runs.csv inside it")
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"runs={path} is empty: re-run the study (or divbench-report) to write it") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputError(f"runs={path} is not a readable CSV ({str(e).strip()[:120]})") from None
+
+
+def check_report_config(cfg: dict) -> None:
+    """divbench-report's inputs and output folder, before Hydra writes anything."""
+    from experiments.cli import check_writable
+
+    runs, paths = read_runs(cfg["runs"])
+    out = Path(cfg["out"]) if cfg.get("out") else default_out(paths)
+    check_writable(out, "out")
+    check_out_dir(out)
+    if not metric_columns(runs):
+        raise InputError(f"runs={cfg['runs']} holds no metric column: nothing to correlate")
 
 
 def _check_mergeable(frames: list[pd.DataFrame], paths: list[Path]) -> None:
@@ -429,4 +526,6 @@ def regenerate(runs_csv: str | Path | Sequence[str | Path], out_dir: str | Path 
     no models. ``out_dir`` defaults to :func:`default_out`."""
     runs, paths = read_runs(runs_csv)
     out = Path(out_dir) if out_dir else default_out(paths)
-    return write_report(runs, metric_columns(runs), out, **kw)
+    in_place = len(paths) == 1 and out.resolve() == paths[0].parent.resolve()
+    kept = {name: (out / name).read_text() for name in RUN_FILES if in_place and (out / name).exists()}
+    return write_report(runs, metric_columns(runs), out, extra=kept, **kw)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -35,19 +34,26 @@ def run(cfg: DictConfig) -> dict:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="study")
-def main(cfg: DictConfig) -> None:
-    from eval.judges import JudgeError
-    from metrics.validation import InputError
+def check_config(cfg: dict) -> None:
+    """The study's checks that need no data or model (the pipeline is imported only here, when needed)."""
+    from experiments.pipeline import check_study_config
 
-    try:
-        run(cfg)
-    except InputError as e:
-        log.error("%s", e)
-        sys.exit(2)
-    except JudgeError as e:  # finished stages and annotations are cached; a re-run resumes
-        log.error("%s", e)
-        sys.exit(3)
+    check_study_config(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="study")
+def _hydra_main(cfg: DictConfig) -> None:
+    from experiments.cli import guard
+
+    guard(lambda: run(cfg))
+
+
+def main() -> None:
+    """``divbench-study``: secrets and the config are checked before Hydra writes its run folder."""
+    from experiments.cli import preflight
+
+    preflight("study", validate=check_config)
+    _hydra_main()
 
 
 if __name__ == "__main__":

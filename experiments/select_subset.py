@@ -76,11 +76,11 @@ def select_one(cfg: dict[str, Any]) -> Path:
     check_metric_configs(list(cfg["metrics"]["compute"]))
     store = ArtifactStore(cfg["cache_dir"])
     specs = stage_specs(cfg, entry)
-    convs = pool_stage(store, specs["pool"])
+    convs = pool_stage(store, specs["pool"], cfg["pool"])
     if selection.get_selector(entry["selector"]).distinct and entry["size"] > len(convs):
         raise InputError(f"size={entry['size']} is larger than the pool ({len(convs)} rows): lower size or use a "
                          "larger pool")
-    emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"])
+    emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"], cfg["pool"].get("path"))
     runner = SubsetRunner(cfg, store, convs, emb, timings={})
     indices, sub = runner.subset_rows(entry, specs)
     row = runner.metrics_row(entry, specs, indices, sub)
@@ -160,8 +160,8 @@ def export_study(cfg: dict[str, Any]) -> Path:
         raise InputError(f"from_study={results}: the study has not selected {', '.join(missing)} yet; finish it with "
                          "divbench-study, then export")
     specs = stage_specs(study)
-    convs = pool_stage(store, specs["pool"])
-    emb = embed_stage(store, specs["embed"], convs, study["embed"], study["cache_dir"])
+    convs = pool_stage(store, specs["pool"], study["pool"])
+    emb = embed_stage(store, specs["embed"], convs, study["embed"], study["cache_dir"], study["pool"].get("path"))
     runner = SubsetRunner(study, store, convs, emb, timings={})
     out = Path(cfg["out"])
     jobs = []
@@ -194,18 +194,22 @@ def params_as_additions(argv: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="select")
 def _main(cfg: DictConfig) -> None:
-    from metrics.validation import InputError
+    from experiments.cli import guard
 
-    try:
+    def work() -> None:
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=not cfg.get("from_study"))
         log.info("exported to %s", run_select(resolved))
-    except InputError as e:
-        log.error("%s", e)
-        sys.exit(2)
+
+    guard(work)
 
 
 def main() -> None:
+    """``divbench-select``: secrets are refused before Hydra writes anything (mandatory keys depend on the mode,
+    so the config is resolved in the run)."""
+    from experiments.cli import preflight
+
     sys.argv = sys.argv[:1] + params_as_additions(sys.argv[1:])
+    preflight("select", resolve=False)
     _main()
 
 

@@ -73,6 +73,26 @@ def last_checkpoint(checkpoint_dir: str | Path | None) -> str | None:
     return get_last_checkpoint(str(checkpoint_dir))
 
 
+def check_finetune_config(cfg: dict[str, Any]) -> None:
+    """Before any work: ``max_length`` a positive integer, ``args`` only SFTConfig fields, ``lora`` only LoraConfig
+    fields (a key TRL or transformers dropped, e.g. ``warmup_ratio`` in transformers 5, fails here, not after the
+    pool is embedded)."""
+    from dataclasses import fields
+
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    length = cfg.get("max_length")
+    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+        raise InputError(f"finetune.max_length must be a positive integer, got {length!r}")
+    for key, known in (("args", SFTConfig), ("lora", LoraConfig)):
+        names = {f.name for f in fields(known)}
+        unknown = sorted(set(cfg.get(key) or {}) - names)
+        if unknown:
+            raise InputError(f"finetune.{key}: {unknown} are not {known.__name__} fields; check the spelling "
+                             f"(trl / peft documentation lists the fields of {known.__name__})")
+
+
 def train_sft(conversations: list[dict[str, Any]], model_path: str, output_dir: str | Path,
               cfg: dict[str, Any], checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
     """Fine-tune ``model_path`` on ``conversations``; saves the adapter (or full model) to ``output_dir``, with

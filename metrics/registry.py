@@ -76,10 +76,27 @@ def compute_one(name: str, inputs: MetricInputs, **params: Any) -> dict[str, flo
     for need in metric.needs:
         if getattr(inputs, need) is None:
             raise InputError(f"metric {name!r} needs the subset's {need}, which were not provided")
+    for need in ("embeddings", "reference"):
+        if need in metric.needs:
+            _check_finite(getattr(inputs, need), f"metric {name!r}: the {need}")
+    if inputs.quality is not None and not np.isfinite(np.asarray(inputs.quality, dtype=np.float64)).all():
+        raise InputError(f"metric {name!r}: the subset's quality scores hold NaN or inf; fix the pool's 'quality' "
+                         "values")
     value = metric.fn(inputs, **params)
     if isinstance(value, dict):
         return {name if key == name else f"{name}[{key}]": float(v) for key, v in value.items()}
     return {name: float(value)}
+
+
+def _check_finite(x: np.ndarray, where: str) -> None:
+    """Every metric gets real, finite input: one NaN row must fail loudly, not yield a number or a NaN."""
+    arr = np.asarray(x)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InputError(f"{where} must be real numbers, got dtype {arr.dtype}")
+    bad = ~np.isfinite(arr).reshape(len(arr), -1).all(axis=1) if arr.ndim else ~np.isfinite(arr)
+    if bad.any():
+        raise InputError(f"{where} hold NaN or inf in {int(bad.sum())} rows (first: "
+                         f"{np.flatnonzero(bad)[:5].tolist()}); re-embed those rows or drop them")
 
 
 def compute(configs: Iterable[Mapping[str, Any]], inputs: MetricInputs) -> dict[str, float]:

@@ -21,8 +21,9 @@ def as_embeddings(x: object, name: str = "embeddings", *, min_rows: int = 1, cos
         raise InputError(f"{name} has {arr.shape[0]} rows; at least {min_rows} are needed")
     if arr.shape[1] == 0:
         raise InputError(f"{name} has 0 dimensions")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise InputError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InputError(f"{name} must be real numbers (float or int), got dtype {arr.dtype}; a complex array "
+                         "is not measured on its real part")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     bad = ~np.isfinite(arr).all(axis=1)
     if bad.any():

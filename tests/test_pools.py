@@ -19,9 +19,9 @@ def test_authors_file_and_numbered_directory(tmp_path):
     assert convs[1]["id"] == "x" and convs[1]["quality"] == 0.5
     d = tmp_path / "dir"
     d.mkdir()
-    for i in (10, 2):
+    for i in (10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0):
         (d / f"{i}.json").write_text(json.dumps([[{"from": "human", "value": f"q{i}"}, CONV[1]]]))
-    assert [c["messages"][0]["content"] for c in load_conversations(d)] == ["q2", "q10"]  # numeric order
+    assert [c["messages"][0]["content"] for c in load_conversations(d)] == [f"q{i}" for i in range(11)]  # numeric
 
 
 def test_messages_and_alpaca(tmp_path):

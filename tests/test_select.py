@@ -113,7 +113,8 @@ def test_precomputed_vectors_are_stored_unchanged_and_keyed_by_content(tmp_path)
     cfg = select_cfg(tmp_path, f"pool.path={text}", "embed=precomputed", f"embed.path={emb}", "size=3", "out=x")
     store = ArtifactStore(cfg["cache_dir"])
     specs = stage_specs(cfg)
-    got = embed_stage(store, specs["embed"], pool_stage(store, specs["pool"]), cfg["embed"], cfg["cache_dir"])
+    got = embed_stage(store, specs["embed"], pool_stage(store, specs["pool"], cfg["pool"]), cfg["embed"],
+                      cfg["cache_dir"], cfg["pool"]["path"])
     np.testing.assert_array_equal(got, vectors.astype(np.float32))  # raw norms kept: no re-normalisation
     assert not np.allclose(np.linalg.norm(got, axis=1), 1.0)
 
@@ -126,7 +127,8 @@ def test_precomputed_vectors_are_stored_unchanged_and_keyed_by_content(tmp_path)
     np.save(npy, vectors.astype(np.float16))  # a .npy keeps its own dtype
     cfg = select_cfg(tmp_path, f"pool.path={text}", "embed=precomputed", f"embed.path={npy}", "size=3", "out=x")
     specs = stage_specs(cfg)
-    got = embed_stage(store, specs["embed"], pool_stage(store, specs["pool"]), cfg["embed"], cfg["cache_dir"])
+    got = embed_stage(store, specs["embed"], pool_stage(store, specs["pool"], cfg["pool"]), cfg["embed"],
+                      cfg["cache_dir"], cfg["pool"]["path"])
     assert got.dtype == np.float16 and np.array_equal(got, vectors.astype(np.float16))
 
 
