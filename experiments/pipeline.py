@@ -198,11 +198,12 @@ def pool_stage(store: ArtifactStore, spec: dict, cfg: dict[str, Any]) -> list[di
     """The pool of ``cfg`` (the pool config), cached under ``spec`` (its content-keyed form: local files enter it
     by content, so the path to read is taken from ``cfg``)."""
     if not store.ready("pool", spec):
+        # read and checked before the lock is taken: a bad pool file leaves nothing in the cache, not even a lock
+        convs = load_conversations(cfg.get("path"), cfg["format"], cfg["on_invalid"], cfg.get("sources"))
+        convs = sample_pool(filter_prompt_length(convs, cfg.get("max_prompt_chars")), cfg.get("size"),
+                            int(cfg["seed"]))
         with store.build("pool", spec) as tmp:
             if tmp is not None:  # else a twin job built it while this one waited for the lock
-                convs = load_conversations(cfg.get("path"), cfg["format"], cfg["on_invalid"], cfg.get("sources"))
-                convs = sample_pool(filter_prompt_length(convs, cfg.get("max_prompt_chars")), cfg.get("size"),
-                                    int(cfg["seed"]))
                 write_jsonl(tmp / "pool.jsonl", convs)
     return read_jsonl(store.path("pool", spec) / "pool.jsonl")
 

@@ -360,7 +360,10 @@ def test_dry_run_shows_corrupt(tmp_path, capsys):
     with initialize_config_dir(config_dir=run_study.CONFIG_DIR, version_base="1.3"):
         cfg = compose("study", overrides=[a for a in cfg_args if not a.startswith("hydra.")])
     table = run_study.run(cfg)["dry_run"]
-    assert set(table["embed"]) == {"corrupt"} and set(table["pool"]) == {"done"}
+    status = table.groupby("stage")["status"].agg(set)
+    assert status["embed"] == {"corrupt"} and status["pool"] == {"done"}
+    plan = pd.read_csv(tmp_path / "results" / "plan.csv")  # plan.csv says so too
+    assert set(plan.loc[plan["stage"] == "embed", "status"]) == {"corrupt"}
     assert OmegaConf.select(cfg, "dry_run") is True
 
 
