@@ -72,16 +72,24 @@ def check_performance_config(cfg: dict[str, Any]) -> None:
 def generate_benchmarks(model_path: str, adapter: str | None, cfg: dict[str, Any], out_dir: Path,
                         generator_name: str) -> None:
     """Answers to the enabled benchmarks' prompts, written into ``out_dir``."""
-    generator = make_generator(dict(cfg["generation"]), model_path, adapter)
-    if (ae_cfg := cfg.get("alpaca_eval") or {}).get("enabled"):
-        outputs = ae.generate_outputs(generator, alpaca_eval_reference(ae_cfg), generator_name,
-                                      int(ae_cfg["max_new_tokens"]))
-        atomic_write(out_dir / AE_OUTPUTS, json.dumps(outputs, indent=1))
-    if (mt_cfg := cfg.get("mt_bench") or {}).get("enabled"):
-        questions, _, _ = mt.load_mt_bench(mt_cfg["data_dir"], mt_cfg.get("n_questions"), int(mt_cfg.get("seed", 0)))
-        answers = mt.generate_answers(generator, questions, int(mt_cfg["max_new_tokens"]),
-                                      dict(mt_cfg.get("temperatures") or {}), model_id=generator_name)
-        write_jsonl(out_dir / MT_ANSWERS, answers)
+    ae_cfg, mt_cfg = cfg.get("alpaca_eval") or {}, cfg.get("mt_bench") or {}
+    if ae_cfg.get("enabled") or mt_cfg.get("enabled"):
+        generator = make_generator(dict(cfg["generation"]), model_path, adapter)
+        try:
+            if ae_cfg.get("enabled"):
+                outputs = ae.generate_outputs(generator, alpaca_eval_reference(ae_cfg), generator_name,
+                                              int(ae_cfg["max_new_tokens"]))
+                atomic_write(out_dir / AE_OUTPUTS, json.dumps(outputs, indent=1))
+            if mt_cfg.get("enabled"):
+                questions, _, _ = mt.load_mt_bench(mt_cfg["data_dir"], mt_cfg.get("n_questions"),
+                                                   int(mt_cfg.get("seed", 0)))
+                answers = mt.generate_answers(generator, questions, int(mt_cfg["max_new_tokens"]),
+                                              dict(mt_cfg.get("temperatures") or {}), model_id=generator_name)
+                write_jsonl(out_dir / MT_ANSWERS, answers)
+        finally:  # the generator's GPU memory goes back before the reference-NLL model or the next subset loads
+            close = getattr(generator, "close", None)
+            if close is not None:
+                close()
     if (nll_cfg := cfg.get("reference_nll") or {}).get("enabled"):
         examples = load_reference(cfg["alpaca_eval"]["reference_path"], nll_cfg.get("n_examples"),
                                   int(cfg["alpaca_eval"].get("seed", 0)))

@@ -1,9 +1,14 @@
 """Answer generation for the judged benchmarks: one interface, a transformers backend (CPU or one GPU) and a
 vLLM backend (GPU, batched, LoRA adapters served without merging).
 
-``generate(conversations, temperatures, max_new_tokens)`` takes chat messages (the model's own chat template is
-applied) and a temperature per conversation; 0 means greedy. Sampling is seeded from config, so the same config
-gives the same answers.
+``generate(conversations, temperatures, max_new_tokens)`` takes chat messages and a temperature per conversation;
+0 means greedy. Sampling is seeded from config, so the same config gives the same answers.
+
+Both backends render prompts the same way, with :func:`render_prompts`: the chat template of the tokenizer saved
+with the fine-tuned adapter or model (``finetune.sft.train_sft`` saves the template it trained with), so the
+generator sees exactly the training format; vLLM gets the rendered token ids, never its own template choice (the
+base model's, which LLaMA-3-8B lacks and Qwen2.5's differs from the ChatML used in training). ``close()`` frees the
+model and its GPU memory before the next GPU stage.
 """
 
 from __future__ import annotations
@@ -28,6 +33,52 @@ class Generator(Protocol):
                  max_new_tokens: int) -> list[str]: ...
 
 
+# The LoRA ranks vLLM 0.32 accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def load_chat_tokenizer(model_path: str, adapter: str | None = None) -> Any:
+    """The tokenizer saved with the adapter (or the model), which must carry a chat template."""
+    from finetune.models import load_tokenizer
+
+    source = adapter or model_path
+    tok = load_tokenizer(source)
+    if tok.chat_template is None:
+        raise InputError(f"{source} has no chat template (a base model?), so prompts cannot be rendered as in "
+                         "training: evaluate a fine-tuned model (its template is saved with it), or set "
+                         "finetune.chat_template (llama3, chatml or a Jinja string) and fine-tune")
+    return tok
+
+
+def render_prompts(tok: Any, conversations: list[Messages]) -> list[str]:
+    """Each conversation rendered by ``tok``'s chat template, ending with the assistant's generation prompt."""
+    return [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
+
+
+def adapter_rank(adapter: str) -> int:
+    """The largest LoRA rank in a PEFT adapter (``r`` and any per-module ``rank_pattern``)."""
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    return max([int(config["r"]), *map(int, (config.get("rank_pattern") or {}).values())])
+
+
+def lora_rank_limit(adapter: str, configured: int | None) -> int:
+    """``max_lora_rank`` for vLLM: the smallest rank it accepts that holds the adapter, or the configured one."""
+    rank = adapter_rank(adapter)
+    if configured is not None:
+        if rank > int(configured):
+            raise InputError(f"the adapter {adapter} has LoRA rank {rank}, above eval.generation.vllm.max_lora_rank="
+                             f"{configured}: raise it to >= {rank} or remove it (it is then read from the adapter)")
+        return int(configured)
+    fitting = [r for r in VLLM_LORA_RANKS if r >= rank]
+    if not fitting:
+        raise InputError(f"the adapter {adapter} has LoRA rank {rank}; vLLM serves ranks up to "
+                         f"{VLLM_LORA_RANKS[-1]}: use eval.generation.backend=transformers (merges the adapter)")
+    return fitting[0]
+
+
 def _by_temperature(temperatures: list[float]) -> dict[float, list[int]]:
     groups: dict[float, list[int]] = defaultdict(list)
     for i, t in enumerate(temperatures):
@@ -42,9 +93,9 @@ class TransformersGenerator:
 
     def __init__(self, model_path: str, *, adapter: str | None = None, device: str = "cpu", dtype: str = "float32",
                  batch_size: int = 8, seed: int = 0) -> None:
-        from finetune.models import load_causal_lm, load_tokenizer
+        from finetune.models import load_causal_lm
 
-        self.tok = load_tokenizer(adapter or model_path)
+        self.tok = load_chat_tokenizer(model_path, adapter)
         self.tok.padding_side = "left"
         self.model = load_causal_lm(model_path, adapter=adapter, device=device, dtype=dtype)
         self.device, self.batch_size, self.seed = device, batch_size, seed
@@ -52,7 +103,7 @@ class TransformersGenerator:
     def _batch(self, conversations: list[Messages], temperature: float, max_new_tokens: int) -> list[str]:
         import torch
 
-        prompts = [self.tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
+        prompts = render_prompts(self.tok, conversations)
         enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature > 0 else \
             {"do_sample": False}
@@ -76,17 +127,28 @@ class TransformersGenerator:
                     answers[i] = text
         return answers
 
+    def close(self) -> None:
+        from finetune.models import release_gpu_memory
+
+        self.model = None
+        release_gpu_memory()
+
 
 class VLLMGenerator:
-    """vLLM's offline ``LLM.chat``; a LoRA adapter is applied per request instead of merged."""
+    """vLLM's offline ``LLM.generate`` on prompts rendered by :func:`render_prompts`; a LoRA adapter is applied
+    per request instead of merged, with ``max_lora_rank`` read from the adapter."""
 
     def __init__(self, model_path: str, *, adapter: str | None = None, seed: int = 0, dtype: str = "bfloat16",
                  **llm_kwargs: Any) -> None:
         try:
             from vllm import LLM
         except ImportError as e:
-            raise InputError("eval.generation.backend=vllm needs the GPU extra: pip install -e '.[gpu]'") from e
-        self.llm = LLM(model=model_path, seed=seed, dtype=dtype, enable_lora=adapter is not None, **llm_kwargs)
+            raise InputError("eval.generation.backend=vllm needs vLLM 0.32.x: pip install -e '.[gpu]'") from e
+        self.tok = load_chat_tokenizer(model_path, adapter)
+        if adapter is not None:
+            llm_kwargs = llm_kwargs | {"enable_lora": True,
+                                       "max_lora_rank": lora_rank_limit(adapter, llm_kwargs.get("max_lora_rank"))}
+        self.llm = LLM(model=model_path, tokenizer=adapter or model_path, seed=seed, dtype=dtype, **llm_kwargs)
         self.adapter, self.seed = adapter, seed
 
     def generate(self, conversations: list[Messages], temperatures: list[float],
@@ -97,13 +159,29 @@ class VLLMGenerator:
         if self.adapter:
             from vllm.lora.request import LoRARequest
             lora = LoRARequest("subset", 1, self.adapter)
+        prompts = self.prompts(conversations)
         answers: list[str] = [""] * len(conversations)
         for temperature, idx in _by_temperature(temperatures).items():
-            params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=self.seed)
-            outs = self.llm.chat([conversations[i] for i in idx], params, lora_request=lora, use_tqdm=True)
+            # Stop at the template's end of turn (saved as EOS with the fine-tuned tokenizer).
+            params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=self.seed,
+                                    stop_token_ids=[self.tok.eos_token_id], skip_special_tokens=True)
+            outs = self.llm.generate([prompts[i] for i in idx], params, lora_request=lora, use_tqdm=True)
             for i, out in zip(idx, outs, strict=True):
                 answers[i] = out.outputs[0].text.strip()
         return answers
+
+    def prompts(self, conversations: list[Messages]) -> list[dict[str, list[int]]]:
+        """The token-id prompts vLLM is given: the rendered text tokenised without extra special tokens, as the
+        training text was (the template itself writes BOS where it wants one)."""
+        return [{"prompt_token_ids": self.tok(p, add_special_tokens=False)["input_ids"]}
+                for p in render_prompts(self.tok, conversations)]
+
+    def close(self) -> None:
+        """Shut the engine down so the next GPU stage (or the next subset's generator) finds the memory free."""
+        from finetune.models import release_gpu_memory
+
+        release_gpu_memory(self.llm)
+        self.llm = None
 
 
 class FixedTemperature:
@@ -116,6 +194,11 @@ class FixedTemperature:
     def generate(self, conversations: list[Messages], temperatures: list[float],
                  max_new_tokens: int) -> list[str]:
         return self.inner.generate(conversations, [self.temperature] * len(conversations), max_new_tokens)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
 
 
 def make_generator(cfg: dict[str, Any], model_path: str, adapter: str | None) -> Generator:

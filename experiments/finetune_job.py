@@ -7,12 +7,18 @@ embeddings and subset first; the others then read them from the cache. All proce
 and a relaunch after a kill resumes from the newest checkpoint. The main process then publishes the model into
 the artifact store, where the study (``divbench-study`` with the same overrides) finds it and goes on to
 evaluation. On one process (plain ``python -m``) the same code trains on one device.
+
+Inside one SLURM job with one task per GPU (``hydra/launcher=slurm_multigpu``: ``tasks_per_node`` = GPUs), each task
+exports submitit's torch distributed environment (RANK, WORLD_SIZE, MASTER_ADDR, ...) before training, so the
+tasks form one DDP process group without ``accelerate launch``:
+``divbench-finetune -m experiment=paper_llama3 hydra/launcher=slurm_multigpu selection.only=kmeans``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from typing import Any
 
@@ -70,17 +76,32 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
             with store.build("finetune", entry_specs["finetune"]) as tmp:
                 if tmp is not None:  # else a twin job published the same model first; the first writer wins
                     shutil.move(str(final), tmp / "model")
-                    (tmp / "train.json").write_text(json.dumps(stats | {"processes": state.num_processes}, indent=2))
+                    (tmp / "train.json").write_text(json.dumps(stats, indent=2))  # world size, effective batch
             runner.drop_checkpoints(ckpt)
         state.wait_for_everyone()
         trained.append(replicate_name(entry))
     return trained
 
 
+def export_slurm_distributed_env() -> bool:
+    """In a SLURM job of several tasks not started by torchrun/accelerate, export the variables torch.distributed's
+    env:// initialisation reads, through submitit (the launcher's own library). Every task keeps seeing all the
+    node's GPUs; the trainer picks ``cuda:LOCAL_RANK``. Returns whether it exported."""
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
+        return False
+    from submitit.helpers import TorchDistributedEnvironment
+
+    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    log.info("SLURM task %d of %d joins the process group at %s:%d", env.rank, env.world_size, env.master_addr,
+             env.master_port)
+    return True
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="study")
 def _hydra_main(cfg: DictConfig) -> None:
     from experiments.cli import guard
 
+    export_slurm_distributed_env()
     trained = guard(lambda: finetune_subsets(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
     log.info("fine-tuned %d subset(s): %s", len(trained), trained)
 

@@ -26,7 +26,15 @@ from eval.combined import combine_performance
 from eval.evaluators import check_evaluator, evaluate
 from experiments.cache import LOCK_TIMEOUT_S, ArtifactStore, atomic_write, remove_stale_temps
 from experiments.cli import check_writable
-from experiments.embed import BACKENDS, check_precomputed, embed_texts, precomputed_embeddings
+from experiments.doctor import preflight
+from experiments.embed import (
+    BACKENDS,
+    DEFAULT_CHUNK,
+    check_precomputed,
+    embed_texts,
+    finish_embedding,
+    precomputed_embeddings,
+)
 from experiments.embedding_sets import source_fingerprint
 from experiments.fingerprint import content_keys
 from experiments.keys import result_config, result_part
@@ -217,12 +225,22 @@ def embed_stage(store: ArtifactStore, spec: dict, convs: list[dict], cfg: dict[s
             if tmp is not None:  # else a twin job built it while this one waited for the lock
                 if cfg["backend"] == "precomputed":
                     vecs = precomputed_embeddings(cfg["path"], len(convs), pool_path, cfg.get("dim"))
+                    np.save(tmp / "embeddings.npy", vecs)
                 else:
-                    vecs = embed_texts([embedding_text(c) for c in convs], resolve_model(cfg["model"], cache_dir),
-                                       cfg["backend"], max_length=int(cfg["max_length"]),
-                                       batch_size=int(cfg["batch_size"]), device=cfg["device"])
-                np.save(tmp / "embeddings.npy", vecs)
+                    _embed_resumably(store, spec, convs, cfg, cache_dir, tmp)
     return np.load(store.path("embed", spec) / "embeddings.npy")
+
+
+def _embed_resumably(store: ArtifactStore, spec: dict, convs: list[dict], cfg: dict[str, Any], cache_dir: str,
+                     dest: Path) -> None:
+    """Embed into a resumable work file named by the artifact's key (a killed run picks it up again), then move
+    it into ``dest``. Runs under the artifact's lock, so twin sweep jobs wait instead of sharing the file."""
+    work = Path(cache_dir) / "partial" / "embed" / store.path("embed", spec).name
+    runtime = cfg.get("runtime") or {}
+    embed_texts([embedding_text(c) for c in convs], resolve_model(cfg["model"], cache_dir), cfg["backend"],
+                max_length=int(cfg["max_length"]), batch_size=int(cfg["batch_size"]), device=cfg["device"],
+                chunk_size=int(runtime.get("chunk_size") or DEFAULT_CHUNK), work_dir=work, vllm=runtime.get("vllm"))
+    finish_embedding(work, dest)
 
 
 def data_column(convs: list[dict], key: str) -> Any:
@@ -332,11 +350,18 @@ class SubsetRunner:
                     run.log(row)
         return json.loads((self.store.path("metrics", specs["metrics"]) / "metrics.json").read_text())
 
-    def run(self, entry: dict[str, Any]) -> dict[str, Any]:
+    def run(self, entry: dict[str, Any], stop_after: str | None = None) -> dict[str, Any] | None:
+        """Run every per-subset stage, or those up to ``stop_after`` (then None: there is no row yet)."""
         specs = stage_specs(self.cfg, entry)
         indices, sub = self.subset_rows(entry, specs)
+        if stop_after == "subset":
+            return None
         row = self.metrics_row(entry, specs, indices, sub)
+        if stop_after == "metrics":
+            return None
         self.finetune(entry, specs, sub)
+        if stop_after == "finetune":
+            return None
         model_path, adapter = self.evaluated_model(specs)
         ev = self.cfg["eval"]
         if judged(self.cfg):
@@ -344,6 +369,8 @@ class SubsetRunner:
                 if tmp:
                     generate_benchmarks(model_path, adapter, ev, tmp,
                                         generator_name=f"{self.cfg['study']}-{replicate_name(entry)}")
+        if stop_after == "generate":  # without a judged evaluation there is no generate stage: stop before eval
+            return None
         with self.stage("eval", entry, specs["eval"]) as (tmp, run):
             if tmp:
                 if judged(self.cfg):
@@ -445,11 +472,23 @@ def dry_run(cfg: dict[str, Any], plan: list[dict]) -> pd.DataFrame:
     return table
 
 
+def check_stop_after(stop_after: Any) -> str | None:
+    if stop_after is not None and stop_after not in STAGES:
+        raise InputError(f"stop_after={stop_after!r} is not a stage; use one of {list(STAGES)} (or null)")
+    return stop_after
+
+
+def _stopped(stage: str, timings: dict[str, dict[str, float]]) -> dict[str, Any]:
+    log.info("stop_after=%s: the stages up to %s are done and cached; run again without stop_after to go on",
+             stage, stage)
+    return {"stopped_after": stage, "paths": {}, "timings": timings, "runs": None}
+
+
 def check_study_config(cfg: dict[str, Any]) -> None:
     """Every check that needs no data or model, before any work (and, from the CLI, before Hydra writes)."""
     check_metric_configs(list(cfg["metrics"]["compute"]), cfg.get("report"))
     if judged(cfg):
-        check_eval_config(cfg["eval"], check_key=not cfg.get("dry_run"))
+        check_eval_config(cfg["eval"], check_key=not cfg.get("dry_run"))  # a dry run calls no judge
     else:
         check_evaluator(cfg["eval"]["name"])
     selected_entries(subset_plan(cfg["selection"]), cfg["selection"].get("only"))
@@ -466,12 +505,17 @@ def check_study_config(cfg: dict[str, Any]) -> None:
 
 
 def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run (or resume) the study described by a resolved config dict; returns paths, timings and runs."""
+    """Run (or resume) the study described by a resolved config dict; returns paths, timings and runs.
+
+    ``stop_after=<stage>`` runs the shared stages (pool, embed) and each selected subset's stages up to that
+    stage, then stops: the "prepare once, then fan out" step of a cluster run."""
     check_study_config(cfg)
+    stop_after = check_stop_after(cfg.get("stop_after"))
     plan = subset_plan(cfg["selection"])
     entries = replicate_entries(selected_entries(plan, cfg["selection"].get("only")), cfg)
     if cfg.get("dry_run"):
         return {"dry_run": dry_run(cfg, entries)}
+    preflight(cfg, stop_after)
     remove_stale_temps(cfg["cache_dir"])
     store = ArtifactStore(cfg["cache_dir"], cfg.get("cache_lock_timeout_s", LOCK_TIMEOUT_S))
     timings: dict[str, dict[str, float]] = {}
@@ -481,10 +525,17 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     if any("messages" not in c for c in convs):
         raise InputError("the pool holds plain-text rows (no turns), which cannot be fine-tuned on: give the study "
                          "conversations, or use divbench-select / divbench-measure on plain text")
+    if stop_after == "pool":
+        return _stopped("pool", timings)
     with timed("embed", timings):
         emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"], cfg["pool"].get("path"))
+    if stop_after == "embed":
+        return _stopped("embed", timings)
     runner = SubsetRunner(cfg, store, convs, emb, timings)
-    runs = pd.DataFrame([runner.run(entry) for entry in entries]).assign(schema=RUNS_SCHEMA)
+    rows = [runner.run(entry, stop_after) for entry in entries]
+    if stop_after is not None:
+        return _stopped(stop_after, timings)
+    runs = pd.DataFrame(rows).assign(schema=RUNS_SCHEMA)
     if len(entries) < len(replicate_entries(plan, cfg)):
         log.info("selection.only: %d of %d subsets done; run without selection.only to gather the report",
                  len(entries), len(plan))

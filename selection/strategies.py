@@ -44,13 +44,17 @@ def kmeans_subset(pool: PoolInputs, n: int, seed: int, n_clusters: int = 10) -> 
     return np.concatenate(picks).tolist()
 
 
+FARTHEST_BLOCK = 16384
+
+
 @register("farthest", needs=("embeddings",))
 def farthest_subset(pool: PoolInputs, n: int, seed: int) -> list[int]:
     """The n rows with the largest cosine distance to the pool's mean direction: an outlier-heavy arm.
     (Our reading of the paper's "Farthest"; deterministic, so the seed is unused.)"""
-    unit = unit_rows(pool.embeddings, "cpu", torch.float64)
-    centre = torch.nn.functional.normalize(unit.mean(dim=0), dim=0)
-    dist = (1.0 - unit @ centre).numpy()
+    blocks = range(0, pool.size, FARTHEST_BLOCK)  # float64 a block at a time: no float64 copy of a 396k pool
+    unit = lambda s: unit_rows(pool.embeddings[s:s + FARTHEST_BLOCK], "cpu", torch.float64)
+    centre = torch.nn.functional.normalize(sum(unit(s).sum(dim=0) for s in blocks) / pool.size, dim=0)
+    dist = np.concatenate([(1.0 - unit(s) @ centre).numpy() for s in blocks])
     return np.argsort(-dist, kind="stable")[:n].tolist()
 
 

@@ -175,7 +175,7 @@ def test_finetune_job_publishes_models_the_study_reuses(tmp_path, tiny_model):
     trained = {k: v for k, v in _artifacts(tmp_path / "cache").items() if k.startswith("finetune/")}
     assert len(trained) == len(seeds) and not list((tmp_path / "cache" / "checkpoints").glob("*"))  # spent, removed
     train = json.loads((tmp_path / "cache" / next(iter(trained))).with_name("train.json").read_text())
-    assert train["processes"] == 1 and train["global_step"] >= 1
+    assert train["world_size"] == 1 and train["effective_batch_size"] >= 1 and train["global_step"] >= 1
     assert finetune_subsets(resolved) == []  # already in the cache
     run(_compose(overrides))
     after = {k: v for k, v in _artifacts(tmp_path / "cache").items() if k.startswith("finetune/")}
