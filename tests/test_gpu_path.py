@@ -77,11 +77,24 @@ def test_accelerate_configs_parse_and_save_loadable_models():
     assert configs["zero3"].deepspeed_config["zero3_save_16bit_model"] is True
 
 
+def _free_port() -> str:
+    """A free local port for the process group (29500, torchrun's default, may be taken on a shared machine)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _accelerate(config: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            f"{CONFIG_DIR}/accelerate/{config}.yaml", "--num_processes", "2", "--mixed_precision", "no",
+            "--main_process_port", _free_port()]
+
+
 def _launch(config: str, model: str, out: Path) -> list[dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(PROJECT_ROOT))
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           f"{CONFIG_DIR}/accelerate/{config}.yaml", "--num_processes", "2", "--mixed_precision",
-                           "no", str(PROJECT_ROOT / "tests" / "dist_sft.py"), model, str(out)],
+    proc = subprocess.run([*_accelerate(config), str(PROJECT_ROOT / "tests" / "dist_sft.py"), model, str(out)],
                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("STATS ")]
@@ -109,12 +122,10 @@ def test_fsdp_launch_exports_full_state_dict(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("import json, os\nprint('ENV', json.dumps({k: v for k, v in os.environ.items() "
                      "if k.startswith(('FSDP_', 'ACCELERATE_USE_FSDP', 'WORLD_SIZE'))}))\n")
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           f"{CONFIG_DIR}/accelerate/fsdp.yaml", "--num_processes", "2", "--mixed_precision", "no",
-                           str(probe)], capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([*_accelerate("fsdp"), str(probe)], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     envs = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ENV ")]
-    assert len(envs) == 2, proc.stderr[-3000:]
+    assert len(envs) == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
     assert all(e["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT" and e["ACCELERATE_USE_FSDP"] == "true" for e in envs)
 
 
@@ -172,7 +183,7 @@ def test_stop_after_runs_up_to_the_stage(tiny_model, tmp_path):
     assert {k.split("/")[0] for k in _artifacts(tmp_path / "cache")} == {"pool", "embed"}
     run(_compose(overrides + ["stop_after=metrics"]))
     assert {k.split("/")[0] for k in _artifacts(tmp_path / "cache")} == {"pool", "embed", "subset", "metrics"}
-    assert not (tmp_path / "results").exists()
+    assert not list((tmp_path / "results").glob("*.csv"))  # no report: stopped before the gather
     with pytest.raises(InputError, match="stop_after='embedding' is not a stage"):
         run(_compose(overrides + ["stop_after=embedding"]))
 
