@@ -119,14 +119,16 @@ def test_two_process_gloo_fine_tuning_saves_a_model_that_loads(tiny_model, tmp_p
 def test_fsdp_launch_exports_full_state_dict(tmp_path):
     """accelerate translates fsdp.yaml into the environment its FSDP plugin reads (FSDP itself needs GPUs:
     accelerate enables it only for accelerator process groups, so the CPU test stops at the launcher)."""
-    probe = tmp_path / "probe.py"
-    probe.write_text("import json, os\nprint('ENV', json.dumps({k: v for k, v in os.environ.items() "
+    probe = tmp_path / "probe.py"  # each rank writes its own file: two ranks' stdout lines can interleave
+    probe.write_text("import json, os, sys\nopen(os.path.join(sys.argv[1], 'env-' + os.environ['RANK'] + '.json'), "
+                     "'w').write(json.dumps({k: v for k, v in os.environ.items() "
                      "if k.startswith(('FSDP_', 'ACCELERATE_USE_FSDP', 'WORLD_SIZE'))}))\n")
-    proc = subprocess.run([*_accelerate("fsdp"), str(probe)], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
-    envs = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ENV ")]
-    assert len(envs) == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
-    assert all(e["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT" and e["ACCELERATE_USE_FSDP"] == "true" for e in envs)
+    proc = subprocess.run([*_accelerate("fsdp"), str(probe), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    envs = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("env-*.json"))]
+    assert proc.returncode == 0 and len(envs) == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert all(e["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT" and e["ACCELERATE_USE_FSDP"] == "true"
+               and e["WORLD_SIZE"] == "2" for e in envs)
 
 
 TEXTS = [f"Text number {i}: " + "word " * (i % 7) for i in range(23)]
