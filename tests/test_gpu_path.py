@@ -202,8 +202,8 @@ def test_every_preset_composes_and_dry_runs_with_slurm_and_no_keys(experiment, t
     with open_dict(cfg):
         del cfg["hydra"]
     table = run(cfg)["dry_run"]
-    assert len(table) >= 1 and set(table["embed"]) == {"to run"}
-    assert not (tmp_path / "c").exists()  # a dry run loads and writes nothing
+    assert len(table) >= 1 and set(table.loc[table["stage"] == "embed", "status"]) == {"to run"}
+    assert (tmp_path / "r" / "plan.csv").exists() and not (tmp_path / "c").exists()  # only the plan is written
 
 
 def _cli(*args: str, tmp: Path, module: str = "experiments.run_study", env: dict | None = None):
