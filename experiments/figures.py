@@ -9,6 +9,7 @@ Sxx), with s the residual standard error of the line.
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ def scatter(runs: pd.DataFrame, metric: str, rows: pd.DataFrame, path: Path, tar
                      f"r = {fmt(row['pearson_r'])} [{fmt(row['pearson_ci_low'])}, {fmt(row['pearson_ci_high'])}], "
                      f"rho = {fmt(row['spearman_rho'])}", fontsize=8)
         ax.set_xlabel(metric)
-        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_ylabel(textwrap.fill(ylabel, 48), fontsize=8)  # long proxy labels would run off the figure
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6, loc="best")
     fig.tight_layout()
