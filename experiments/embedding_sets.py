@@ -3,7 +3,6 @@ numbered JSON files (``0.json``, ``1.json``, ... concatenated in numeric order, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -76,34 +75,6 @@ def check_paired_layout(text_dir: Path, emb_dir: Path) -> None:
         if n_text != n_emb:
             raise InputError(f"{tfile} holds {n_text} records but {embs[name]} holds {n_emb} vectors: each "
                              "embedding file must embed its text file row for row")
-
-
-def source_fingerprint(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, or of a directory's ``*.json`` / ``*.npy`` files (names and bytes, in order).
-
-    Cache keys use it so that changed vectors at the same path never reuse a stale artifact. Digests are
-    memoised per (file, size, mtime) within the process: a 30 GB directory is read once per run, not per stage.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path} does not exist")
-    files = (numbered_json_files(path) + sorted(path.glob("*.npy"))) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        digest.update(f"{f.name}\0{_file_digest(str(f.resolve()), st.st_size, st.st_mtime_ns)}\0".encode())
-    return digest.hexdigest()[:16]
-
-
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    key = (path, size, mtime_ns)
-    if key not in _DIGESTS:
-        with open(path, "rb") as fh:
-            _DIGESTS[key] = hashlib.file_digest(fh, "sha256").hexdigest()
-    return _DIGESTS[key]
 
 
 def load_subsets(path: str | Path) -> dict[str, np.ndarray]:

@@ -35,7 +35,6 @@ from experiments.embed import (
     finish_embedding,
     precomputed_embeddings,
 )
-from experiments.embedding_sets import source_fingerprint
 from experiments.fingerprint import content_keys
 from experiments.keys import result_config, result_part
 from experiments.plan import plan_table, plan_totals
@@ -198,7 +197,8 @@ def embed_spec(cfg: dict[str, Any]) -> dict[str, Any]:
     spec = {k: v for k, v in cfg["embed"].items() if k not in ("batch_size", "device")}
     if spec["backend"] == "precomputed":
         check_precomputed(cfg["pool"], spec)
-        spec = {"backend": "precomputed", "dim": spec.get("dim"), "content": source_fingerprint(spec["path"])}
+        content = ArtifactStore(cfg["cache_dir"]).hashes.fingerprint(Path(spec["path"]).expanduser())
+        spec = {"backend": "precomputed", "dim": spec.get("dim"), "content": content}
     return spec
 
 

@@ -24,10 +24,9 @@ from experiments.run_study import CONFIG_DIR
 log = logging.getLogger("divbench.select")
 
 
-def _fingerprint(path: Path) -> str:
-    from experiments.embedding_sets import source_fingerprint
-
-    return source_fingerprint(path)
+def _content_id(store: Any, path: Path) -> str:
+    """The first 16 hex digits of a file's SHA-256, through the store's remembered hashes."""
+    return store.hashes.fingerprint(path)[:16]
 
 
 def provenance(cfg: dict[str, Any], store: Any, specs: dict, entry: dict[str, Any], indices: list[int],
@@ -41,8 +40,8 @@ def provenance(cfg: dict[str, Any], store: Any, specs: dict, entry: dict[str, An
     return {"selector": entry["selector"], "params": effective_params(selection.get_selector(entry["selector"]),
                                                                        entry["params"]),
             "seed": entry["seed"], "size": entry["size"], "pool_size": n_pool, "unique_rows": len(set(indices)),
-            "pool_fingerprint": _fingerprint(store.path("pool", specs["pool"]) / "pool.jsonl"),
-            "embedding_fingerprint": _fingerprint(store.path("embed", specs["embed"]) / "embeddings.npy"),
+            "pool_fingerprint": _content_id(store, store.path("pool", specs["pool"]) / "pool.jsonl"),
+            "embedding_fingerprint": _content_id(store, store.path("embed", specs["embed"]) / "embeddings.npy"),
             "pool": cfg["pool"], "embed": embed, "study": cfg.get("study"),
             "cache_keys": {s: store.path(s, specs[s]).name for s in ("pool", "embed", "subset")}}
 
