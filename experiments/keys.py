@@ -4,7 +4,12 @@ One rule for every config group, applied before any stage key is built, instead 
 
 * ``device`` and ``batch_size`` (inference batching) anywhere: where and how fast, not what. Training batch size is
   ``finetune.args.per_device_train_batch_size`` and stays hashed.
-* a ``runtime`` node anywhere: a group may gather its knobs there.
+* a ``runtime`` node anywhere: a group gathers its knobs there (``embed.runtime``).
+* the runtime fields a group declares in ``GROUP_RUNTIME`` below, for knobs that predate the ``runtime`` node and
+  that commands and docs spell at their old place (``finetune.resume=true``): ``finetune.resume`` and
+  ``finetune.keep_checkpoints`` (whether a killed fine-tuning resumes from checkpoints, and whether those are kept),
+  ``eval.judge.concurrency`` (judge requests in flight). They are declared here, beside the trainer's list, and
+  nowhere else: a stage's key never subtracts a list of its own.
 * in ``finetune.args`` (TRL ``SFTConfig`` / ``TrainingArguments``, a third-party schema that has no runtime node):
   the fields that only observe or checkpoint a training: ``logging_*``, ``save_*``, ``report_to``, ``run_name``,
   ``disable_tqdm``, ``output_dir``, ``use_cpu``. None of them changes the trained weights (the trainer's RNG is seeded
@@ -22,6 +27,11 @@ RUNTIME_KEYS = frozenset({"device", "batch_size", "runtime"})
 TRAINER_RUNTIME_KEYS = frozenset({"report_to", "run_name", "disable_tqdm", "output_dir", "use_cpu"})
 TRAINER_RUNTIME_PREFIXES = ("logging_", "save_")
 STAGE_GROUPS = ("pool", "embed", "metrics", "finetune", "eval")  # a subset's selector params: result_part
+# (path of a config node, its runtime fields): how a stage runs, not what it produces
+GROUP_RUNTIME: tuple[tuple[tuple[str, ...], frozenset[str]], ...] = (
+    (("finetune",), frozenset({"resume", "keep_checkpoints"})),
+    (("eval", "judge"), frozenset({"concurrency"})),
+)
 
 
 def _trainer_result_args(args: dict[str, Any]) -> dict[str, Any]:
@@ -42,9 +52,27 @@ def result_part(node: Any) -> Any:
     return node
 
 
+def _without(node: dict[str, Any], path: tuple[str, ...], fields: frozenset[str]) -> dict[str, Any]:
+    """``node`` with ``fields`` left out of its sub-node at ``path`` (unchanged where that sub-node is absent)."""
+    head, *rest = path
+    sub = node.get(head)
+    if not isinstance(sub, dict):
+        return node
+    return node | {head: _without(sub, tuple(rest), fields) if rest else
+                   {k: v for k, v in sub.items() if k not in fields}}
+
+
 def result_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The study config as the cache keys see it: every stage group's result-defining part."""
+    """The study config as the cache keys see it: every stage group's result-defining part.
+
+    >>> cfg = {"finetune": {"lora": None, "resume": True, "args": {"seed": 1, "logging_steps": 5}},
+    ...        "eval": {"judge": {"model": "j", "concurrency": 8}}}
+    >>> result_config(cfg)
+    {'finetune': {'lora': None, 'args': {'seed': 1}}, 'eval': {'judge': {'model': 'j'}}}
+    """
     out = dict(cfg) | {g: result_part(cfg[g]) for g in STAGE_GROUPS if g in cfg}
     if isinstance((out.get("finetune") or {}).get("args"), dict):
         out["finetune"] = out["finetune"] | {"args": _trainer_result_args(out["finetune"]["args"])}
+    for path, fields in GROUP_RUNTIME:
+        out = _without(out, path, fields)
     return out

@@ -105,7 +105,6 @@ def subset_plan(sel_cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
 STAGES = ("pool", "embed", "subset", "metrics", "finetune", "generate", "eval")
 STUDY_CONFIG = "study_config.json"
-RUN_ONLY = ("resume", "keep_checkpoints")  # how a fine-tuning runs, not what it produces
 
 
 def train_seeds(ft_cfg: dict[str, Any]) -> list[int]:
@@ -136,7 +135,6 @@ def replicate_entries(entries: list[dict[str, Any]], cfg: dict[str, Any]) -> lis
     return [e | {"train_seed": t, "replicated": replicated} for e in entries for t in train_seeds(cfg["finetune"])]
 GENERATION_ONLY = ("judge", "performance", "annotator", "annotator_seed", "judge_max_tokens", "judge_prefill",
                    "reference")
-JUDGING_ONLY = ("concurrency",)  # how judgments are requested, not what they are
 
 
 def judged(cfg: dict[str, Any]) -> bool:
@@ -146,16 +144,14 @@ def judged(cfg: dict[str, Any]) -> bool:
 
 def _generation_spec(ev: dict[str, Any]) -> dict[str, Any]:
     """What the answers depend on: decoding settings and the benchmark prompts, not the judge."""
-    gen = {k: v for k, v in ev["generation"].items() if k not in ("batch_size", "device")}
     bench = {b: {k: v for k, v in (ev.get(b) or {}).items() if k not in GENERATION_ONLY}
              for b in ("alpaca_eval", "mt_bench", "reference_nll")}
-    return {"generation": gen} | bench
+    return {"generation": ev["generation"]} | bench
 
 
 def _judging_spec(ev: dict[str, Any]) -> dict[str, Any]:
     """What the judged scores depend on: the benchmarks' and the judge's settings, not the generation."""
-    spec = {k: v for k, v in ev.items() if k not in ("generation", "performance")}
-    return spec | {"judge": {k: v for k, v in spec["judge"].items() if k not in JUDGING_ONLY}}
+    return {k: v for k, v in ev.items() if k not in ("generation", "performance")}
 
 
 def keyed_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +164,7 @@ def keyed_config(cfg: dict[str, Any]) -> dict[str, Any]:
 def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dict[str, dict]:
     """Each stage's cache key: its own resolved config (local inputs by content, runtime knobs left out) plus the
     keys of what it consumes. No stage output is read, so a dry run can tell what is done without loading anything."""
-    cfg = result_config(cfg)  # runtime knobs (device, batch_size, trainer logging/saving) are never hashed
+    cfg = result_config(cfg)  # runtime knobs (experiments.keys) are never hashed
     embed_part = embed_spec(cfg)
     cfg = keyed_config(cfg)
     pool = {"pool": cfg["pool"]}
@@ -179,8 +175,7 @@ def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dic
         return specs | {"subset": subset, "metrics": {"subset": subset, "metrics": list(cfg["metrics"]["compute"])}}
     if entry is not None:
         subset = {"embed": embed, "subset": result_part({k: entry[k] for k in ("selector", "params", "seed", "size")})}
-        finetune = {"subset": subset,
-                    "finetune": {k: v for k, v in finetune_config(cfg, entry).items() if k not in RUN_ONLY}}
+        finetune = {"subset": subset, "finetune": finetune_config(cfg, entry)}
         specs |= {"subset": subset, "metrics": {"subset": subset, "metrics": list(cfg["metrics"]["compute"])},
                   "finetune": finetune}
         if judged(cfg):
@@ -193,8 +188,9 @@ def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dic
 
 
 def embed_spec(cfg: dict[str, Any]) -> dict[str, Any]:
-    """What the embeddings depend on; precomputed vectors are keyed by their files' content, not their path."""
-    spec = {k: v for k, v in cfg["embed"].items() if k not in ("batch_size", "device")}
+    """What the embeddings depend on (``cfg``: the result part, experiments.keys); precomputed vectors are keyed by
+    their files' content, not their path."""
+    spec = dict(cfg["embed"])
     if spec["backend"] == "precomputed":
         check_precomputed(cfg["pool"], spec)
         content = ArtifactStore(cfg["cache_dir"]).hashes.fingerprint(Path(spec["path"]).expanduser())

@@ -32,6 +32,7 @@ RUNTIME = ["finetune.args.logging_steps=7", "++finetune.args.save_steps=3", "++f
            "++finetune.args.report_to=[wandb]", "finetune.resume=true", "finetune.keep_checkpoints=true",
            "embed.batch_size=3", "embed.device=cuda", "device=cuda", "++embed.runtime.workers=4"]
 JUDGED_RUNTIME = ["eval.generation.batch_size=2", "eval.generation.device=cuda"]
+ENDPOINT_RUNTIME = ["eval.judge.concurrency=3"]  # an HTTP judge's requests in flight (a local judge takes 1 only)
 RESULT = ["finetune.args.learning_rate=0.001", "finetune.max_length=128", "embed.max_length=32", "pool.size=41",
           "selection.size=5", "seed=7"]
 
@@ -39,7 +40,9 @@ RESULT = ["finetune.args.learning_rate=0.001", "finetune.max_length=128", "embed
 @pytest.mark.parametrize("base", BASES)
 def test_runtime_knobs_change_no_cache_key(base):
     before = _keys(BASES[base])
-    for override in RUNTIME + (JUDGED_RUNTIME if base == "judged" else []):
+    extra = {"judged": JUDGED_RUNTIME + ["eval.judge.device=cuda"],
+             "paper": JUDGED_RUNTIME + ENDPOINT_RUNTIME}.get(base, [])
+    for override in RUNTIME + extra:
         assert _keys(BASES[base] + [override]) == before, f"{override} changed a cache key"
 
 
@@ -48,3 +51,14 @@ def test_result_keys_change_cache_keys(override):
     before = _keys(BASES["reference_nll"])
     after = _keys(BASES["reference_nll"] + [override])
     assert set(after.values()) != set(before.values()), f"{override} changed no cache key"
+
+
+@pytest.mark.parametrize("base, override", [("judged", "eval.judge.model=other-judge"),
+                                            ("judged", "eval.mt_bench.judge_prefill=x"),
+                                            ("paper", "eval/judge=vllm_server"),
+                                            ("paper", "eval.alpaca_eval.annotator_seed=1")])
+def test_judge_settings_change_only_the_eval_keys(base, override):
+    """Re-pointing the judge re-judges the answers it is shown; it never regenerates them (nor retrains)."""
+    before, after = _keys(BASES[base]), _keys(BASES[base] + [override])
+    changed = {k.split("/")[1] for k in before if before[k] != after[k]}
+    assert changed == {"eval"}, f"{override} changed {sorted(changed)}"
