@@ -43,6 +43,16 @@ def signature_params(fn: Callable, leading: int, declared: Mapping[str, Param]) 
     return {p: declared.get(p) or from_annotation(sig.parameters[p].annotation) for p in names}
 
 
+def signature_defaults(fn: Callable, leading: int) -> dict[str, Any]:
+    """The default values of ``fn``'s keyword parameters after its ``leading`` positional ones.
+
+    >>> signature_defaults(lambda inputs, k=10, mode="x": 0, 1)
+    {'k': 10, 'mode': 'x'}
+    """
+    params = list(inspect.signature(fn).parameters.values())[leading:]
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
 class Registry(Generic[E]):
     """Entries of one plugin kind by name. An entry has ``fn`` and ``params`` (name -> :class:`Param`)."""
 

@@ -12,7 +12,8 @@ and a finished artifact is never replaced; a lock held longer than ``lock_timeou
 Verified reads: before a stage uses an artifact, :meth:`ArtifactStore.ready` checks each file against the marker
 (sizes always; hashes through a stat-keyed cache, so an unchanged file is not re-read). A damaged artifact of a
 cheap stage (``REBUILT``: pool, subset, metrics; seconds to redo) is removed with a warning naming its folder and
-rebuilt; one of a costly stage (embeddings, fine-tuning, generation, judging: GPU hours or paid judge calls) is
+rebuilt; one of a costly stage (embeddings, pool signals (a kNN over the whole pool), fine-tuning, generation,
+judging: GPU hours or paid judge calls) is
 refused with :class:`CorruptArtifactError` naming the folder and how to rebuild it, never silently redone.
 Markers written before verification existed (no file list) are trusted as they are. Temporary folders carry their
 host and process id (``divcore.io``); :func:`remove_stale_temps` removes those whose process is gone.

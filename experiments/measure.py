@@ -8,6 +8,7 @@ writes ``measure.csv`` and ``measure.md`` (one column per metric configuration).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -38,15 +39,21 @@ def measure(cfg: dict) -> pd.DataFrame:
     from experiments.cache import atomic_write
     from experiments.embedding_sets import load_matrix, load_subsets
     from experiments.report import to_markdown
+    from metrics.registry import metric_needs
+    from metrics.signals import pool_signals
 
     check_measure_config(cfg)
     configs = list(cfg["metrics"]["compute"])
     reference = load_matrix(cfg["reference"]) if cfg.get("reference") else None
     rows = []
     subsets = load_subsets(cfg["subsets"])  # every file is read and checked before the first metric runs
+    signals = None
+    if reference is not None:  # the reference's k-means fits once for every subset; the subsets' rows are not
+        # known to be reference rows, so NovelSum searches their neighbours itself (no kNN signal)
+        signals = pool_signals(reference, replace(metric_needs(configs), knn_k=0))
     for name, emb in subsets.items():
         ref = emb if reference is None else reference
-        row = metrics.compute(configs, metrics.MetricInputs(embeddings=emb, reference=ref))
+        row = metrics.compute(configs, metrics.MetricInputs(embeddings=emb, reference=ref, signals=signals))
         rows.append({"subset": name, "n": len(emb)} | row)
         log.info("measured %s (%d rows)", name, len(emb))
     table = pd.DataFrame(rows)

@@ -1,4 +1,4 @@
-"""The study pipeline: pool -> embeddings -> subsets -> metrics -> fine-tune -> evaluate -> report.
+"""The study pipeline: pool -> embeddings -> pool signals -> subsets -> metrics -> fine-tune -> evaluate -> report.
 
 Each stage reads its inputs from and writes its output to the artifact store (``experiments.cache``), keyed
 by the stage's resolved config plus the keys of what it consumed; a finished artifact is never recomputed.
@@ -51,9 +51,10 @@ from experiments.report import RUNS_SCHEMA, aggregate_replicates, check_out_dir,
 from experiments.tracking import alpaca_eval_table, log_to_run, mt_bench_table, wandb_run
 from finetune.models import finetuned, resolve_model
 from finetune.sft import check_finetune_config
-from metrics.registry import check_config
+from metrics.registry import check_config, metric_needs
+from metrics.signals import PoolSignals, SignalNeeds, check_needs, pool_signals
 from metrics.validation import InputError
-from selection.registry import check_params
+from selection.registry import check_params, selector_needs
 from selection.signals import length_proxy
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def subset_plan(sel_cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return plan
 
 
-STAGES = ("pool", "embed", "subset", "metrics", "finetune", "generate", "eval")
+STAGES = ("pool", "embed", "signals", "subset", "metrics", "finetune", "generate", "eval")
 STUDY_CONFIG = "study_config.json"
 
 
@@ -169,7 +170,7 @@ def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dic
     cfg = keyed_config(cfg)
     pool = {"pool": cfg["pool"]}
     embed = {"pool": pool, "embed": content_keys(embed_part, ArtifactStore(cfg["cache_dir"]).hashes)}
-    specs = {"pool": pool, "embed": embed}
+    specs = {"pool": pool, "embed": embed, "signals": {"embed": embed, "signals": signal_needs(cfg, entry).key()}}
     if entry is not None and "finetune" not in cfg:  # divbench-select: selection and metrics only
         subset = {"embed": embed, "subset": result_part({k: entry[k] for k in ("selector", "params", "seed", "size")})}
         return specs | {"subset": subset, "metrics": {"subset": subset, "metrics": list(cfg["metrics"]["compute"])}}
@@ -185,6 +186,13 @@ def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dic
         else:
             specs["eval"] = {"finetune": finetune, "eval": cfg["eval"]}
     return specs
+
+
+def signal_needs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> SignalNeeds:
+    """The pool signals the configured metrics and selectors read: the study's whole selection plan (so every
+    ``selection.only`` job shares one signals artifact), or divbench-select's one ``entry``."""
+    entries = subset_plan(cfg["selection"]) if "selection" in cfg else [entry] if entry is not None else []
+    return metric_needs((cfg.get("metrics") or {}).get("compute") or []) | selector_needs(entries)
 
 
 def embed_spec(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +247,26 @@ def _embed_resumably(store: ArtifactStore, spec: dict, convs: list[dict], cfg: d
     finish_embedding(work, dest)
 
 
+def signals_stage(store: ArtifactStore, spec: dict, convs: list[dict], emb: np.ndarray,
+                  device: str = "cpu") -> PoolSignals:
+    """The pool signals (metrics.signals) of ``emb`` for the needs in ``spec`` (``stage_specs(...)["signals"]``),
+    built once per (embeddings, needs) and read by every subset's selector and metrics."""
+    if not store.ready("signals", spec):
+        check_signal_needs(spec, convs)  # before the lock: a need the pool cannot meet leaves nothing behind
+        with store.build("signals", spec) as tmp:
+            if tmp is not None:  # else a twin job built it while this one waited for the lock
+                pool_signals(emb, SignalNeeds.from_key(spec["signals"]), tags=data_column(convs, "tags"),
+                             quality=data_column(convs, "quality"), proxy_quality=length_proxy(convs),
+                             device=device).save(tmp)
+    return PoolSignals.load(store.path("signals", spec))
+
+
+def check_signal_needs(spec: dict, convs: list[dict]) -> None:
+    """What the signals in ``spec`` need of the pool (enough rows for every k-means, tags for tag labels), checked on
+    the pool alone, so that a bad need is refused before the embeddings are computed."""
+    check_needs(SignalNeeds.from_key(spec["signals"]), len(convs), has_tags=data_column(convs, "tags") is not None)
+
+
 def data_column(convs: list[dict], key: str) -> Any:
     """A per-row column the pool carries for every conversation (quality scores, tags), else None."""
     if not all(key in c for c in convs):
@@ -252,19 +280,21 @@ class SubsetRunner:
     exists, each that does run logged as its own W&B run grouped by study."""
 
     def __init__(self, cfg: dict[str, Any], store: ArtifactStore, convs: list[dict], emb: np.ndarray,
-                 timings: dict[str, dict[str, float]]) -> None:
+                 timings: dict[str, dict[str, float]], signals: PoolSignals | None = None) -> None:
         self.cfg, self.store, self.convs, self.emb, self.timings = cfg, store, convs, emb, timings
+        self.signals = signals  # the pool signals stage's output: selectors and metrics read pool-wide work there
         self._base_model: str | None = None
         self._pool: selection.PoolInputs | None = None
 
     def pool_inputs(self) -> selection.PoolInputs:
         """What selectors read about the pool; built once per study, the first time a selector runs."""
         if self._pool is None:
-            self._pool = selection.PoolInputs(size=self.emb.shape[0], embeddings=self.emb,
-                                              quality=data_column(self.convs, "quality"),
-                                              tags=data_column(self.convs, "tags"),
-                                              proxy_quality=length_proxy(self.convs),
-                                              fingerprint=self.store.path("embed", stage_specs(self.cfg)["embed"]).name)
+            quality, proxy = ((self.signals.quality, self.signals.proxy_quality) if self.signals is not None
+                              else (data_column(self.convs, "quality"), length_proxy(self.convs)))
+            self._pool = selection.PoolInputs(size=self.emb.shape[0], embeddings=self.emb, quality=quality,
+                                              tags=data_column(self.convs, "tags"), proxy_quality=proxy,
+                                              fingerprint=self.store.path("embed", stage_specs(self.cfg)["embed"]).name,
+                                              signals=self.signals)
         return self._pool
 
     @property
@@ -339,7 +369,8 @@ class SubsetRunner:
                 inputs = metrics.MetricInputs(embeddings=self.emb[indices], reference=self.emb,
                                               texts=[embedding_text(c) for c in sub],
                                               quality=data_column(sub, "quality"), tags=data_column(sub, "tags"),
-                                              reference_tags=self.pool_inputs().tags)
+                                              reference_tags=self.pool_inputs().tags, signals=self.signals,
+                                              rows=np.asarray(indices))
                 row = metrics.compute(self.cfg["metrics"]["compute"], inputs)
                 (tmp / "metrics.json").write_text(json.dumps(row, indent=2))
                 if run is not None:
@@ -503,7 +534,7 @@ def check_study_config(cfg: dict[str, Any]) -> None:
 def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run (or resume) the study described by a resolved config dict; returns paths, timings and runs.
 
-    ``stop_after=<stage>`` runs the shared stages (pool, embed) and each selected subset's stages up to that
+    ``stop_after=<stage>`` runs the shared stages (pool, embed, signals) and each selected subset's stages up to that
     stage, then stops: the "prepare once, then fan out" step of a cluster run."""
     check_study_config(cfg)
     stop_after = check_stop_after(cfg.get("stop_after"))
@@ -523,11 +554,16 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
                          "conversations, or use divbench-select / divbench-measure on plain text")
     if stop_after == "pool":
         return _stopped("pool", timings)
+    check_signal_needs(specs["signals"], convs)
     with timed("embed", timings):
         emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"], cfg["pool"].get("path"))
     if stop_after == "embed":
         return _stopped("embed", timings)
-    runner = SubsetRunner(cfg, store, convs, emb, timings)
+    with timed("signals", timings):
+        signals = signals_stage(store, specs["signals"], convs, emb, cfg.get("device", "cpu"))
+    if stop_after == "signals":
+        return _stopped("signals", timings)
+    runner = SubsetRunner(cfg, store, convs, emb, timings, signals)
     rows = [runner.run(entry, stop_after) for entry in entries]
     if stop_after is not None:
         return _stopped(stop_after, timings)

@@ -3,7 +3,7 @@
 ``plan_table`` has one row per (subset, seed, stage) (and training replicate, ``train_seed``) with ``status``
 (done / to run / n/a), ``judge_calls`` (AlpacaEval: one per instruction; MT-Bench: two turns per question),
 ``est_gpu_hours``,
-``est_judge_input_tokens``, ``est_judge_output_tokens`` and ``est_usd``. The shared stages (pool, embed) appear
+``est_judge_input_tokens``, ``est_judge_output_tokens`` and ``est_usd``. The shared stages (pool, embed, signals) appear
 under every subset, as the dry run always listed them, but carry their estimate only on the first subset's row
 (``shared_with_first`` is true on the others), so column sums are study totals.
 
@@ -160,7 +160,7 @@ def plan_table(cfg: dict[str, Any], entries: list[dict], stages: tuple[str, ...]
     rows = []
     for k, entry in enumerate(entries):
         for stage in stages:
-            shared = stage in ("pool", "embed") and k > 0
+            shared = stage in ("pool", "embed", "signals") and k > 0
             hours = 0.0
             if on_gpu and stage in GPU_STAGES and not shared:
                 hours = measured_h.get(stage, _config_hours(cfg, stage))

@@ -2,7 +2,7 @@
 
 ``divbench-select pool.path=text/ embed=precomputed embed.path=emb/ selector=novelselect size=1000 out=ns1k``
 
-The pool, embedding, subset and metrics stages are the study's own (``experiments.pipeline``) on the same
+The pool, embedding, signals, subset and metrics stages are the study's own (``experiments.pipeline``) on the same
 artifact cache, so a selection a study already made (same pool, embeddings, selector, parameters, seed and size)
 is read back, not recomputed. ``from_study=<results_dir>`` exports every subset of a finished study instead.
 """
@@ -68,7 +68,15 @@ def select_one(cfg: dict[str, Any]) -> Path:
     import selection
     from experiments.cache import ArtifactStore
     from experiments.export import export_subset, push_to_hub, write_map
-    from experiments.pipeline import SubsetRunner, check_metric_configs, embed_stage, pool_stage, stage_specs
+    from experiments.pipeline import (
+        SubsetRunner,
+        check_metric_configs,
+        check_signal_needs,
+        embed_stage,
+        pool_stage,
+        signals_stage,
+        stage_specs,
+    )
     from metrics.validation import InputError
 
     entry = _entry(cfg)
@@ -79,8 +87,10 @@ def select_one(cfg: dict[str, Any]) -> Path:
     if selection.get_selector(entry["selector"]).distinct and entry["size"] > len(convs):
         raise InputError(f"size={entry['size']} is larger than the pool ({len(convs)} rows): lower size or use a "
                          "larger pool")
+    check_signal_needs(specs["signals"], convs)
     emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"], cfg["pool"].get("path"))
-    runner = SubsetRunner(cfg, store, convs, emb, timings={})
+    signals = signals_stage(store, specs["signals"], convs, emb, cfg.get("device", "cpu"))
+    runner = SubsetRunner(cfg, store, convs, emb, timings={}, signals=signals)
     indices, sub = runner.subset_rows(entry, specs)
     row = runner.metrics_row(entry, specs, indices, sub)
     out = Path(cfg["out"])
@@ -137,6 +147,7 @@ def export_study(cfg: dict[str, Any]) -> Path:
         embed_stage,
         pool_stage,
         replicate_entries,
+        signals_stage,
         stage_specs,
         subset_plan,
     )
@@ -161,7 +172,8 @@ def export_study(cfg: dict[str, Any]) -> Path:
     specs = stage_specs(study)
     convs = pool_stage(store, specs["pool"], study["pool"])
     emb = embed_stage(store, specs["embed"], convs, study["embed"], study["cache_dir"], study["pool"].get("path"))
-    runner = SubsetRunner(study, store, convs, emb, timings={})
+    signals = signals_stage(store, specs["signals"], convs, emb, study.get("device", "cpu"))
+    runner = SubsetRunner(study, store, convs, emb, timings={}, signals=signals)
     out = Path(cfg["out"])
     jobs = []
     for entry in plan:

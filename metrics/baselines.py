@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from divcore.rows import normalize_rows
+from metrics.labels import Clustering
 from metrics.validation import InputError, as_embeddings, check_positive_int, check_same_dim
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -139,23 +140,36 @@ def log_determinant(embeddings: np.ndarray, ridge: float = 1e-3) -> float:
     return float(logdet)
 
 
-def partition_entropy(embeddings: np.ndarray, reference: np.ndarray, n_clusters: int = 100,
-                      seed: int = 42) -> float:
-    """Entropy (log2) of the subset's shares over k-means clusters fitted on the reference pool.
-
-    The NovelSum authors' ``entropy.py`` (``kmeans_entropy``): ``faiss.Kmeans(d, n_clusters, niter=20,
-    seed=42)`` on the raw (not normalised) reference rows, with faiss' own defaults (it trains on at most 256
-    rows per centroid, sampled with the seed), then each subset row goes to its nearest centroid (L2).
-    """
-    sub = as_embeddings(embeddings, cosine=False)
+def partition_kmeans(reference: np.ndarray, n_clusters: int = 100, seed: int = 42) -> Clustering:
+    """The NovelSum authors' ``entropy.py`` (``kmeans_entropy``) fit: ``faiss.Kmeans(d, n_clusters, niter=20,
+    seed=42)`` on the raw (not normalised) reference rows, with faiss' own defaults (it trains on at most 256 rows
+    per centroid, sampled with the seed); each reference row labelled with its nearest centroid (L2)."""
     ref = as_embeddings(reference, "reference", cosine=False)
-    check_same_dim(sub, ref)
     n_clusters = check_positive_int(n_clusters, "n_clusters")
     if len(ref) < n_clusters:
         raise InputError(f"partition_entropy: the reference has {len(ref)} rows, fewer than n_clusters={n_clusters}")
     km = faiss.Kmeans(ref.shape[1], n_clusters, niter=20, verbose=False, seed=int(seed))
     km.train(ref)
-    _, labels = km.index.search(sub, 1)
-    p = np.bincount(labels[:, 0], minlength=n_clusters) / len(sub)
+    _, ids = km.index.search(ref, 1)
+    return Clustering(km.centroids.copy(), ids[:, 0], spherical=False)
+
+
+def label_entropy(labels: np.ndarray, n_clusters: int) -> float:
+    """Entropy (log2) of the shares of ``labels`` (cluster ids in 0..n_clusters-1).
+
+    >>> label_entropy(np.array([0, 0, 1, 2]), 4)
+    1.5
+    """
+    p = np.bincount(np.asarray(labels), minlength=n_clusters) / len(labels)
     p = p[p > 0]
     return float(-(p * np.log2(p)).sum())
+
+
+def partition_entropy(embeddings: np.ndarray, reference: np.ndarray, n_clusters: int = 100,
+                      seed: int = 42) -> float:
+    """Entropy (log2) of the subset's shares over k-means clusters fitted on the reference pool
+    (:func:`partition_kmeans`); each subset row goes to its nearest centroid (L2). The study reads the fit from
+    the pool signals (metrics.signals) instead of refitting it per subset."""
+    sub = as_embeddings(embeddings, cosine=False)
+    check_same_dim(sub, as_embeddings(reference, "reference", cosine=False))
+    return label_entropy(partition_kmeans(reference, n_clusters, seed).assign(sub), n_clusters)

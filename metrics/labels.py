@@ -1,7 +1,8 @@
 """MIG label signals of a pool, shared by the ``mig`` selector and the ``mig_information`` metric so both build one
 pool-wide label graph: InsTag-style ``tags`` (the authors' label set, the sorted distinct tags, each embedded with
 a sentence embedder: the packaged all-MiniLM-L6-v2 by default), or k-means cluster ids over the row embeddings with
-the unit centroids as label vectors (same count and seed for the selector and the metric).
+the unit centroids as label vectors (same count and seed for the selector and the metric). In a study they are
+computed once, in the pool signals (``metrics.signals``), and both read them there.
 """
 
 from __future__ import annotations
@@ -58,13 +59,32 @@ def tag_labels(tags: Sequence[Sequence[str]], embedder: str = "packaged:minilm")
     return PoolLabels([[ids[t] for t in row] for row in tags], _embed_vocab(vocab, embedder), "tags", vocab)
 
 
-_KMEANS_CACHE: list[tuple[np.ndarray, int, int, PoolLabels, object]] = []
+@dataclass(frozen=True)
+class Clustering:
+    """A k-means fit of a pool: the centroids and each pool row's nearest centroid. ``spherical``: fitted on unit
+    rows with faiss' inner-product index (MIG's labels), else on the raw rows with an L2 index (partition entropy)."""
+
+    centroids: np.ndarray
+    ids: np.ndarray
+    spherical: bool
+
+    def assign(self, rows: np.ndarray) -> np.ndarray:
+        """The nearest centroid of each of ``rows`` (unit-normalised first when spherical), by the same faiss index
+        type the fit used, so a pool row gets its ``ids`` entry."""
+        x = as_embeddings(rows, "embeddings", cosine=self.spherical)
+        index = faiss.IndexFlatIP(x.shape[1]) if self.spherical else faiss.IndexFlatL2(x.shape[1])
+        index.add(self.centroids)
+        _, ids = index.search(normalize_rows(x) if self.spherical else x, 1)
+        return ids[:, 0]
+
+    def labels(self) -> PoolLabels:
+        """MIG's view: one label per row, the unit centroids as the label graph's nodes."""
+        return PoolLabels([[int(i)] for i in self.ids], self.centroids, "kmeans")
 
 
-def _kmeans(embeddings: np.ndarray, n_clusters: int, seed: int) -> tuple[PoolLabels, object]:
-    for ref, nc, sd, labels, index in _KMEANS_CACHE:  # the study passes the same pool array for every subset
-        if ref is embeddings and nc == n_clusters and sd == seed:
-            return labels, index
+def spherical_kmeans(embeddings: np.ndarray, n_clusters: int, seed: int) -> Clustering:
+    """k-means over the unit rows (faiss, spherical, 20 iterations, every row used): MIG's and the ``kmeans``
+    selector's clusters."""
     unit = normalize_rows(as_embeddings(embeddings, "pool embeddings"))
     if len(unit) < n_clusters:
         raise InputError(f"MIG: {n_clusters} k-means clusters need at least that many rows; the pool has {len(unit)}")
@@ -72,20 +92,17 @@ def _kmeans(embeddings: np.ndarray, n_clusters: int, seed: int) -> tuple[PoolLab
                       min_points_per_centroid=1)
     km.train(unit)
     _, ids = km.index.search(unit, 1)
-    labels = PoolLabels([[int(i)] for i in ids[:, 0]], km.centroids.copy(), "kmeans")
-    _KMEANS_CACHE[:] = [(embeddings, n_clusters, seed, labels, km.index)]
-    return labels, km.index
+    return Clustering(km.centroids.copy(), ids[:, 0], spherical=True)
 
 
 def kmeans_labels(embeddings: np.ndarray, n_clusters: int, seed: int) -> PoolLabels:
     """One k-means cluster id per row (faiss, spherical) and the unit centroids as label vectors."""
-    return _kmeans(embeddings, n_clusters, seed)[0]
+    return spherical_kmeans(embeddings, n_clusters, seed).labels()
 
 
 def kmeans_assign(rows: np.ndarray, pool: np.ndarray, n_clusters: int, seed: int) -> tuple[list[list[int]],
                                                                                              PoolLabels]:
-    """Cluster ids of ``rows`` under the k-means fitted on ``pool`` (the same fit the selector uses)."""
-    labels, index = _kmeans(pool, n_clusters, seed)
-    unit = normalize_rows(as_embeddings(rows, "embeddings"))
-    _, ids = index.search(unit, 1)
-    return [[int(i)] for i in ids[:, 0]], labels
+    """Cluster ids of ``rows`` under the k-means fitted on ``pool`` (the same fit the selector uses). In the study
+    the fit comes from the pool signals (metrics.signals) instead, computed once."""
+    fit = spherical_kmeans(pool, n_clusters, seed)
+    return [[int(i)] for i in fit.assign(rows)], fit.labels()

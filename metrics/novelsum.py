@@ -53,8 +53,14 @@ def _weighted_sorted_mean(sorted_rows: torch.Tensor, weights: torch.Tensor) -> t
 
 
 def _densities(x: np.ndarray, reference: np.ndarray, neighbors: Sequence[int], powers: Sequence[float],
-               device: str) -> dict[tuple[int, float], np.ndarray]:
-    sq = knn_sq_distances(x, reference, max(neighbors), mode="reference", device=device)
+               device: str, knn_sq: np.ndarray | None = None) -> dict[tuple[int, float], np.ndarray]:
+    if knn_sq is None:
+        sq = knn_sq_distances(x, reference, max(neighbors), mode="reference", device=device)
+    elif knn_sq.shape[0] != x.shape[0] or knn_sq.shape[1] < max(neighbors):
+        raise InputError(f"knn_sq has shape {knn_sq.shape}; NovelSum needs one row per embedding and at least "
+                         f"{max(neighbors)} neighbours")
+    else:
+        sq = knn_sq
     out = {}
     for k, b in itertools.product(neighbors, powers):
         out[(k, b)] = density_from_sq(sq[:, :k], b)
@@ -64,11 +70,13 @@ def _densities(x: np.ndarray, reference: np.ndarray, neighbors: Sequence[int], p
 def novelsum_grid(embeddings: np.ndarray, reference: np.ndarray | None = None, *,
                   neighbors: Iterable[int] = (5, 10), density_powers: Iterable[float] = (0.0, 0.25, 0.5),
                   distance_powers: Iterable[float] = (0.0, 1.0, 2.0), mode: Mode = "reference",
-                  block_size: int = 1024, device: str = "cpu") -> dict[str, float]:
+                  block_size: int = 1024, device: str = "cpu", knn_sq: np.ndarray | None = None) -> dict[str, float]:
     """NovelSum over a hyperparameter grid, sharing one kNN search and one blocked, sorted distance matrix.
 
     Returns ``{grid_key(K, B, A): value}`` for every K in ``neighbors``, B in ``density_powers`` and A in
-    ``distance_powers``. ``reference=None`` uses the embeddings as their own density reference.
+    ``distance_powers``. ``reference=None`` uses the embeddings as their own density reference. ``knn_sq``: the
+    embeddings' reference-mode squared kNN distances, already computed (the study's pool signals,
+    :mod:`metrics.signals`), at least ``max(neighbors)`` columns; the search is then skipped.
     """
     x = as_embeddings(embeddings, "embeddings", min_rows=2)
     ref = x if reference is None else as_embeddings(reference, "reference")
@@ -81,7 +89,7 @@ def novelsum_grid(embeddings: np.ndarray, reference: np.ndarray | None = None, *
     if not ks or not bs or not as_:
         raise InputError("the NovelSum grid is empty: give at least one neighbors, density_power and distance_power")
     block_size = check_positive_int(block_size, "block_size")
-    dens = _densities(x, ref, ks, bs, device)
+    dens = _densities(x, ref, ks, bs, device, knn_sq)
     if mode == "reference":
         row_means = _reference_row_means(x, as_, block_size, device)
         return {grid_key(k, b, a): float(np.mean(dens[(k, b)] * row_means[a]))
@@ -126,7 +134,7 @@ def _paper_grid(x: np.ndarray, dens: dict[tuple[int, float], np.ndarray], ks: Se
 
 def novelsum(embeddings: np.ndarray, reference: np.ndarray | None = None, *, neighbors: int = 10,
              density_power: float = 0.5, distance_power: float = 1.0, mode: Mode = "reference",
-             block_size: int = 1024, device: str = "cpu") -> float:
+             block_size: int = 1024, device: str = "cpu", knn_sq: np.ndarray | None = None) -> float:
     """NovelSum of one subset (see the module docstring for the formula and the two modes).
 
     Parameters
@@ -136,6 +144,7 @@ def novelsum(embeddings: np.ndarray, reference: np.ndarray | None = None, *, nei
     neighbors : K, nearest neighbours for the density estimate.
     density_power : B, exponent of the density factor (0 switches density off).
     distance_power : A, exponent of the proximity weight rank**-A (0: plain mean).
+    knn_sq : (N, >= K) array or None, the precomputed reference-mode squared kNN distances (see novelsum_grid).
 
     Examples
     --------
@@ -146,7 +155,8 @@ def novelsum(embeddings: np.ndarray, reference: np.ndarray | None = None, *, nei
     key = grid_key(check_positive_int(neighbors, "neighbors"), check_nonnegative(density_power, "density_power"),
                    check_nonnegative(distance_power, "distance_power"))
     return novelsum_grid(embeddings, reference, neighbors=[neighbors], density_powers=[density_power],
-                         distance_powers=[distance_power], mode=mode, block_size=block_size, device=device)[key]
+                         distance_powers=[distance_power], mode=mode, block_size=block_size, device=device,
+                         knn_sq=knn_sq)[key]
 
 
 def distsum_cosine(embeddings: np.ndarray) -> float:

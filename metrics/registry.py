@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from divcore.params import Param
-from divcore.registry import Registry, RegistryError, signature_params
+from divcore.registry import Registry, RegistryError, signature_defaults, signature_params
+from metrics.signals import PoolSignals, SignalNeeds, union
 from metrics.validation import InputError
 
 NEEDS = frozenset({"embeddings", "reference", "texts"})
@@ -31,6 +32,8 @@ class MetricInputs:
     quality: np.ndarray | None = None  # the subset rows' quality scores, when the pool has them
     tags: list[list[str]] | None = None  # the subset rows' tags, when the pool has them
     reference_tags: list[list[str]] | None = None  # the pool's tags: MIG's label graph is built from them
+    signals: PoolSignals | None = None  # the pool's precomputed signals (metrics.signals); None: computed here
+    rows: np.ndarray | None = None  # the subset's row indices into the pool the signals describe
 
 
 @dataclass(frozen=True)
@@ -40,20 +43,24 @@ class Metric:
     needs: frozenset[str]
     family: str
     params: dict[str, Param]  # every hyperparameter with its constraint, checked before any work
+    signals: Callable[[dict[str, Any]], SignalNeeds] | None = None  # pool signals it reads, from its parameters
 
 
 METRICS: Registry[Metric] = Registry("metric", param_noun="hyperparameter")
 
 
-def register(name: str, *, needs: Iterable[str], family: str, params: Mapping[str, Param] | None = None) -> Callable:
+def register(name: str, *, needs: Iterable[str], family: str, params: Mapping[str, Param] | None = None,
+             signals: Callable[[dict[str, Any]], SignalNeeds] | None = None) -> Callable:
     """Register ``fn(inputs, **hyperparameters)`` as metric ``name``. ``params`` declares constraints beyond the
-    type each hyperparameter's annotation implies (``divcore.params``: ``integer(lo=1)``, ``one_of(...)``)."""
+    type each hyperparameter's annotation implies (``divcore.params``: ``integer(lo=1)``, ``one_of(...)``).
+    ``signals(hyperparameters with defaults filled in)`` says which pool signals (:mod:`metrics.signals`) it reads
+    from ``inputs.signals`` when they are given; it must then compute nothing pool-wide itself."""
     needs = frozenset(needs)
     if not needs <= NEEDS:
         raise RegistryError(f"metric {name!r}: needs {sorted(needs - NEEDS)} are not among {sorted(NEEDS)}")
 
     def wrap(fn: Callable) -> Callable:
-        METRICS.add(name, Metric(name, fn, needs, family, signature_params(fn, 1, params or {})))
+        METRICS.add(name, Metric(name, fn, needs, family, signature_params(fn, 1, params or {}), signals))
         return fn
     return wrap
 
@@ -69,6 +76,17 @@ def get_metric(name: str) -> Metric:
 def check_config(name: str, params: Mapping[str, Any]) -> Metric:
     """Fail fast, before any heavy work, on an unknown metric, an unknown hyperparameter or a bad value."""
     return METRICS.check_params(name, params)
+
+
+def metric_needs(configs: Iterable[Mapping[str, Any]]) -> SignalNeeds:
+    """The pool signals every ``{"name": ..., "params": {...}}`` config reads, checked first."""
+    needs = []
+    for cfg in configs:
+        params = dict(cfg.get("params") or {})
+        metric = check_config(cfg["name"], params)
+        if metric.signals is not None:
+            needs.append(metric.signals(signature_defaults(metric.fn, 1) | params))
+    return union(needs)
 
 
 def compute_one(name: str, inputs: MetricInputs, **params: Any) -> dict[str, float]:

@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from divcore.params import NON_NEGATIVE, POSITIVE_INT, one_of
-from metrics.knn import local_density, self_density_from_gram, unit_rows
+from metrics.knn import density_from_sq, local_density, self_density_from_gram, unit_rows
+from metrics.signals import SignalNeeds
 from metrics.validation import InputError, as_embeddings, check_nonnegative, check_positive_int
 from selection.kcenter import first_pick
 from selection.registry import PoolInputs, register
@@ -65,8 +66,10 @@ class _SortedRows:
 
 
 def _density_and_distances(x: np.ndarray, neighbors: int, density_power: float, device: str, dtype: torch.dtype,
-                           gram_max_bytes: int) -> tuple[torch.Tensor, Callable[[int], torch.Tensor]]:
-    """Every row's density, and a function giving the cosine distances from row s to every row."""
+                           gram_max_bytes: int, knn_sq: np.ndarray | None = None
+                           ) -> tuple[torch.Tensor, Callable[[int], torch.Tensor]]:
+    """Every row's density, and a function giving the cosine distances from row s to every row. ``knn_sq``: the
+    pool's reference-mode kNN distances (the pool signals), used where the Gram matrix does not fit."""
     n = x.shape[0]
     if n * n * torch.finfo(dtype).bits // 8 <= gram_max_bytes:
         gram, rho, inverse = self_density_from_gram(x, neighbors, density_power, device=device, dtype=dtype)
@@ -76,7 +79,12 @@ def _density_and_distances(x: np.ndarray, neighbors: int, density_power: float, 
             row_norms = norms[inv]
             return rho[inv], lambda s: 1.0 - gram[inv[s]][inv] / (row_norms * row_norms[s])
         return rho, lambda s: 1.0 - gram[s] / (norms * norms[s])
-    rho = torch.as_tensor(local_density(x, x, neighbors, density_power, device=device), device=device, dtype=dtype)
+    if knn_sq is None:
+        density = local_density(x, x, neighbors, density_power, device=device)
+    else:  # the same search at a K >= neighbors: its first columns are this search's distances
+        density = density_from_sq(knn_sq[:, :check_positive_int(neighbors, "neighbors")],
+                                  check_nonnegative(density_power, "density_power"))
+    rho = torch.as_tensor(density, device=device, dtype=dtype)
     unit = unit_rows(x, device, dtype)
     return rho, lambda s: 1.0 - unit @ unit[s]
 
@@ -84,14 +92,15 @@ def _density_and_distances(x: np.ndarray, neighbors: int, density_power: float, 
 def novelselect(embeddings: np.ndarray, k: int, *, neighbors: int = 10, density_power: float = 0.5,
                 distance_power: float = 1.0, seed: int = 42, quality: np.ndarray | None = None,
                 device: str = "cpu", dtype: str = "float32", chunk_rows: int = 65536,
-                gram_max_bytes: int = 2**31, progress: bool = True) -> list[int]:
+                gram_max_bytes: int = 2**31, progress: bool = True, knn_sq: np.ndarray | None = None) -> list[int]:
     """Select ``k`` rows of ``embeddings`` with NovelSelect; returns their indices in pick order.
 
     Density is estimated on the pool itself with the authors' neighbour rule (metrics.knn, mode
     ``reference``). ``quality`` (one non-negative score per row) multiplies each candidate's score.
     When the pool's Gram matrix fits in ``gram_max_bytes``, one GEMM serves both the kNN density and every
     step's cosine distances (a row read instead of a pass over the whole pool per step); larger pools use a
-    faiss kNN search and one matrix-vector product per step.
+    faiss kNN search (or ``knn_sq``, the pool's kNN distances precomputed at K >= ``neighbors``: the pool signals)
+    and one matrix-vector product per step.
     """
     x = as_embeddings(embeddings, "pool embeddings")
     n = x.shape[0]
@@ -102,7 +111,8 @@ def novelselect(embeddings: np.ndarray, k: int, *, neighbors: int = 10, density_
     if dtype not in _DTYPES:
         raise InputError(f"NovelSelect: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     tdtype = _DTYPES[dtype]
-    rho, cosine_distances = _density_and_distances(x, neighbors, density_power, device, tdtype, gram_max_bytes)
+    rho, cosine_distances = _density_and_distances(x, neighbors, density_power, device, tdtype, gram_max_bytes,
+                                                   knn_sq)
     q = None
     if quality is not None:
         q = np.asarray(quality, dtype=np.float64)
@@ -131,13 +141,16 @@ def novelselect(embeddings: np.ndarray, k: int, *, neighbors: int = 10, density_
 
 @register("novelselect", needs=("embeddings",),
           params={"neighbors": POSITIVE_INT, "density_power": NON_NEGATIVE, "distance_power": NON_NEGATIVE,
-                  "dtype": one_of(*_DTYPES)})
+                  "dtype": one_of(*_DTYPES)},
+          signals=lambda p, seed: SignalNeeds(knn_k=p["neighbors"]))
 def novelselect_subset(pool: PoolInputs, n: int, seed: int, neighbors: int = 10, density_power: float = 0.5,
                        distance_power: float = 1.0, use_quality: bool = False, device: str = "cpu",
                        dtype: str = "float32") -> list[int]:
-    """Registry wrapper; ``use_quality`` multiplies scores by the pool's quality column (paper, section 6)."""
+    """Registry wrapper; ``use_quality`` multiplies scores by the pool's quality column (paper, section 6). The
+    density of a pool too large for one Gram matrix comes from the pool signals' kNN when given."""
     if use_quality and pool.quality is None:
         raise InputError("novelselect: use_quality=true but the pool has no quality scores")
     return novelselect(pool.embeddings, n, neighbors=neighbors, density_power=density_power,
                        distance_power=distance_power, seed=seed,
-                       quality=pool.quality if use_quality else None, device=device, dtype=dtype)
+                       quality=pool.quality if use_quality else None, device=device, dtype=dtype,
+                       knn_sq=None if pool.signals is None else pool.signals.knn(np.arange(pool.size), neighbors))

@@ -7,7 +7,6 @@ A selector is called as ``fn(inputs, n, seed, **params)`` and returns ``n`` row 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -15,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from divcore.params import Param
-from divcore.registry import Registry, signature_params
+from divcore.registry import Registry, signature_defaults, signature_params
+from metrics.signals import PoolSignals, SignalNeeds, union
 from metrics.validation import InputError, as_embeddings, check_positive_int
 
 
@@ -29,6 +29,7 @@ class PoolInputs:
     tags: list[list[str]] | None = None
     proxy_quality: np.ndarray | None = None  # offline stand-in when the pool has no quality column
     fingerprint: str = ""
+    signals: PoolSignals | None = None  # precomputed pool-wide work (metrics.signals); None: computed here
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Selector:
     needs: frozenset[str]
     distinct: bool = True  # False for selectors that repeat rows on purpose (duplicate)
     params: dict[str, Param] = field(default_factory=dict)  # every parameter with its constraint
+    signals: Callable[[dict[str, Any], int], SignalNeeds] | None = None  # pool signals read, from (params, seed)
 
 
 @dataclass
@@ -50,11 +52,14 @@ SELECTORS: Registry[Selector] = Registry("selector")
 
 
 def register(name: str, *, needs: tuple[str, ...] = (), distinct: bool = True,
-             params: Mapping[str, Param] | None = None) -> Callable:
+             params: Mapping[str, Param] | None = None,
+             signals: Callable[[dict[str, Any], int], SignalNeeds] | None = None) -> Callable:
     """Register ``fn(pool, n, seed, **params)`` as selector ``name``. ``params`` declares constraints beyond the
-    type each parameter's annotation implies (``divcore.params``)."""
+    type each parameter's annotation implies (``divcore.params``). ``signals(params with defaults, seed)`` says
+    which pool signals (:mod:`metrics.signals`) it reads from ``pool.signals`` when they are given."""
     def wrap(fn: Callable[..., list[int]]) -> Callable[..., list[int]]:
-        SELECTORS.add(name, Selector(name, fn, frozenset(needs), distinct, signature_params(fn, 3, params or {})))
+        SELECTORS.add(name, Selector(name, fn, frozenset(needs), distinct, signature_params(fn, 3, params or {}),
+                                     signals))
         return fn
     return wrap
 
@@ -75,9 +80,17 @@ def check_params(sel: Selector, params: dict[str, Any]) -> None:
 def effective_params(sel: Selector, params: dict[str, Any]) -> dict[str, Any]:
     """``params`` completed with the selector's defaults: what a run actually used."""
     check_params(sel, params)
-    defaults = {k: p.default for k, p in list(inspect.signature(sel.fn).parameters.items())[3:]
-                if p.default is not inspect.Parameter.empty}
-    return defaults | params
+    return signature_defaults(sel.fn, 3) | params
+
+
+def selector_needs(entries: list[Mapping[str, Any]]) -> SignalNeeds:
+    """The pool signals the ``{"selector", "params", "seed"}`` entries of a selection plan read, checked first."""
+    needs = []
+    for entry in entries:
+        sel = get_selector(entry["selector"])
+        if sel.signals is not None:
+            needs.append(sel.signals(effective_params(sel, dict(entry.get("params") or {})), int(entry["seed"])))
+    return union(needs)
 
 
 def _check_inputs(sel: Selector, pool: PoolInputs) -> PoolInputs:

@@ -5,7 +5,8 @@
   correlate of judged quality in instruction data (Zhao et al. 2024, "Long Is More for Alignment"); it needs
   no model and no network. It is a proxy, named ``length_proxy`` in provenance.
 * Labels for MIG (``metrics.labels``, shared with the ``mig_information`` metric): the pool's InsTag-style ``tags``
-  when present, else k-means cluster ids over the row embeddings.
+  when present, else k-means cluster ids over the row embeddings. In a study both come from the pool signals
+  (``metrics.signals``), built once per pool.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from divcore.params import COSINE, NON_NEGATIVE, POSITIVE_INT, SEED, UNIT_INTERV
 from metrics.knn import unit_rows
 from metrics.labels import LABEL_SOURCE, PoolLabels, kmeans_labels, tag_labels
 from metrics.mig import PHI_A, PHI_B, InformationModel
+from metrics.signals import SignalNeeds, mig_label_needs
 from metrics.validation import InputError
 from selection.registry import PoolInputs, Selection, register
 from selection.signals import resolve_quality
@@ -22,11 +23,13 @@ QUALITY_SOURCE = one_of("data", "proxy", "auto")
 log = logging.getLogger(__name__)
 
 
-@register("kmeans", needs=("embeddings",), params={"n_clusters": POSITIVE_INT})
+@register("kmeans", needs=("embeddings",), params={"n_clusters": POSITIVE_INT},
+          signals=lambda p, seed: SignalNeeds(kmeans=frozenset({(p["n_clusters"], seed)})))
 def kmeans_subset(pool: PoolInputs, n: int, seed: int, n_clusters: int = 10) -> list[int]:
-    """k-means (faiss, cosine) on the pool, then an equal share drawn uniformly from every cluster; the share a
-    small cluster cannot fill goes to the others, largest remaining first."""
-    labels = kmeans_labels(pool.embeddings, n_clusters, seed).labels
+    """k-means (faiss, cosine; the subset seed seeds it) on the pool, then an equal share drawn uniformly from every
+    cluster; the share a small cluster cannot fill goes to the others, largest remaining first."""
+    labels = (pool.signals.clustering("kmeans", n_clusters, seed).labels() if pool.signals is not None
+              else kmeans_labels(pool.embeddings, n_clusters, seed)).labels
     members = [np.flatnonzero(np.array([lab[0] for lab in labels]) == c) for c in range(n_clusters)]
     quota = np.zeros(n_clusters, dtype=int)
     remaining = n
@@ -107,9 +110,12 @@ def repr_filter_subset(pool: PoolInputs, n: int, seed: int, threshold: float = 0
 def mig_pool_labels(pool: PoolInputs, label_source: str = "auto", n_clusters: int = 256, label_seed: int = 0,
                     label_embedder: str = "packaged:minilm") -> PoolLabels:
     """The pool-wide MIG labels: the pool's tags (``auto`` when it has them) or k-means clusters of its rows.
-    The ``mig_information`` metric builds the same graph from the same parameters."""
+    The ``mig_information`` metric builds the same graph from the same parameters; in the study both read these
+    labels from the pool signals."""
     if label_source not in ("tags", "kmeans", "auto"):
         raise InputError(f"mig: label_source must be 'tags', 'kmeans' or 'auto', got {label_source!r}")
+    if pool.signals is not None:
+        return pool.signals.mig_labels(label_source, n_clusters, label_seed, label_embedder)
     if label_source == "tags" or (label_source == "auto" and pool.tags is not None):
         if pool.tags is None:
             raise InputError("mig: label_source=tags but the pool has no 'tags' column; use label_source=kmeans")
@@ -121,7 +127,9 @@ def mig_pool_labels(pool: PoolInputs, label_source: str = "auto", n_clusters: in
           params={"threshold": COSINE, "prop_weight": NON_NEGATIVE, "phi_a": NON_NEGATIVE,
                   "phi_b": number(lo=0, lo_open=True), "gain": one_of("gradient", "exact"),
                   "label_source": LABEL_SOURCE, "n_clusters": POSITIVE_INT, "label_seed": SEED,
-                  "quality_source": QUALITY_SOURCE})
+                  "quality_source": QUALITY_SOURCE},
+          signals=lambda p, seed: mig_label_needs(p["label_source"], p["n_clusters"], p["label_seed"],
+                                                  p["label_embedder"]))
 def mig_subset(pool: PoolInputs, n: int, seed: int, threshold: float = 0.9, prop_weight: float = 1.0,
                phi_a: float = PHI_A, phi_b: float = PHI_B, norm: bool = False, gain: str = "gradient",
                label_source: str = "auto", n_clusters: int = 256, label_seed: int = 0,

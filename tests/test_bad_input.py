@@ -323,7 +323,8 @@ def test_report_refuses_to_replace_a_foreign_folder(tmp_path, capsys):
 
 # ---------------------------------------------------------------- cache damage and concurrency ---------------
 def _damaged_embed_artifact(tmp: Path, pool: Path) -> None:
-    """A finished pool artifact and a finished embed artifact whose embeddings.npy was truncated afterwards."""
+    """A finished pool artifact and a finished embed artifact whose embeddings.npy was truncated afterwards. The pool
+    has 20 rows, as many as the default metrics' k-means needs (checked before the embed stage)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -336,13 +337,13 @@ def _damaged_embed_artifact(tmp: Path, pool: Path) -> None:
     store, specs = ArtifactStore(cfg["cache_dir"]), stage_specs(cfg)
     pool_stage(store, specs["pool"], cfg["pool"])
     with store.build("embed", specs["embed"]) as out:
-        np.save(out / "embeddings.npy", _rand(2))
+        np.save(out / "embeddings.npy", _rand(20))
     npy = store.path("embed", specs["embed"]) / "embeddings.npy"
     npy.write_bytes(npy.read_bytes()[:-8])
 
 
 def test_damaged_costly_artifact_refused_naming_its_folder(tmp_path, capsys):
-    pool = _write(tmp_path / "in" / "p.json", json.dumps([GOOD, GOOD]))
+    pool = _write(tmp_path / "in" / "p.json", json.dumps([GOOD] * 20))
     _damaged_embed_artifact(tmp_path, pool)
     before = tree(tmp_path)
     code, text = invoke(run_study.main, study_args(tmp_path, "pool=file", f"pool.path={pool}"), capsys)
@@ -351,7 +352,7 @@ def test_damaged_costly_artifact_refused_naming_its_folder(tmp_path, capsys):
 
 
 def test_dry_run_shows_corrupt(tmp_path, capsys):
-    pool = _write(tmp_path / "in" / "p.json", json.dumps([GOOD, GOOD]))
+    pool = _write(tmp_path / "in" / "p.json", json.dumps([GOOD] * 20))
     _damaged_embed_artifact(tmp_path, pool)
     cfg_args = study_args(tmp_path, "pool=file", f"pool.path={pool}", "dry_run=true")
     from hydra import compose, initialize_config_dir

@@ -25,7 +25,7 @@ def test_three_study_processes_on_one_cold_cache(tmp_path, tiny_model):
     outs = [p.communicate(timeout=900)[0] for p in procs]
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
-    stages = ["pool", "embed", "subset", "metrics", "finetune", "eval"]
+    stages = ["pool", "embed", "signals", "subset", "metrics", "finetune", "eval"]
     artifacts = _artifacts(tmp_path / "cache")
     assert sorted(k.split("/")[0] for k in artifacts) == sorted(stages)  # one artifact per stage
     for stage in stages:  # built by exactly one of the three jobs; the others waited and reused it

@@ -183,8 +183,11 @@ def test_stop_after_runs_up_to_the_stage(tiny_model, tmp_path):
     result = run(_compose(overrides + ["stop_after=embed"]))
     assert result["stopped_after"] == "embed"
     assert {k.split("/")[0] for k in _artifacts(tmp_path / "cache")} == {"pool", "embed"}
+    run(_compose(overrides + ["stop_after=signals"]))
+    assert {k.split("/")[0] for k in _artifacts(tmp_path / "cache")} == {"pool", "embed", "signals"}
     run(_compose(overrides + ["stop_after=metrics"]))
-    assert {k.split("/")[0] for k in _artifacts(tmp_path / "cache")} == {"pool", "embed", "subset", "metrics"}
+    assert {k.split("/")[0] for k in _artifacts(tmp_path / "cache")} == {"pool", "embed", "signals", "subset",
+                                                                          "metrics"}
     assert not list((tmp_path / "results").glob("*.csv"))  # no report: stopped before the gather
     with pytest.raises(InputError, match="stop_after='embedding' is not a stage"):
         run(_compose(overrides + ["stop_after=embedding"]))

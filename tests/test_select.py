@@ -100,7 +100,7 @@ def test_select_on_authors_layout_matches_novelselect_and_exports(tmp_path):
 
     # same pool + embeddings + selection: every stage read back from the cache, nothing recomputed
     before = artifacts(tmp_path / "cache")
-    assert {k.split("/")[0] for k in before} == {"pool", "embed", "subset", "metrics"}
+    assert {k.split("/")[0] for k in before} == {"pool", "embed", "signals", "subset", "metrics"}
     run_select(cfg)
     assert artifacts(tmp_path / "cache") == before
 

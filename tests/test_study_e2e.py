@@ -90,7 +90,8 @@ def _judged_study(tmp_path: Path, tiny_model: str, server: JudgeServer, caplog) 
     assert "\n| base_model | metric |" in md
     assert runs["judge_usd"].eq(0).all() and (runs["judge_input_tokens"] > 0).all()  # vllm_server: price 0
     assert (res / "scatter_novelsum.png").exists() and (res / "scatter_distsum_cosine.png").exists()
-    assert set(result["timings"]) == {"pool", "embed", "subset", "metrics", "finetune", "generate", "eval", "report"}
+    assert set(result["timings"]) == {"pool", "embed", "signals", "subset", "metrics", "finetune", "generate", "eval",
+                                      "report"}
     assert len(list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))) == 6 * 5 + 1  # (subset, stage) + study
 
     before = _artifacts(tmp_path / "cache")

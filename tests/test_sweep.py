@@ -58,7 +58,7 @@ def test_killed_stage_is_redone_and_nothing_else(tmp_path, tiny_model):
     proc.wait()
     before = _artifacts(cache)
     assert not [k for k in before if k.startswith(("finetune/", "eval/"))]  # the half-written stage is no artifact
-    assert {k.split("/")[0] for k in before} == {"pool", "embed", "subset", "metrics"}
+    assert {k.split("/")[0] for k in before} == {"pool", "embed", "signals", "subset", "metrics"}
     run(_compose(overrides))
     after = _artifacts(cache)
     assert all(after[k] == v for k, v in before.items())
