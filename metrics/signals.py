@@ -177,7 +177,8 @@ def check_needs(needs: SignalNeeds, n_rows: int, distinct_rows: int | None = Non
         raise InputError(f"the pool has {distinct_rows} distinct rows; neighbors={needs.knn_k} needs at least "
                          f"{needs.knn_k + 1}: lower neighbors or use a larger pool")
     resolved = needs.resolved(has_tags)
-    for kind, fits in (("k-means", resolved.kmeans), ("partition", resolved.partitions)):
+    for kind, fits in (("k-means (MIG labels, the kmeans selector)", resolved.kmeans),
+                       ("partition_entropy's k-means", resolved.partitions)):
         too_many = sorted(n for n, _ in fits if n > n_rows)
         if too_many:
             raise InputError(f"{kind} with n_clusters={too_many[-1]} needs at least that many rows; the pool has "
