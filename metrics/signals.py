@@ -4,7 +4,9 @@ parameters) and cached by the study's ``signals`` stage (``experiments.pipeline.
 * ``knn_sq``: each pool row's squared L2 distances to its ``knn_k`` nearest rows of the de-duplicated pool, the
   first hit dropped (:func:`metrics.knn.knn_sq_distances`, mode ``reference``): NovelSum's and NovelSelect's
   density, for every K up to the largest in use. The de-duplicated pool itself is not kept (the search is its one
-  reader), only its row count, ``distinct_rows``.
+  reader), only its row count, ``distinct_rows``. The values are the subset search's up to float32 rounding: faiss
+  searches fewer than 20 query rows directly and more through BLAS (|x|^2 + |y|^2 - 2 x.y), so a 16-row subset's
+  own search and the pool-wide one can differ in the last bits (NovelSum on the demo pool: <= 1.1e-7 relative).
 * ``kmeans``: spherical k-means over the unit rows per (n_clusters, seed) (:func:`metrics.labels.spherical_kmeans`):
   MIG's k-means labels and the ``kmeans`` selector's clusters.
 * ``partitions``: L2 k-means over the raw rows per (n_clusters, seed), as the NovelSum authors' ``entropy.py``
