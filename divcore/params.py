@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,11 @@ def sequence_of(item: Param) -> Param:
     return Param(f"a non-empty list, each item {item.rule}",
                  lambda v: isinstance(v, (list, tuple)) and bool(v) and all(item.test(x) for x in v),
                  ("5", [], [item.bad[0]] if item.bad else []))
+
+
+def mapping() -> Param:
+    """A mapping of named options (e.g. extra ``vllm.LLM`` arguments), each option checked on its own."""
+    return Param("a mapping of option names to values", lambda v: isinstance(v, Mapping), ("x", [1]))
 
 
 def optional(p: Param) -> Param:

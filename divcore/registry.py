@@ -53,18 +53,27 @@ def signature_defaults(fn: Callable, leading: int) -> dict[str, Any]:
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
+def _origin(entry: Any) -> str:
+    """Where an entry was defined: its function, or (an entry without one, e.g. a pool format read by another) its
+    type."""
+    fn = getattr(entry, "fn", None) or type(entry)
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
 class Registry(Generic[E]):
     """Entries of one plugin kind by name. An entry has ``fn`` and ``params`` (name -> :class:`Param`)."""
 
-    def __init__(self, kind: str, param_noun: str = "parameter") -> None:
-        self.kind, self.param_noun = kind, param_noun
+    def __init__(self, kind: str, param_noun: str = "parameter", also: tuple[str, ...] = ()) -> None:
+        """``kind`` names the plugin kind in messages (a config key such as ``embed.backend`` for plugins chosen
+        by one); ``also``: values the caller accepts besides the entries (``pool.format``'s ``auto``), listed
+        in the unknown-name message."""
+        self.kind, self.param_noun, self.also = kind, param_noun, also
         self._entries: dict[str, E] = {}
 
     def add(self, name: str, entry: E) -> E:
         if name in self._entries:
-            old = self._entries[name].fn  # type: ignore[attr-defined]
-            raise RegistryError(f"{self.kind} {name!r} is registered twice: {old.__module__}.{old.__qualname__} "
-                                f"and {entry.fn.__module__}.{entry.fn.__qualname__}")  # type: ignore[attr-defined]
+            raise RegistryError(f"{self.kind} {name!r} is registered twice: {_origin(self._entries[name])} and "
+                                f"{_origin(entry)}")
         self._entries[name] = entry
         return entry
 
@@ -79,8 +88,9 @@ class Registry(Generic[E]):
 
     def get(self, name: str) -> E:
         if name not in self._entries:
-            raise InputError(f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}; known "
-                             f"{self.kind}s: {', '.join(self.names())}")
+            known = [*self.names(), *self.also]
+            raise InputError(f"unknown {self.kind} {name!r}{did_you_mean(name, known)}; known "
+                             f"{self.kind}s: {', '.join(known)}")
         return self._entries[name]
 
     def check_params(self, name: str, params: Mapping[str, Any], where: str = "") -> E:
@@ -95,3 +105,37 @@ class Registry(Generic[E]):
         for key, value in params.items():
             accepted[key].check(value, f"{where or f'{self.kind} {name!r}'} {self.param_noun} {key}")
         return entry
+
+    def check_config(self, name: str, cfg: Mapping[str, Any], prefix: str) -> E:
+        """The entry for a plugin chosen by a config group (``embed``, ``eval.judge``, ``pool``, ...), once every
+        parameter it declares that ``cfg`` sets satisfies its constraint; errors name the key, ``<prefix>.<key>``.
+
+        Declared keys may be dotted (``runtime.vllm.dtype``: a nested node). Keys the entry does not declare are
+        left alone: sibling options of one config group share keys (``embed.batch_size`` is unused by
+        ``precomputed``), and each group's own checks handle the group-wide ones.
+
+        >>> reg = Registry("embed.backend")
+        >>> from divcore.params import POSITIVE_INT
+        >>> _ = reg.add("x", type("E", (), {"fn": print, "params": {"runtime.chunk_size": POSITIVE_INT}})())
+        >>> reg.check_config("x", {"runtime": {"chunk_size": 0}}, "embed")
+        Traceback (most recent call last):
+        ...
+        divcore.errors.InputError: embed.runtime.chunk_size must be an integer >= 1, got 0
+        """
+        entry = self.get(name)
+        for key, rule in entry.params.items():  # type: ignore[attr-defined]
+            found, value = _lookup(cfg, key)
+            if found:
+                rule.check(value, f"{prefix}.{key}")
+        return entry
+
+
+def _lookup(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    """``(True, value)`` when ``cfg`` sets the dotted key, else ``(False, None)`` (also when a node on the way is
+    missing or is no mapping: that node's own declared constraint reports it)."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node

@@ -18,7 +18,7 @@ from divcore.io import atomic_write, read_jsonl, write_jsonl
 from eval import alpaca_eval as ae
 from eval import mt_bench as mt
 from eval.combined import METHODS
-from eval.generation import MT_BENCH_TEMPERATURES, make_generator
+from eval.generation import MT_BENCH_TEMPERATURES, check_generation_config, make_generator
 from eval.judges import JudgeConfig, make_judge
 from eval.reference_nll import load_reference, read_reference, reference_nll, sample_positions
 from metrics.validation import InputError
@@ -40,10 +40,11 @@ def check_eval_config(cfg: dict[str, Any], check_key: bool = True) -> None:
     if not (cfg.get("alpaca_eval") or {}).get("enabled") and not (cfg.get("mt_bench") or {}).get("enabled"):
         raise InputError("eval: neither alpaca_eval.enabled nor mt_bench.enabled is true; enable one")
     check_performance_config(cfg)
+    check_generation_config(cfg.get("generation") or {})
     judge = JudgeConfig.from_dict(dict(cfg["judge"]), check_key=check_key)
     if (mt_cfg := cfg.get("mt_bench") or {}).get("enabled") and mt_cfg.get("reference", "gpt-4") not in mt.REFERENCES:
         raise InputError(f"eval.mt_bench.reference must be one of {mt.REFERENCES}, got {mt_cfg.get('reference')!r}")
-    if judge.kind != "local" and (cfg.get("mt_bench") or {}).get("judge_prefill"):
+    if not judge.in_process and (cfg.get("mt_bench") or {}).get("judge_prefill"):
         raise InputError("eval.mt_bench.judge_prefill is set but the judge is an endpoint; a prefill is only "
                          "possible with a local judge (kind=local); set it to ''")
 

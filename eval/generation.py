@@ -9,14 +9,23 @@ with the fine-tuned adapter or model (``finetune.sft.train_sft`` saves the templ
 generator sees exactly the training format; vLLM gets the rendered token ids, never its own template choice (the
 base model's, which LLaMA-3-8B lacks and Qwen2.5's differs from the ChatML used in training). ``close()`` frees the
 model and its GPU memory before the next GPU stage.
+
+A backend is a small factory registered here with :func:`register_backend` under its
+``eval.generation.backend`` name, with the ``eval.generation.*`` keys it reads and their constraints;
+:func:`check_generation_config` checks them before any model loads.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from divcore.params import NON_NEGATIVE, POSITIVE_INT, SEED, Param, flag, mapping, number, optional
+from divcore.params import text as non_empty_text
+from divcore.registry import Registry
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
@@ -31,6 +40,34 @@ Messages = list[dict[str, str]]
 class Generator(Protocol):
     def generate(self, conversations: list[Messages], temperatures: list[float],
                  max_new_tokens: int) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class GenerationBackend:
+    """An ``eval.generation.backend``: ``fn(cfg, model_path, adapter)`` builds its :class:`Generator` from the
+    generation config; ``params``: the ``eval.generation.*`` keys it reads (dotted for nested ones)."""
+
+    name: str
+    fn: Callable[[Mapping[str, Any], str, str | None], Generator]
+    params: dict[str, Param]
+
+
+GENERATION_BACKENDS: Registry[GenerationBackend] = Registry("eval.generation.backend")
+# Read for every backend by make_generator itself.
+COMMON_PARAMS: dict[str, Param] = {"temperature": optional(NON_NEGATIVE), "seed": SEED, "dtype": non_empty_text()}
+
+
+def register_backend(name: str, *, params: Mapping[str, Param]) -> Callable:
+    """Register ``fn(cfg, model_path, adapter) -> Generator`` as ``eval.generation.backend=name``."""
+    def wrap(fn: Callable[[Mapping[str, Any], str, str | None], Generator]) -> Callable:
+        GENERATION_BACKENDS.add(name, GenerationBackend(name, fn, COMMON_PARAMS | dict(params)))
+        return fn
+    return wrap
+
+
+def check_generation_config(cfg: Mapping[str, Any]) -> GenerationBackend:
+    """The backend ``cfg`` (the generation config) names, once its options pass their constraints."""
+    return GENERATION_BACKENDS.check_config(cfg.get("backend", "transformers"), cfg, "eval.generation")
 
 
 # The LoRA ranks vLLM 0.32 accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks).
@@ -134,6 +171,13 @@ class TransformersGenerator:
         release_gpu_memory()
 
 
+@register_backend("transformers", params={"device": non_empty_text(), "batch_size": POSITIVE_INT})
+def _transformers(cfg: Mapping[str, Any], model_path: str, adapter: str | None) -> Generator:
+    return TransformersGenerator(model_path, adapter=adapter, device=cfg.get("device", "cpu"),
+                                 dtype=cfg.get("dtype", "float32"), batch_size=int(cfg.get("batch_size", 8)),
+                                 seed=int(cfg.get("seed", 0)))
+
+
 class VLLMGenerator:
     """vLLM's offline ``LLM.generate`` on prompts rendered by :func:`render_prompts`; a LoRA adapter is applied
     per request instead of merged, with ``max_lora_rank`` read from the adapter."""
@@ -184,6 +228,18 @@ class VLLMGenerator:
         self.llm = None
 
 
+# Extra vllm.LLM arguments; the ones the configs set are checked, others pass through to vLLM.
+VLLM_PARAMS: dict[str, Param] = {
+    "vllm": optional(mapping()), "vllm.max_model_len": POSITIVE_INT, "vllm.max_lora_rank": optional(POSITIVE_INT),
+    "vllm.gpu_memory_utilization": number(0, 1, lo_open=True), "vllm.enforce_eager": flag()}
+
+
+@register_backend("vllm", params=VLLM_PARAMS)
+def _vllm(cfg: Mapping[str, Any], model_path: str, adapter: str | None) -> Generator:
+    return VLLMGenerator(model_path, adapter=adapter, seed=int(cfg.get("seed", 0)), dtype=cfg.get("dtype", "bfloat16"),
+                         **dict(cfg.get("vllm") or {}))
+
+
 class FixedTemperature:
     """Every prompt at one temperature, whatever the benchmark asks (``eval.generation.temperature``: ablations,
     or sampling from an untrained test model whose greedy answer is blank)."""
@@ -201,22 +257,12 @@ class FixedTemperature:
             close()
 
 
-def make_generator(cfg: dict[str, Any], model_path: str, adapter: str | None) -> Generator:
-    generator = _backend(cfg, model_path, adapter)
+def make_generator(cfg: Mapping[str, Any], model_path: str, adapter: str | None) -> Generator:
+    """The generator ``cfg`` (``eval.generation``) describes; its options are checked before the model loads."""
+    generator = check_generation_config(cfg).fn(cfg, model_path, adapter)
     if cfg.get("temperature") is not None:
         log.warning("eval.generation.temperature=%s overrides every benchmark's decoding temperature",
                     cfg["temperature"])
         return FixedTemperature(generator, float(cfg["temperature"]))
     return generator
 
-
-def _backend(cfg: dict[str, Any], model_path: str, adapter: str | None) -> Generator:
-    backend = cfg.get("backend", "transformers")
-    if backend == "transformers":
-        return TransformersGenerator(model_path, adapter=adapter, device=cfg.get("device", "cpu"),
-                                     dtype=cfg.get("dtype", "float32"), batch_size=int(cfg.get("batch_size", 8)),
-                                     seed=int(cfg.get("seed", 0)))
-    if backend == "vllm":
-        return VLLMGenerator(model_path, adapter=adapter, seed=int(cfg.get("seed", 0)),
-                             dtype=cfg.get("dtype", "bfloat16"), **dict(cfg.get("vllm") or {}))
-    raise InputError(f"eval.generation.backend must be 'transformers' or 'vllm', got {backend!r}")

@@ -19,6 +19,10 @@ API keys never enter a config: a judge config names the environment variable tha
 (``api_key_env``), so Hydra's dumped config, W&B's run config and the logs only ever see the variable's name.
 A judge config may carry a ``price`` (USD per million input / output tokens), from which every judgment's cost is
 computed.
+
+A judge kind (``eval.judge.kind``) is a small factory registered here with :func:`register_kind`: its name, the
+``eval.judge.*`` fields it reads with their constraints, its default concurrency, whether it runs in-process, and
+any check of its own (an endpoint's URL and key). :meth:`JudgeConfig.from_dict` checks all of it before any work.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -36,12 +40,12 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from divcore.locks import hold_lock
+from divcore.params import NON_NEGATIVE, POSITIVE_INT, Param, flag, integer, number, optional, text
+from divcore.registry import Registry
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("openai", "local")
-DEFAULT_CONCURRENCY = {"openai": 8, "local": 1}
 PRICE_KEYS = ("input_usd_per_mtok", "output_usd_per_mtok")
 REFUSALS = {400: "the endpoint rejected the request (unsupported parameter? e.g. logprobs, which alpaca_eval's "
                  "weighted annotator needs: choose a judge that returns logprobs)",
@@ -50,6 +54,35 @@ REFUSALS = {400: "the endpoint rejected the request (unsupported parameter? e.g.
             404: "the endpoint does not serve this model: set eval.judge.model to a model it serves (OpenAI "
                  "retired gpt-4-1106-preview; e.g. eval/judge=openai_gpt41)",
             422: "the endpoint could not process the request: check eval.judge.model and the decoding settings"}
+
+
+@dataclass(frozen=True)
+class JudgeKind:
+    """An ``eval.judge.kind``. ``fn(config, cache_dir) -> Judge`` builds the judge; ``params``: the
+    ``eval.judge.*`` fields it reads, with their constraints; ``in_process``: a model in this process (one
+    prompt at a time, no bill without a price, a reply prefill possible); ``check(config, check_key)``: the
+    kind's own checks before any work."""
+
+    name: str
+    fn: Callable[[JudgeConfig, str], Judge]
+    params: dict[str, Param]
+    default_concurrency: int
+    in_process: bool = False
+    check: Callable[[JudgeConfig, bool], None] | None = None
+
+
+JUDGE_KINDS: Registry[JudgeKind] = Registry("eval.judge.kind")
+
+
+def register_kind(name: str, *, params: Mapping[str, Param], default_concurrency: int, in_process: bool = False,
+                  check: Callable[[JudgeConfig, bool], None] | None = None) -> Callable:
+    """Register ``fn(config, cache_dir) -> Judge`` as ``eval.judge.kind=name``; ``params`` adds to the fields every
+    kind reads (:data:`COMMON_FIELDS`)."""
+    def wrap(fn: Callable[[JudgeConfig, str], Judge]) -> Callable[[JudgeConfig, str], Judge]:
+        JUDGE_KINDS.add(name, JudgeKind(name, fn, COMMON_FIELDS | dict(params), default_concurrency, in_process,
+                                        check))
+        return fn
+    return wrap
 
 
 class JudgeError(RuntimeError):
@@ -82,18 +115,16 @@ class JudgeConfig:
         if unknown:
             raise InputError(f"eval.judge: unknown field(s) {sorted(unknown)}; known: "
                              f"{sorted(cls.__dataclass_fields__)}")
-        if cfg.get("kind") not in KINDS:
-            raise InputError(f"eval.judge.kind must be one of {KINDS}, got {cfg.get('kind')!r}")
+        kind = JUDGE_KINDS.get(cfg.get("kind"))
         if not cfg.get("model"):
             raise InputError("eval.judge.model is empty: name the judge model (an endpoint's model id, or a "
                              "local checkpoint / packaged:smollm2 for kind=local)")
-        cfg["concurrency"] = _check_concurrency(cfg.get("concurrency"), cfg["kind"])
-        cfg["price"] = _check_price(cfg.get("price"))
-        if int(cfg.get("max_retries", 1)) < 1:
-            raise InputError(f"eval.judge.max_retries must be >= 1 (attempts per item), got {cfg['max_retries']}")
+        cfg["price"] = _check_price(cfg.get("price"))  # before the generic check: it names the price key at fault
+        JUDGE_KINDS.check_config(kind.name, cfg, "eval.judge")
+        cfg["concurrency"] = _check_concurrency(cfg.get("concurrency"), kind)
         judge = cls(**cfg)
-        if judge.kind == "openai":
-            judge.check_endpoint(check_key)
+        if kind.check is not None:
+            kind.check(judge, check_key)
         return judge
 
     def check_endpoint(self, check_key: bool = True) -> None:
@@ -112,19 +143,24 @@ class JudgeConfig:
                              f"export {self.api_key_env}=<key> before running")
 
     @property
+    def in_process(self) -> bool:
+        """A model in this process (:class:`JudgeKind`): one prompt at a time, a reply prefill possible."""
+        return JUDGE_KINDS.get(self.kind).in_process
+
+    @property
     def identity(self) -> dict[str, Any]:
         """What makes two judges the same judge: the annotation caches are keyed by it (never by the key)."""
         return {"kind": self.kind, "model": self.model, "base_url": self.base_url}
 
     @property
     def label(self) -> str:
-        name = f"{self.model} ({'local' if self.kind == 'local' else self.base_url})"
+        name = f"{self.model} ({'local' if self.in_process else self.base_url})"
         return f"{name} [smoke-test judge, not a valid benchmark number]" if self.smoke_test else name
 
     def cost_usd(self, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
         """USD for one call from the price table (0 for a local model without one); None when an endpoint judge
         has no price or did not report its token usage."""
-        if self.kind == "local" and self.price is None:
+        if self.in_process and self.price is None:
             return 0.0  # an in-process model bills nothing
         if self.price is None or prompt_tokens is None or completion_tokens is None:
             return None
@@ -132,29 +168,46 @@ class JudgeConfig:
                 + completion_tokens * self.price["output_usd_per_mtok"]) / 1e6
 
 
-def _check_concurrency(value: Any, kind: str) -> int:
+def _check_concurrency(value: int | None, kind: JudgeKind) -> int:
+    """``value`` (already an integer >= 1 or None, by its declared constraint), or the kind's default."""
     if value is None:
-        return DEFAULT_CONCURRENCY[kind]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"eval.judge.concurrency must be an integer >= 1 (requests in flight), got {value!r}")
-    if kind == "local" and value != 1:
-        raise InputError(f"eval.judge.concurrency={value} with a local judge: one in-process model answers one "
+        return kind.default_concurrency
+    if kind.in_process and value != 1:
+        raise InputError(f"eval.judge.concurrency={value} with a {kind.name} judge: one in-process model answers one "
                          "prompt at a time; set it to 1, or serve the model (vllm serve) and use kind=openai")
     return value
 
 
-def _check_price(price: Any) -> dict[str, float] | None:
+def _price_problem(price: Any) -> str | None:
+    """What is wrong with an ``eval.judge.price`` value, or None."""
     if price is None:
         return None
-    if not isinstance(price, dict) or set(price) != set(PRICE_KEYS):
-        raise InputError(f"eval.judge.price must give exactly {list(PRICE_KEYS)} (USD per million tokens), got "
-                         f"{price!r}")
+    if not isinstance(price, Mapping) or set(price) != set(PRICE_KEYS):
+        return f"eval.judge.price must give exactly {list(PRICE_KEYS)} (USD per million tokens), got {price!r}"
     for k in PRICE_KEYS:
         v = price[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise InputError(f"eval.judge.price.{k} must be a non-negative number of USD per million tokens, "
-                             f"got {v!r}")
-    return {k: float(price[k]) for k in PRICE_KEYS}
+            return f"eval.judge.price.{k} must be a non-negative number of USD per million tokens, got {v!r}"
+    return None
+
+
+def _check_price(price: Any) -> dict[str, float] | None:
+    problem = _price_problem(price)
+    if problem:
+        raise InputError(problem)
+    return None if price is None else {k: float(price[k]) for k in PRICE_KEYS}
+
+
+# Fields every judge kind reads. ``price`` keeps its own, more precise messages (:func:`_price_problem`).
+PRICE = Param(f"null or a mapping of exactly {list(PRICE_KEYS)} to non-negative numbers",
+              lambda v: _price_problem(v) is None,
+              ("x", {"input_usd_per_mtok": 1.0}, {"input_usd_per_mtok": -1.0, "output_usd_per_mtok": 1.0}))
+COMMON_FIELDS: dict[str, Param] = {
+    "model": text(), "max_retries": integer(lo=1), "smoke_test": flag(), "concurrency": optional(POSITIVE_INT),
+    "price": PRICE}
+ENDPOINT_FIELDS: dict[str, Param] = {
+    "base_url": optional(text()), "api_key_env": optional(text()), "timeout_s": number(lo=0, lo_open=True),
+    "backoff_s": NON_NEGATIVE}
 
 
 class Judge(Protocol):
@@ -237,6 +290,11 @@ class EndpointJudge:
         raise JudgeError(f"judge {self.config.model} at {self.config.base_url} failed {self.config.max_retries} "
                          f"times; last error {type(last).__name__}: {last}. Nothing was scored for this item; "
                          "re-run to retry (finished annotations are cached)") from last
+
+
+@register_kind("openai", params=ENDPOINT_FIELDS, default_concurrency=8, check=JudgeConfig.check_endpoint)
+def _endpoint_judge(config: JudgeConfig, cache_dir: str) -> Judge:
+    return EndpointJudge(config)
 
 
 JUDGE_LOCK_TIMEOUT_S = 24 * 3600.0  # a twin judging the same answers for longer than a day is stuck
@@ -337,10 +395,14 @@ class LocalJudge:
         return choice
 
 
-def make_judge(cfg: dict[str, Any] | JudgeConfig, cache_dir: str) -> Judge:
-    config = cfg if isinstance(cfg, JudgeConfig) else JudgeConfig.from_dict(cfg)
-    if config.kind == "openai":
-        return EndpointJudge(config)
+@register_kind("local", params={"device": text()}, default_concurrency=1, in_process=True)
+def _local_judge(config: JudgeConfig, cache_dir: str) -> Judge:
     from finetune.models import resolve_model
 
     return LocalJudge(config, resolve_model(config.model, cache_dir))
+
+
+def make_judge(cfg: dict[str, Any] | JudgeConfig, cache_dir: str) -> Judge:
+    """The judge ``cfg`` (``eval.judge``) describes, checked (:meth:`JudgeConfig.from_dict`) before it is built."""
+    config = cfg if isinstance(cfg, JudgeConfig) else JudgeConfig.from_dict(cfg)
+    return JUDGE_KINDS.get(config.kind).fn(config, cache_dir)

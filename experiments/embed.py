@@ -1,4 +1,8 @@
-"""Embedding stage: text -> L2-normalised float32 vectors, by one of three backends.
+"""Embedding stage: text -> L2-normalised float32 vectors, by one of the registered ``embed.backend`` s.
+
+A backend is a small factory registered here with :func:`register_backend` (its name, the ``embed.*`` keys it
+reads with their constraints from :mod:`divcore.params`); :func:`check_embed_config` checks a config against it
+before any work, and an unknown name gets a "did you mean". The built-in ones:
 
 * ``hf_causal``: last-token hidden state of a causal LM through transformers (the authors' vLLM default for
   LLM embeddings, reproduced on the CPU).
@@ -24,7 +28,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +38,57 @@ import torch
 from tqdm.auto import tqdm
 
 from divcore.io import atomic_write
+from divcore.params import POSITIVE_INT, Param, flag, mapping, number, optional, text
+from divcore.registry import Registry
 from divcore.rows import normalize_rows
 from finetune.models import load_causal_lm, load_tokenizer, release_gpu_memory
 from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
-BACKENDS = ("hf_causal", "sentence_transformers", "vllm", "precomputed")
 DEFAULT_CHUNK = 8192
 # Pool options under which row i of the pool may not be row i of the source files, so precomputed vectors
 # would silently belong to other conversations: refused with embed=precomputed.
 ROW_CHANGING = {"size": None, "max_prompt_chars": None}
 
 Encoder = Callable[[Sequence[str]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class EmbedBackend:
+    """An ``embed.backend``. ``fn(model_path, *, max_length, batch_size, device, vllm)`` builds its encoder; a
+    backend that reads vectors instead (``embeds_texts=False``) registers its reader. ``params``: the ``embed.*``
+    keys it reads (dotted for nested ones), each with its constraint."""
+
+    name: str
+    fn: Callable[..., Any]
+    params: dict[str, Param]
+    embeds_texts: bool = True
+
+
+EMBED_BACKENDS: Registry[EmbedBackend] = Registry("embed.backend")
+
+# What every text encoder reads; ``runtime`` holds how-not-what knobs (never part of the cache key).
+ENCODER_PARAMS: dict[str, Param] = {
+    "model": text(), "max_length": POSITIVE_INT, "batch_size": POSITIVE_INT, "device": text(),
+    "runtime": optional(mapping()), "runtime.chunk_size": optional(POSITIVE_INT)}
+# vLLM's own options are extra ``vllm.LLM`` arguments; the ones the configs set are checked, others pass through.
+VLLM_PARAMS: dict[str, Param] = ENCODER_PARAMS | {
+    "runtime.vllm": optional(mapping()), "runtime.vllm.dtype": text(),
+    "runtime.vllm.gpu_memory_utilization": number(0, 1, lo_open=True), "runtime.vllm.enforce_eager": flag(),
+    "runtime.vllm.max_num_seqs": POSITIVE_INT}
+
+
+def register_backend(name: str, *, params: Mapping[str, Param], embeds_texts: bool = True) -> Callable:
+    """Register ``fn`` as ``embed.backend=name``; a second backend of the same name is a RegistryError."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        EMBED_BACKENDS.add(name, EmbedBackend(name, fn, dict(params), embeds_texts))
+        return fn
+    return wrap
+
+
+def check_embed_config(cfg: Mapping[str, Any]) -> EmbedBackend:
+    """The backend ``cfg`` (the embed config) names, once its options pass their constraints: before any work."""
+    return EMBED_BACKENDS.check_config(cfg.get("backend"), cfg, "embed")
 
 
 def unit_rows(vecs: np.ndarray) -> np.ndarray:
@@ -81,6 +125,11 @@ class LastTokenEncoder:
         return unit_rows(out)
 
 
+@register_backend("hf_causal", params=ENCODER_PARAMS)
+def _hf_causal(model_path: str, *, max_length: int, batch_size: int, device: str, **_: Any) -> Encoder:
+    return LastTokenEncoder(model_path, max_length=max_length, batch_size=batch_size, device=device)
+
+
 class VLLMEncoder:
     """vLLM's pooling runner with last-token pooling; inputs are the same truncated token ids."""
 
@@ -111,6 +160,11 @@ class VLLMEncoder:
         self.llm = None
 
 
+@register_backend("vllm", params=VLLM_PARAMS)
+def _vllm(model_path: str, *, max_length: int, vllm: Mapping[str, Any] | None = None, **_: Any) -> Encoder:
+    return VLLMEncoder(model_path, max_length=max_length, **dict(vllm or {}))
+
+
 class SentenceTransformersEncoder:
     def __init__(self, model_path: str, *, max_length: int = 256, batch_size: int = 32, device: str = "cpu") -> None:
         from sentence_transformers import SentenceTransformer
@@ -124,15 +178,9 @@ class SentenceTransformersEncoder:
                                  show_progress_bar=False, convert_to_numpy=True).astype(np.float32)
 
 
-def make_encoder(backend: str, model_path: str, *, max_length: int = 256, batch_size: int = 8, device: str = "cpu",
-                 vllm: dict[str, Any] | None = None) -> Encoder:
-    if backend == "hf_causal":
-        return LastTokenEncoder(model_path, max_length=max_length, batch_size=batch_size, device=device)
-    if backend == "sentence_transformers":
-        return SentenceTransformersEncoder(model_path, max_length=max_length, batch_size=batch_size, device=device)
-    if backend == "vllm":
-        return VLLMEncoder(model_path, max_length=max_length, **dict(vllm or {}))
-    raise InputError(f"unknown embed.backend {backend!r}; use one of {BACKENDS}")
+@register_backend("sentence_transformers", params=ENCODER_PARAMS)
+def _sentence_transformers(model_path: str, *, max_length: int, batch_size: int, device: str, **_: Any) -> Encoder:
+    return SentenceTransformersEncoder(model_path, max_length=max_length, batch_size=batch_size, device=device)
 
 
 def embed_chunked(texts: Sequence[str], encode: Encoder, work_dir: str | Path, *,
@@ -189,6 +237,7 @@ def check_precomputed(pool_cfg: dict, embed_cfg: dict) -> None:
     check_rows_kept(pool_cfg, "embed=precomputed")
 
 
+@register_backend("precomputed", params={"path": optional(text()), "dim": optional(POSITIVE_INT)}, embeds_texts=False)
 def precomputed_embeddings(path: str, n_rows: int, pool_path: str | None = None, dim: int | None = None) -> np.ndarray:
     """Read vectors from ``path`` (authors' numbered-JSON directory, ``.json`` or ``.npy``) for a pool of
     ``n_rows`` rows (of dimension ``dim`` when given), unchanged: no re-normalisation, since NovelSum's density
@@ -224,15 +273,14 @@ def embed_texts(texts: Sequence[str], model_path: str, backend: str = "hf_causal
 
     With ``work_dir`` the rows are written there chunk by chunk and a killed run resumes (see
     :func:`embed_chunked`); the result is then a read-only memory map of the finished file."""
-    if backend == "precomputed":
-        raise InputError("embed.backend=precomputed reads vectors from embed.path; it does not embed texts")
+    entry = check_embed_config({"backend": backend, "max_length": max_length, "batch_size": batch_size,
+                                "device": device, "runtime": {"chunk_size": chunk_size, "vllm": vllm}})
+    if not entry.embeds_texts:
+        raise InputError(f"embed.backend={backend} reads vectors from embed.path; it does not embed texts")
     if not texts:
         raise InputError("nothing to embed: the pool is empty")
-    if backend not in BACKENDS:
-        raise InputError(f"unknown embed.backend {backend!r}; use one of {BACKENDS}")
     check_device(device)
-    encode = make_encoder(backend, model_path, max_length=max_length, batch_size=batch_size, device=device,
-                          vllm=vllm)
+    encode = entry.fn(model_path, max_length=max_length, batch_size=batch_size, device=device, vllm=vllm)
     try:
         if work_dir is None:
             return np.concatenate([encode(texts[s:s + chunk_size]) for s in range(0, len(texts), chunk_size)])

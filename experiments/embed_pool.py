@@ -25,10 +25,10 @@ log = logging.getLogger("divbench.embed")
 
 def pool_files(pool_cfg: dict[str, Any]) -> list[Path]:
     """The pool's source files, in the authors' numeric order: the split the output keeps."""
-    from experiments.pools import numbered_json_files
+    from experiments.pools import check_format_config, numbered_json_files
     from metrics.validation import InputError
 
-    if pool_cfg["format"] in ("sharegpt_package", "hub") or not pool_cfg.get("path"):
+    if not check_format_config(pool_cfg).reads_path or not pool_cfg.get("path"):
         raise InputError(f"pool.format={pool_cfg['format']} has no files to mirror: write one matrix with "
                          "out=<file>.npy")
     path = Path(pool_cfg["path"])
@@ -91,11 +91,12 @@ def embed_to_npy(cfg: dict[str, Any]) -> Path:
 
 
 def embed_pool(cfg: dict[str, Any]) -> Path:
+    from experiments.embed import check_embed_config
     from metrics.validation import InputError
 
-    if cfg["embed"]["backend"] == "precomputed":
-        raise InputError("divbench-embed computes embeddings; embed=precomputed only reads them (choose embed=smollm2, "
-                         "minilm or vllm)")
+    if not check_embed_config(cfg["embed"]).embeds_texts:
+        raise InputError(f"divbench-embed computes embeddings; embed={cfg['embed']['backend']} only reads them "
+                         "(choose embed=smollm2, minilm or vllm)")
     return embed_to_npy(cfg) if str(cfg["out"]).endswith(".npy") else embed_to_dir(cfg)
 
 

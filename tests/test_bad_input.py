@@ -130,7 +130,7 @@ CONFIGS = {
     "pool_size_zero": (["pool.size=0"], "an empty pool cannot be studied"),
     "pool_size_text": (["pool.size=many"], "pool.size must be a positive integer or null, got 'many'"),
     "pool_on_invalid": (["pool.on_invalid=ignore"], "pool.on_invalid must be 'error' or 'skip'"),
-    "pool_format": (["pool.format=csv"], "pool.format='csv' is unknown"),
+    "pool_format": (["pool.format=csv"], "unknown pool.format 'csv'"),
     "max_prompt_chars_zero": (["pool.max_prompt_chars=0"], "pool.max_prompt_chars must be a positive integer"),
     "n_clusters_zero": (["metrics.compute=[{name: cluster_inertia, params: {n_clusters: 0}}]"],
                         "hyperparameter n_clusters must be an integer >= 1, got 0"),

@@ -60,7 +60,7 @@ def test_endpoint_judge_faults_surface_as_errors(server, faults):
     ({"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1", "api_key_env": "DIVBENCH_UNSET_VAR"},
      "DIVBENCH_UNSET_VAR .* is not set"),
     ({"kind": "openai", "model": "m", "base_url": "http://x/v1", "api_key": "sk-123"}, "never put an API key"),
-    ({"kind": "gpt", "model": "m"}, "kind must be one of"),
+    ({"kind": "gpt", "model": "m"}, "unknown eval.judge.kind 'gpt'"),
     ({"kind": "local", "model": ""}, "model is empty"),
     ({"kind": "local", "model": "m", "temprature": 0}, "unknown field"),
 ])
