@@ -124,8 +124,12 @@ def needs_vllm(cfg: dict[str, Any]) -> bool:
 
 
 def judge_key(cfg: dict[str, Any]) -> str | None:
+    """The environment variable holding the judge's key, for a judge kind that reads one."""
+    from eval.judges import JUDGE_KINDS
+
     judge = (cfg.get("eval") or {}).get("judge") or {}
-    return judge.get("api_key_env") if judge.get("kind") == "openai" else None
+    reads_key = judge.get("kind") in JUDGE_KINDS and "api_key_env" in JUDGE_KINDS.get(judge["kind"]).params
+    return judge.get("api_key_env") if reads_key else None
 
 
 def disk_check(cache_dir: str, gpu: bool) -> Check:

@@ -1,4 +1,4 @@
-"""Embedding stage: text -> L2-normalised float32 vectors, by one of the registered ``embed.backend`` s.
+"""Embedding stage: text -> L2-normalised float32 vectors, by a registered ``embed.backend``.
 
 A backend is a small factory registered here with :func:`register_backend` (its name, the ``embed.*`` keys it
 reads with their constraints from :mod:`divcore.params`); :func:`check_embed_config` checks a config against it

@@ -67,6 +67,7 @@ def select_one(cfg: dict[str, Any]) -> Path:
     """Select (or read back) one subset and export it to ``cfg['out']``."""
     import selection
     from experiments.cache import ArtifactStore
+    from experiments.embed import check_embed_config
     from experiments.export import export_subset, push_to_hub, write_map
     from experiments.pipeline import (
         SubsetRunner,
@@ -77,10 +78,13 @@ def select_one(cfg: dict[str, Any]) -> Path:
         signals_stage,
         stage_specs,
     )
+    from experiments.pools import check_format_config
     from metrics.validation import InputError
 
     entry = _entry(cfg)
     check_metric_configs(list(cfg["metrics"]["compute"]))
+    check_format_config(cfg["pool"])
+    check_embed_config(cfg["embed"])
     store = ArtifactStore(cfg["cache_dir"])
     specs = stage_specs(cfg, entry)
     convs = pool_stage(store, specs["pool"], cfg["pool"])
