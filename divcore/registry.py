@@ -114,10 +114,11 @@ class Registry(Generic[E]):
         left alone: sibling options of one config group share keys (``embed.batch_size`` is unused by
         ``precomputed``), and each group's own checks handle the group-wide ones.
 
-        >>> reg = Registry("embed.backend")
+        >>> from types import SimpleNamespace
         >>> from divcore.params import POSITIVE_INT
-        >>> _ = reg.add("x", type("E", (), {"fn": print, "params": {"runtime.chunk_size": POSITIVE_INT}})())
-        >>> reg.check_config("x", {"runtime": {"chunk_size": 0}}, "embed")
+        >>> reg = Registry("embed.backend")
+        >>> _ = reg.add("x", SimpleNamespace(fn=print, params={"runtime.chunk_size": POSITIVE_INT}))
+        >>> reg.check_config("x", {"runtime": {"chunk_size": 0}, "batch_size": "unread here"}, "embed")
         Traceback (most recent call last):
         ...
         divcore.errors.InputError: embed.runtime.chunk_size must be an integer >= 1, got 0
