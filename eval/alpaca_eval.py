@@ -248,3 +248,10 @@ def annotate(model_outputs: list[dict[str, Any]], reference: list[dict[str, Any]
         rows = pairwise.annotate_head2head(outputs_1=reference, outputs_2=model_outputs, is_ordered=True)
     index = {r["instruction"]: i for i, r in enumerate(reference)}
     return [r | {"index": r.get("index", index[r["instruction"]]), "judge": judge.config.label} for r in rows]
+
+
+def judgment_table(annotations: list[dict]) -> list[dict]:
+    """Per instruction: the reference and model outputs the judge compared, and its preference (2: model wins)."""
+    return [{"instruction": a["instruction"], "reference_output": a.get("output_1"), "model_output": a.get("output_2"),
+             "preference": a.get("preference"), "judge_reply": str(a.get("preference_raw_completion", ""))[:2000]}
+            for a in annotations]

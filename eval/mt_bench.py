@@ -219,3 +219,11 @@ def mt_bench_summary(judgments: list[dict]) -> dict[str, Any]:
             "by_category": {c: mean([j for j in valid if j["category"] == c])
                             for c in sorted({j["category"] for j in judgments})},
             "n_judgments": len(judgments), "n_failed": len(judgments) - len(valid)}
+
+
+def judgment_table(judgments: list[dict], answers: dict[int, dict]) -> list[dict]:
+    """Per (question, turn): the model's answer, the judge's prompt and reply, and the rating."""
+    return [{"question_id": j["question_id"], "category": j["category"], "turn": j["turn"],
+             "answer": answers[j["question_id"]]["choices"][0]["turns"][j["turn"] - 1],
+             "judge_prompt": j.get("user_prompt"), "judgment": j["judgment"], "score": j["score"]}
+            for j in judgments]

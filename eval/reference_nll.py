@@ -2,8 +2,8 @@
 
 performance = -(sum of assistant-token NLL) / (number of assistant tokens), over a fixed seeded sample of the
 805 AlpacaEval instructions, each rendered with the fine-tuned model's chat template. Higher is better. It
-needs no judge and no network, so it is the embedded default; judge-based AlpacaEval / MT-Bench register
-beside it in :mod:`eval.evaluators`.
+needs no judge and no network, so it is the embedded default; it is registered as an evaluator beside the
+judge-based AlpacaEval / MT-Bench in :mod:`eval.benchmarks`.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ tasks form one DDP process group without ``accelerate launch``:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -47,6 +46,7 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
         stage_specs,
         subset_plan,
     )
+    from experiments.stages import FinetuneOutput
     from finetune.sft import train_sft
 
     state = PartialState()
@@ -75,8 +75,8 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
         if state.is_main_process:
             with store.build("finetune", entry_specs["finetune"]) as tmp:
                 if tmp is not None:  # else a twin job published the same model first; the first writer wins
-                    shutil.move(str(final), tmp / "model")
-                    (tmp / "train.json").write_text(json.dumps(stats, indent=2))  # world size, effective batch
+                    shutil.move(str(final), FinetuneOutput.model(tmp))
+                    FinetuneOutput.write_stats(tmp, stats)  # world size, effective batch
             runner.drop_checkpoints(ckpt)
         state.wait_for_everyone()
         trained.append(replicate_name(entry))

@@ -28,7 +28,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.run_study import CONFIG_DIR
-from experiments.tracking import alpaca_eval_table, mt_bench_table
 
 log = logging.getLogger("divbench")
 BENCHMARKS = ("mt_bench", "alpaca_eval")
@@ -106,7 +105,7 @@ def judge_mt_bench(cfg: dict[str, Any], out: Path) -> tuple[dict[str, Any], dict
         rows, {q["question_id"]: q["category"] for q in questions}) | _usage(judgments)
     out.mkdir(parents=True, exist_ok=True)
     _write(out / "model_judgment.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    return summary, {"mt_bench": mt_bench_table(judgments, answers)}
+    return summary, {"mt_bench": mt.judgment_table(judgments, answers)}
 
 
 def judge_alpaca_eval(cfg: dict[str, Any], out: Path) -> tuple[dict[str, Any], dict[str, list[dict]]]:
@@ -130,14 +129,13 @@ def judge_alpaca_eval(cfg: dict[str, Any], out: Path) -> tuple[dict[str, Any], d
     summary |= _usage([ae.annotation_usage(a) for a in annotations])
     out.mkdir(parents=True, exist_ok=True)
     _write(out / "annotations.json", json.dumps(annotations, indent=2, default=str))
-    return summary, {"alpaca_eval": alpaca_eval_table(annotations)}
+    return summary, {"alpaca_eval": ae.judgment_table(annotations)}
 
 
 def _usage(rows: list[dict]) -> dict[str, Any]:
-    from eval.benchmarks import usage_totals
+    from eval.evaluators import usage_totals
 
-    t = usage_totals(rows)
-    return {"judge_input_tokens": t["input_tokens"], "judge_output_tokens": t["output_tokens"], "judge_usd": t["usd"]}
+    return usage_totals(rows)
 
 
 def _write(path: Path, text: str) -> None:

@@ -1,7 +1,12 @@
-"""The study pipeline: pool -> embeddings -> pool signals -> subsets -> metrics -> fine-tune -> evaluate -> report.
+"""The study pipeline: pool -> embeddings -> pool signals -> subsets -> metrics; subsets -> fine-tune -> generate
+-> evaluate; then the report.
 
-Each stage reads its inputs from and writes its output to the artifact store (``experiments.cache``), keyed
-by the stage's resolved config plus the keys of what it consumed; a finished artifact is never recomputed.
+The stages are a small DAG (:data:`DAG`, :class:`experiments.stages.Stage`) that the run, ``dry_run`` and
+``stop_after`` walk. Each stage reads its inputs from and writes its output (an artifact class of
+:mod:`experiments.stages`, which names its files) to the artifact store (``experiments.cache``), keyed by the
+stage's resolved config plus the keys of what it consumed; a finished artifact is never recomputed. Evaluation
+runs through the evaluators (:mod:`eval.evaluators`): their generate halves in ``generate``, their score halves
+in ``eval``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import logging
 import resource
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,9 +26,7 @@ import pandas as pd
 
 import metrics
 import selection
-from eval.benchmarks import MT_ANSWERS, check_eval_config, generate_benchmarks, judge_benchmarks
-from eval.combined import combine_performance
-from eval.evaluators import check_evaluator, evaluate
+from eval.evaluators import Evaluation, evaluation
 from experiments.cache import LOCK_TIMEOUT_S, ArtifactStore, atomic_write, remove_stale_temps
 from experiments.cli import check_writable
 from experiments.doctor import preflight
@@ -38,17 +41,22 @@ from experiments.embed import (
 from experiments.fingerprint import content_keys
 from experiments.keys import result_config, result_part
 from experiments.plan import plan_table, plan_totals
-from experiments.pools import (
-    check_pool_config,
-    embedding_text,
-    filter_prompt_length,
-    load_conversations,
-    read_jsonl,
-    sample_pool,
-    write_jsonl,
-)
+from experiments.pools import check_pool_config, embedding_text, filter_prompt_length, load_conversations, sample_pool
 from experiments.report import RUNS_SCHEMA, aggregate_replicates, check_out_dir, metric_columns, write_report
-from experiments.tracking import alpaca_eval_table, log_to_run, mt_bench_table, wandb_run
+from experiments.stages import (
+    Embeddings,
+    EvalRow,
+    FinetuneOutput,
+    Generations,
+    KeyInputs,
+    MetricsRow,
+    PoolRows,
+    Stage,
+    Subset,
+    check_dag,
+    stage_keys,
+)
+from experiments.tracking import log_to_run, wandb_run
 from finetune.models import finetuned, resolve_model
 from finetune.sft import check_finetune_config
 from metrics.registry import check_config, metric_needs
@@ -104,7 +112,6 @@ def subset_plan(sel_cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return plan
 
 
-STAGES = ("pool", "embed", "signals", "subset", "metrics", "finetune", "generate", "eval")
 STUDY_CONFIG = "study_config.json"
 
 
@@ -134,25 +141,6 @@ def replicate_entries(entries: list[dict[str, Any]], cfg: dict[str, Any]) -> lis
     """Each (subset, seed) entry once per training seed; subset and metrics artifacts are shared by them."""
     replicated = cfg["finetune"].get("seeds") is not None
     return [e | {"train_seed": t, "replicated": replicated} for e in entries for t in train_seeds(cfg["finetune"])]
-GENERATION_ONLY = ("judge", "performance", "annotator", "annotator_seed", "judge_max_tokens", "judge_prefill",
-                   "reference")
-
-
-def judged(cfg: dict[str, Any]) -> bool:
-    """Whether the evaluation generates answers and has them judged (AlpacaEval / MT-Bench)."""
-    return cfg["eval"]["name"] == "benchmarks"
-
-
-def _generation_spec(ev: dict[str, Any]) -> dict[str, Any]:
-    """What the answers depend on: decoding settings and the benchmark prompts, not the judge."""
-    bench = {b: {k: v for k, v in (ev.get(b) or {}).items() if k not in GENERATION_ONLY}
-             for b in ("alpaca_eval", "mt_bench", "reference_nll")}
-    return {"generation": ev["generation"]} | bench
-
-
-def _judging_spec(ev: dict[str, Any]) -> dict[str, Any]:
-    """What the judged scores depend on: the benchmarks' and the judge's settings, not the generation."""
-    return {k: v for k, v in ev.items() if k not in ("generation", "performance")}
 
 
 def keyed_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -162,30 +150,64 @@ def keyed_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg | {g: content_keys(cfg[g], hashes) for g in ("pool", "embed", "finetune", "eval") if g in cfg}
 
 
+def _pool_key(k: KeyInputs) -> dict[str, Any]:
+    return {"pool": k.keyed["pool"]}
+
+
+def _embed_key(k: KeyInputs) -> dict[str, Any]:
+    return {"embed": content_keys(embed_spec(k.result), ArtifactStore(k.result["cache_dir"]).hashes)}
+
+
+def _signals_key(k: KeyInputs) -> dict[str, Any]:
+    return {"signals": signal_needs(k.keyed, k.entry).key()}
+
+
+def _subset_key(k: KeyInputs) -> dict[str, Any] | None:
+    if k.entry is None:
+        return None
+    return {"subset": result_part({f: k.entry[f] for f in ("selector", "params", "seed", "size")})}
+
+
+def _metrics_key(k: KeyInputs) -> dict[str, Any]:
+    return {"metrics": list(k.keyed["metrics"]["compute"])}
+
+
+def _finetune_key(k: KeyInputs) -> dict[str, Any] | None:
+    """None for divbench-select (no fine-tuning config: selection and metrics only)."""
+    return {"finetune": finetune_config(k.keyed, k.entry)} if "finetune" in k.keyed else None
+
+
+def _generate_key(k: KeyInputs) -> dict[str, Any] | None:
+    return evaluation(k.keyed["eval"]).generate_key() if "eval" in k.keyed else None
+
+
+def _eval_key(k: KeyInputs) -> dict[str, Any]:
+    return {"eval": evaluation(k.keyed["eval"]).score_key()}
+
+
+# The study as a DAG of stages, in the order they run; a new stage is one line here (its key part beside the
+# others, its runner in run_study / SubsetRunner.steps).
+DAG = check_dag((
+    Stage("pool", (), PoolRows, _pool_key, per_subset=False),
+    Stage("embed", ("pool",), Embeddings, _embed_key, per_subset=False),
+    Stage("signals", ("embed",), PoolSignals, _signals_key, per_subset=False),
+    Stage("subset", ("embed",), Subset, _subset_key),
+    Stage("metrics", ("subset",), MetricsRow, _metrics_key),
+    Stage("finetune", ("subset",), FinetuneOutput, _finetune_key),
+    Stage("generate", ("finetune",), Generations, _generate_key),
+    Stage("eval", ("generate",), EvalRow, _eval_key),
+))
+STAGES = tuple(stage.name for stage in DAG)
+SHARED_STAGES = tuple(stage.name for stage in DAG if not stage.per_subset)
+SUBSET_STAGES = tuple(stage.name for stage in DAG if stage.per_subset)
+
+
 def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dict[str, dict]:
     """Each stage's cache key: its own resolved config (local inputs by content, runtime knobs left out) plus the
-    keys of what it consumes. No stage output is read, so a dry run can tell what is done without loading anything."""
-    cfg = result_config(cfg)  # runtime knobs (experiments.keys) are never hashed
-    embed_part = embed_spec(cfg)
-    cfg = keyed_config(cfg)
-    pool = {"pool": cfg["pool"]}
-    embed = {"pool": pool, "embed": content_keys(embed_part, ArtifactStore(cfg["cache_dir"]).hashes)}
-    specs = {"pool": pool, "embed": embed, "signals": {"embed": embed, "signals": signal_needs(cfg, entry).key()}}
-    if entry is not None and "finetune" not in cfg:  # divbench-select: selection and metrics only
-        subset = {"embed": embed, "subset": result_part({k: entry[k] for k in ("selector", "params", "seed", "size")})}
-        return specs | {"subset": subset, "metrics": {"subset": subset, "metrics": list(cfg["metrics"]["compute"])}}
-    if entry is not None:
-        subset = {"embed": embed, "subset": result_part({k: entry[k] for k in ("selector", "params", "seed", "size")})}
-        finetune = {"subset": subset, "finetune": finetune_config(cfg, entry)}
-        specs |= {"subset": subset, "metrics": {"subset": subset, "metrics": list(cfg["metrics"]["compute"])},
-                  "finetune": finetune}
-        if judged(cfg):
-            generate = {"finetune": finetune} | _generation_spec(cfg["eval"])
-            specs |= {"generate": generate,
-                      "eval": {"generate": generate, "eval": _judging_spec(cfg["eval"])}}
-        else:
-            specs["eval"] = {"finetune": finetune, "eval": cfg["eval"]}
-    return specs
+    keys of what it consumes (the DAG's edges). No stage output is read, so a dry run can tell what is done
+    without loading anything. Without ``entry``: the study-level (shared) stages only."""
+    result = result_config(cfg)  # runtime knobs (experiments.keys) are never hashed
+    return stage_keys(DAG, KeyInputs(result=result, keyed=keyed_config(result), entry=entry))
 
 
 def signal_needs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> SignalNeeds:
@@ -216,8 +238,8 @@ def pool_stage(store: ArtifactStore, spec: dict, cfg: dict[str, Any]) -> list[di
                             int(cfg["seed"]))
         with store.build("pool", spec) as tmp:
             if tmp is not None:  # else a twin job built it while this one waited for the lock
-                write_jsonl(tmp / "pool.jsonl", convs)
-    return read_jsonl(store.path("pool", spec) / "pool.jsonl")
+                PoolRows.write(tmp, convs)
+    return PoolRows.read(store.path("pool", spec))
 
 
 def embed_stage(store: ArtifactStore, spec: dict, convs: list[dict], cfg: dict[str, Any], cache_dir: str,
@@ -229,10 +251,10 @@ def embed_stage(store: ArtifactStore, spec: dict, convs: list[dict], cfg: dict[s
             if tmp is not None:  # else a twin job built it while this one waited for the lock
                 if cfg["backend"] == "precomputed":
                     vecs = precomputed_embeddings(cfg["path"], len(convs), pool_path, cfg.get("dim"))
-                    np.save(tmp / "embeddings.npy", vecs)
+                    Embeddings.write(tmp, vecs)
                 else:
                     _embed_resumably(store, spec, convs, cfg, cache_dir, tmp)
-    return np.load(store.path("embed", spec) / "embeddings.npy")
+    return Embeddings.read(store.path("embed", spec))
 
 
 def _embed_resumably(store: ArtifactStore, spec: dict, convs: list[dict], cfg: dict[str, Any], cache_dir: str,
@@ -336,8 +358,8 @@ class SubsetRunner:
                 if run is not None:  # TRL streams its loss curves into this stage's W&B run
                     ft_cfg = ft_cfg | {"args": ft_cfg["args"] | {"report_to": ["wandb"]}}
                 ckpt = self.checkpoint_dir(specs)
-                train = train_sft(sub, self.base_model, tmp / "model", ft_cfg, checkpoint_dir=ckpt)
-                (tmp / "train.json").write_text(json.dumps(train, indent=2))
+                train = train_sft(sub, self.base_model, FinetuneOutput.model(tmp), ft_cfg, checkpoint_dir=ckpt)
+                FinetuneOutput.write_stats(tmp, train)
         self.drop_checkpoints(self.checkpoint_dir(specs))
 
     def drop_checkpoints(self, ckpt: Path | None) -> None:
@@ -349,7 +371,7 @@ class SubsetRunner:
         """(model, adapter) to evaluate: the fine-tuned one, or the base model when eval.adapter is false."""
         if not self.cfg["eval"].get("adapter", True):
             return self.base_model, None
-        return finetuned(self.store.path("finetune", specs["finetune"]) / "model", self.base_model)
+        return finetuned(FinetuneOutput.model(self.store.path("finetune", specs["finetune"])), self.base_model)
 
     def subset_rows(self, entry: dict[str, Any], specs: dict) -> tuple[list[int], list[dict]]:
         """Select (or load) the subset: its pool row indices and conversations."""
@@ -357,9 +379,8 @@ class SubsetRunner:
             if tmp:
                 result = selection.select(entry["selector"], self.pool_inputs(), entry["size"], entry["seed"],
                                           **entry["params"])
-                (tmp / "indices.json").write_text(json.dumps(result.indices))
-                (tmp / "provenance.json").write_text(json.dumps(result.provenance, indent=2))
-        indices = json.loads((self.store.path("subset", specs["subset"]) / "indices.json").read_text())
+                Subset.write(tmp, result.indices, result.provenance)
+        indices = Subset.read(self.store.path("subset", specs["subset"]))
         return indices, [self.convs[i] for i in indices]
 
     def metrics_row(self, entry: dict[str, Any], specs: dict, indices: list[int], sub: list[dict]) -> dict[str, Any]:
@@ -372,61 +393,58 @@ class SubsetRunner:
                                               reference_tags=self.pool_inputs().tags, signals=self.signals,
                                               rows=np.asarray(indices))
                 row = metrics.compute(self.cfg["metrics"]["compute"], inputs)
-                (tmp / "metrics.json").write_text(json.dumps(row, indent=2))
+                MetricsRow.write(tmp, row)
                 if run is not None:
                     run.log(row)
-        return json.loads((self.store.path("metrics", specs["metrics"]) / "metrics.json").read_text())
+        return MetricsRow.read(self.store.path("metrics", specs["metrics"]))
 
-    def run(self, entry: dict[str, Any], stop_after: str | None = None) -> dict[str, Any] | None:
-        """Run every per-subset stage, or those up to ``stop_after`` (then None: there is no row yet)."""
-        specs = stage_specs(self.cfg, entry)
-        indices, sub = self.subset_rows(entry, specs)
-        if stop_after == "subset":
-            return None
-        row = self.metrics_row(entry, specs, indices, sub)
-        if stop_after == "metrics":
-            return None
-        self.finetune(entry, specs, sub)
-        if stop_after == "finetune":
-            return None
-        model_path, adapter = self.evaluated_model(specs)
-        ev = self.cfg["eval"]
-        if judged(self.cfg):
-            with self.stage("generate", entry, specs["generate"]) as (tmp, _):
-                if tmp:
-                    generate_benchmarks(model_path, adapter, ev, tmp,
-                                        generator_name=f"{self.cfg['study']}-{replicate_name(entry)}")
-        if stop_after == "generate":  # without a judged evaluation there is no generate stage: stop before eval
-            return None
+    def generations(self, entry: dict[str, Any], specs: dict) -> Path:
+        """The evaluators' generate halves on the evaluated model, run or cached; returns the artifact's folder."""
+        with self.stage("generate", entry, specs["generate"]) as (tmp, _):
+            if tmp:
+                model_path, adapter = self.evaluated_model(specs)
+                self.evaluation.generate(model_path, adapter, tmp,
+                                         generator_name=f"{self.cfg['study']}-{replicate_name(entry)}")
+        return self.store.path("generate", specs["generate"])
+
+    def eval_row(self, entry: dict[str, Any], specs: dict, gen_dir: Path, metrics_row: dict[str, Any]
+                 ) -> dict[str, Any]:
+        """The evaluators' score halves on the generations (judging where they need it), run or cached."""
         with self.stage("eval", entry, specs["eval"]) as (tmp, run):
             if tmp:
-                if judged(self.cfg):
-                    result = judge_benchmarks(self.store.path("generate", specs["generate"]), ev,
-                                              self.cfg["cache_dir"], tmp)
-                else:
-                    result = evaluate(ev["name"], model_path, adapter, ev)
-                (tmp / "eval.json").write_text(json.dumps(result, indent=2))
+                result = self.evaluation.score(gen_dir, self.cfg["cache_dir"], tmp)
+                EvalRow.write(tmp, result)
                 if run is not None:
-                    run.log(row | {k: v for k, v in result.items() if isinstance(v, (int, float))})
-                    if judged(self.cfg):
-                        log_to_run(run, judgment_tables(tmp, self.store.path("generate", specs["generate"])))
-        result = json.loads((self.store.path("eval", specs["eval"]) / "eval.json").read_text())
+                    run.log(metrics_row | {k: v for k, v in result.items() if isinstance(v, (int, float))})
+                    log_to_run(run, self.evaluation.tables(gen_dir, tmp))
+        result = EvalRow.read(self.store.path("eval", specs["eval"]))
         log.info("%s evaluated: %s", replicate_name(entry),
                  {k: v for k, v in result.items() if k in ("performance", "alpaca_eval_win_rate", "mt_bench_score")})
+        return result
+
+    @property
+    def evaluation(self) -> Evaluation:
+        return evaluation(self.cfg["eval"])
+
+    def steps(self) -> dict[str, Callable[[dict[str, Any], dict, dict[str, Any]], Any]]:
+        """Each per-subset stage's runner: (entry, specs, outputs of the stages before it) -> its output."""
+        return {"subset": lambda e, specs, done: self.subset_rows(e, specs),
+                "metrics": lambda e, specs, done: self.metrics_row(e, specs, *done["subset"]),
+                "finetune": lambda e, specs, done: self.finetune(e, specs, done["subset"][1]),
+                "generate": lambda e, specs, done: self.generations(e, specs),
+                "eval": lambda e, specs, done: self.eval_row(e, specs, done["generate"], done["metrics"])}
+
+    def run(self, entry: dict[str, Any], stop_after: str | None = None) -> dict[str, Any] | None:
+        """Run the per-subset stages in DAG order, or those up to ``stop_after`` (then None: there is no row yet)."""
+        specs, steps, done = stage_specs(self.cfg, entry), self.steps(), {}
+        for name in SUBSET_STAGES:
+            done[name] = steps[name](entry, specs, done)
+            if name == stop_after:
+                return None
+        indices, sub = done["subset"]
         return {"subset": entry["label"], "selector": entry["selector"], "seed": entry["seed"],
                 "train_seed": entry.get("train_seed"), "size": entry["size"], "unique_rows": len(set(indices)),
-                "base_model": self.cfg["finetune"]["base_model"]} | subset_profile(sub) | row | result
-
-
-def judgment_tables(eval_dir: Path, gen_dir: Path) -> dict[str, list[dict]]:
-    """A model's generations with what the judge saw and said, per benchmark, for W&B tables."""
-    tables = {}
-    if (ann := eval_dir / "alpaca_eval_annotations.json").exists():
-        tables["alpaca_eval"] = alpaca_eval_table(json.loads(ann.read_text()))
-    if (judgments := eval_dir / "mt_bench_judgments.jsonl").exists():
-        answers = {a["question_id"]: a for a in read_jsonl(gen_dir / MT_ANSWERS)}
-        tables["mt_bench"] = mt_bench_table(read_jsonl(judgments), answers)
-    return tables
+                "base_model": self.cfg["finetune"]["base_model"]} | subset_profile(sub) | done["metrics"] | done["eval"]
 
 
 def replicate_name(entry: dict[str, Any]) -> str:
@@ -448,10 +466,7 @@ def subset_profile(sub: list[dict]) -> dict[str, float]:
 
 def performance_source(cfg: dict[str, Any]) -> str:
     """What the performance column is, e.g. ``raw:neg_reference_nll`` or ``zscore_mean:alpaca_eval_win_rate,...``."""
-    if not judged(cfg):
-        return "neg_reference_nll" if cfg["eval"]["name"] == "reference_nll" else str(cfg["eval"]["name"])
-    perf = cfg["eval"]["performance"]
-    return f"{perf.get('method', 'zscore_mean')}:{','.join(perf['columns'])}"
+    return evaluation(cfg["eval"]).performance_source()
 
 
 def check_metric_configs(metric_cfgs: list[dict], report: dict[str, Any] | None = None) -> None:
@@ -480,14 +495,14 @@ def dry_run(cfg: dict[str, Any], plan: list[dict]) -> pd.DataFrame:
     one row per (subset, seed, stage), the totals logged. A stage is 'done', 'to run' or 'corrupt' (finished but
     failing verification: rebuilt for cheap stages, refused for costly ones)."""
     store = ArtifactStore(cfg["cache_dir"])
-    status, eval_dirs = {}, []
+    status, eval_files = {}, []
     for entry in plan:
         specs = stage_specs(cfg, entry)
-        eval_dirs.append(store.path("eval", specs["eval"]))
-        for s in STAGES:
-            status[entry["label"], entry["seed"], entry.get("train_seed"), s] = (
-                store.status(s, specs[s]) if s in specs else "n/a")
-    table = plan_table(cfg, plan, STAGES, status, eval_dirs, judged(cfg))
+        eval_files.append(store.path("eval", specs["eval"]) / EvalRow.FILE)
+        for stage in DAG:
+            status[entry["label"], entry["seed"], entry.get("train_seed"), stage.name] = (
+                store.status(stage.name, specs[stage.name]) if stage.name in specs else "n/a")
+    table = plan_table(cfg, plan, STAGES, status, eval_files, SHARED_STAGES)
     atomic_write(Path(cfg["results_dir"]) / "plan.csv", table.to_csv(index=False))
     wide = table.pivot(index=["subset", "seed", "train_seed"], columns="stage", values="status")[list(STAGES)]
     log.info("dry run (nothing executed); plan in %s:\n%s", Path(cfg["results_dir"]) / "plan.csv", wide.to_string())
@@ -497,6 +512,28 @@ def dry_run(cfg: dict[str, Any], plan: list[dict]) -> pd.DataFrame:
                  t["est_judge_output_tokens"], "unknown (no eval.judge.price)" if np.isnan(t["est_usd"])
                  else f"{t['est_usd']:.2f}")
     return table
+
+
+def _pool_step(store: ArtifactStore, specs: dict, cfg: dict[str, Any], done: dict[str, Any]) -> list[dict]:
+    convs = pool_stage(store, specs["pool"], cfg["pool"])
+    if any("messages" not in c for c in convs):
+        raise InputError("the pool holds plain-text rows (no turns), which cannot be fine-tuned on: give the study "
+                         "conversations, or use divbench-select / divbench-measure on plain text")
+    return convs
+
+
+def _embed_step(store: ArtifactStore, specs: dict, cfg: dict[str, Any], done: dict[str, Any]) -> np.ndarray:
+    check_signal_needs(specs["signals"], done["pool"])  # what the signals need of the pool, before embedding it
+    return embed_stage(store, specs["embed"], done["pool"], cfg["embed"], cfg["cache_dir"], cfg["pool"].get("path"))
+
+
+def _signals_step(store: ArtifactStore, specs: dict, cfg: dict[str, Any], done: dict[str, Any]) -> PoolSignals:
+    return signals_stage(store, specs["signals"], done["pool"], done["embed"], cfg.get("device", "cpu"))
+
+
+# the study-level stages' runners: (store, specs, config, outputs of the stages before) -> output
+SHARED_STEPS: dict[str, Callable[[ArtifactStore, dict, dict[str, Any], dict[str, Any]], Any]] = {
+    "pool": _pool_step, "embed": _embed_step, "signals": _signals_step}
 
 
 def check_stop_after(stop_after: Any) -> str | None:
@@ -514,10 +551,7 @@ def _stopped(stage: str, timings: dict[str, dict[str, float]]) -> dict[str, Any]
 def check_study_config(cfg: dict[str, Any]) -> None:
     """Every check that needs no data or model, before any work (and, from the CLI, before Hydra writes)."""
     check_metric_configs(list(cfg["metrics"]["compute"]), cfg.get("report"))
-    if judged(cfg):
-        check_eval_config(cfg["eval"], check_key=not cfg.get("dry_run"))  # a dry run calls no judge
-    else:
-        check_evaluator(cfg["eval"]["name"])
+    evaluation(cfg["eval"]).check(check_key=not cfg.get("dry_run"))  # a dry run calls no judge
     selected_entries(subset_plan(cfg["selection"]), cfg["selection"].get("only"))
     check_finetune_config(cfg["finetune"])
     check_embed_config(cfg["embed"])
@@ -545,24 +579,13 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     remove_stale_temps(cfg["cache_dir"])
     store = ArtifactStore(cfg["cache_dir"], cfg.get("cache_lock_timeout_s", LOCK_TIMEOUT_S))
     timings: dict[str, dict[str, float]] = {}
-    specs = stage_specs(cfg)
-    with timed("pool", timings):
-        convs = pool_stage(store, specs["pool"], cfg["pool"])
-    if any("messages" not in c for c in convs):
-        raise InputError("the pool holds plain-text rows (no turns), which cannot be fine-tuned on: give the study "
-                         "conversations, or use divbench-select / divbench-measure on plain text")
-    if stop_after == "pool":
-        return _stopped("pool", timings)
-    check_signal_needs(specs["signals"], convs)
-    with timed("embed", timings):
-        emb = embed_stage(store, specs["embed"], convs, cfg["embed"], cfg["cache_dir"], cfg["pool"].get("path"))
-    if stop_after == "embed":
-        return _stopped("embed", timings)
-    with timed("signals", timings):
-        signals = signals_stage(store, specs["signals"], convs, emb, cfg.get("device", "cpu"))
-    if stop_after == "signals":
-        return _stopped("signals", timings)
-    runner = SubsetRunner(cfg, store, convs, emb, timings, signals)
+    specs, shared = stage_specs(cfg), {}
+    for name in SHARED_STAGES:
+        with timed(name, timings):
+            shared[name] = SHARED_STEPS[name](store, specs, cfg, shared)
+        if name == stop_after:
+            return _stopped(name, timings)
+    runner = SubsetRunner(cfg, store, shared["pool"], shared["embed"], timings, shared["signals"])
     rows = [runner.run(entry, stop_after) for entry in entries]
     if stop_after is not None:
         return _stopped(stop_after, timings)
@@ -571,9 +594,7 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
         log.info("selection.only: %d of %d subsets done; run without selection.only to gather the report",
                  len(entries), len(plan))
         return {"paths": {}, "timings": timings, "runs": runs}
-    if judged(cfg):
-        perf = cfg["eval"]["performance"]
-        runs["performance"] = combine_performance(runs, list(perf["columns"]), perf.get("method", "zscore_mean"))
+    runs["performance"] = evaluation(cfg["eval"]).performance(runs)
     runs = aggregate_replicates(runs.assign(performance_source=performance_source(cfg)))
     runs = runs.astype({c: float for c in runs if runs[c].isna().all()})  # all-missing reads back as float
     # The resolved config beside the results: divbench-select from_study=<results_dir> finds the artifacts by it.

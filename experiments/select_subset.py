@@ -34,14 +34,15 @@ def provenance(cfg: dict[str, Any], store: Any, specs: dict, entry: dict[str, An
     """Who picked these rows, how, from what: selector, parameters (defaults filled in), seed, and content
     fingerprints of the pool rows and their embeddings (stable outside this machine's cache)."""
     import selection
+    from experiments.stages import Embeddings, PoolRows
     from selection.registry import effective_params
 
     embed = {k: v for k, v in cfg["embed"].items() if k not in ("batch_size", "device")}
     return {"selector": entry["selector"], "params": effective_params(selection.get_selector(entry["selector"]),
                                                                        entry["params"]),
             "seed": entry["seed"], "size": entry["size"], "pool_size": n_pool, "unique_rows": len(set(indices)),
-            "pool_fingerprint": _content_id(store, store.path("pool", specs["pool"]) / "pool.jsonl"),
-            "embedding_fingerprint": _content_id(store, store.path("embed", specs["embed"]) / "embeddings.npy"),
+            "pool_fingerprint": _content_id(store, store.path("pool", specs["pool"]) / PoolRows.FILE),
+            "embedding_fingerprint": _content_id(store, store.path("embed", specs["embed"]) / Embeddings.FILE),
             "pool": cfg["pool"], "embed": embed, "study": cfg.get("study"),
             "cache_keys": {s: store.path(s, specs[s]).name for s in ("pool", "embed", "subset")}}
 
@@ -131,9 +132,10 @@ def study_scores(results: Path, study: dict[str, Any], store: Any, replicates: l
     """The scores of the models fine-tuned on one subset: as they are for one model; with training replicates
     (finetune.seeds), each replicate's under ``<score> (train seed <t>)`` plus their mean under ``<score>``."""
     from experiments.pipeline import stage_specs
+    from experiments.stages import EvalRow
 
     per = {rep["train_seed"]: _replicate_scores(results, rep, store.path("eval", stage_specs(study, rep)["eval"])
-                                                / "eval.json") for rep in replicates}
+                                                / EvalRow.FILE) for rep in replicates}
     if len(per) == 1:
         return next(iter(per.values()))
     keys = sorted({k for s in per.values() for k in s})

@@ -56,18 +56,3 @@ def log_to_run(run: Any, tables: dict[str, list[dict]], summary: dict[str, Any] 
     numbers = {k: v for k, v in (summary or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if numbers:
         run.log(numbers)
-
-
-def alpaca_eval_table(annotations: list[dict]) -> list[dict]:
-    """Per instruction: the reference and model outputs the judge compared, and its preference (2: model wins)."""
-    return [{"instruction": a["instruction"], "reference_output": a.get("output_1"), "model_output": a.get("output_2"),
-             "preference": a.get("preference"), "judge_reply": str(a.get("preference_raw_completion", ""))[:2000]}
-            for a in annotations]
-
-
-def mt_bench_table(judgments: list[dict], answers: dict[int, dict]) -> list[dict]:
-    """Per (question, turn): the model's answer, the judge's prompt and reply, and the rating."""
-    return [{"question_id": j["question_id"], "category": j["category"], "turn": j["turn"],
-             "answer": answers[j["question_id"]]["choices"][0]["turns"][j["turn"] - 1],
-             "judge_prompt": j.get("user_prompt"), "judgment": j["judgment"], "score": j["score"]}
-            for j in judgments]

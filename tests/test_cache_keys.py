@@ -23,7 +23,7 @@ def _keys(overrides: list[str]) -> dict[str, str]:
     for entry in subset_plan(cfg["selection"]):
         for stage, spec in stage_specs(cfg, entry).items():
             keys[f"{entry['label']}-s{entry['seed']}/{stage}"] = store.path(stage, spec).name
-    assert {k.split("/")[1] for k in keys} >= set(STAGES) - {"generate"}
+    assert {k.split("/")[1] for k in keys} == set(STAGES)  # judge-free evaluations generate too
     return keys
 
 
@@ -62,3 +62,10 @@ def test_judge_settings_change_only_the_eval_keys(base, override):
     before, after = _keys(BASES[base]), _keys(BASES[base] + [override])
     changed = {k.split("/")[1] for k in before if before[k] != after[k]}
     assert changed == {"eval"}, f"{override} changed {sorted(changed)}"
+
+
+def test_evaluating_the_base_model_is_its_own_generation():
+    """eval.adapter=false generates with the base model: never the fine-tuned model's cached answers."""
+    before, after = _keys(BASES["judged"]), _keys(BASES["judged"] + ["eval.adapter=false"])
+    changed = {k.split("/")[1] for k in before if before[k] != after[k]}
+    assert changed == {"generate", "eval"}

@@ -21,7 +21,7 @@ import selection
 from divcore import InputError
 from divcore.params import POSITIVE_INT, integer, one_of
 from divcore.registry import Registry, RegistryError, signature_params
-from eval.evaluators import EVALUATORS, check_evaluator
+from eval.evaluators import EVALUATORS, SUITE, evaluation
 from eval.evaluators import register as register_evaluator
 from eval.generation import GENERATION_BACKENDS, check_generation_config, make_generator
 from eval.generation import register_backend as register_generation_backend
@@ -117,7 +117,7 @@ def test_every_registry_is_covered():
 UNKNOWN: dict[str, Callable[[str], Any]] = {  # each through the public check a config or caller goes through
     "metric": lambda n: check_config(n, {}),
     "selector": selection.get_selector,
-    "evaluator": check_evaluator,
+    "evaluator": lambda n: evaluation({"name": n}),
     "embed.backend": lambda n: check_embed_config({"backend": n, "model": MISSING}),
     "eval.generation.backend": lambda n: make_generator({"backend": n}, MISSING, None),
     "eval.judge.kind": lambda n: make_judge({"kind": n, "model": MISSING}, MISSING),
@@ -137,7 +137,7 @@ def test_unknown_name_suggests_the_closest(kind, name):
 DUPLICATE: dict[str, Callable[[str], Any]] = {  # each registry's own decorator, as a plugin module would use it
     "metric": lambda n: metrics.register(n, needs=("embeddings",), family="x")(lambda inputs: 0.0),
     "selector": lambda n: selection.register(n)(lambda pool, size, seed: []),
-    "evaluator": lambda n: register_evaluator(n)(lambda model, adapter, cfg: {}),
+    "evaluator": lambda n: register_evaluator(n, generate=lambda model, cfg, out: None)(lambda gen, cfg, scoring: {}),
     "embed.backend": lambda n: register_embed_backend(n, params={})(lambda model_path, **kw: None),
     "eval.generation.backend": lambda n: register_generation_backend(n, params={})(lambda cfg, model, adapter: None),
     "eval.judge.kind": lambda n: register_kind(n, params={}, default_concurrency=1)(lambda config, cache: None),
@@ -211,3 +211,24 @@ def test_every_config_entry_rejects_bad_values_before_work(kind, name, param, mo
     for bad in rule.bad:
         with pytest.raises(InputError, match=rf"{re.escape(key)}\S* (must|is empty)"):
             BEFORE_WORK[kind](with_value(good_config(kind, name), param, bad))
+
+
+def test_evaluation_names_the_suite_or_one_standalone_evaluator():
+    assert {"alpaca_eval", "mt_bench", "reference_nll"} <= set(EVALUATORS.names())
+    with pytest.raises(InputError, match="mt_bench runs inside eval.name=benchmarks"):
+        evaluation({"name": "mt_bench"})
+    assert [m.evaluator.name for m in evaluation({"name": "reference_nll"}).members] == ["reference_nll"]
+
+
+def test_generate_key_drops_score_only_fields_and_keeps_undeclared_ones():
+    """A field only the judge reads stays out of the generate key; a field nobody declared stays in it (a
+    forgotten declaration costs a regeneration, never a stale answer)."""
+    cfg = {"name": "benchmarks", "generation": {"seed": 0},
+           "alpaca_eval": {"enabled": True, "reference_path": "r", "annotator": "a", "annotator_seed": 0, "x": 1},
+           "mt_bench": {"enabled": True, "judge_prefill": "", "judge_max_tokens": 9, "reference": "gpt-4", "x": 1},
+           "reference_nll": {"enabled": True, "max_length": 8, "x": 1}}
+    key = evaluation(cfg).generate_key()
+    for name in SUITE:
+        assert key[name]["x"] == 1 and not set(key[name]) & EVALUATORS.get(name).score_only
+    assert key["alpaca_eval"] == {"enabled": True, "reference_path": "r", "x": 1}
+    assert key["mt_bench"] == {"enabled": True, "x": 1}
