@@ -298,8 +298,8 @@ def data_column(convs: list[dict], key: str) -> Any:
 
 
 class SubsetRunner:
-    """Runs the per-subset stages (select, metrics, fine-tune, evaluate), each skipped when its artifact
-    exists, each that does run logged as its own W&B run grouped by study."""
+    """Runs the DAG's per-subset stages (subset, metrics, finetune, generate, eval), each skipped when its
+    artifact exists, each that does run logged as its own W&B run grouped by study."""
 
     def __init__(self, cfg: dict[str, Any], store: ArtifactStore, convs: list[dict], emb: np.ndarray,
                  timings: dict[str, dict[str, float]], signals: PoolSignals | None = None) -> None:
