@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from experiments.cache import ArtifactStore, LockTimeoutError, hold_lock
+from experiments.pipeline import STAGES
 from experiments.run_study import PROJECT_ROOT
 from tests.test_study_e2e import _artifacts, _tiny_overrides
 
@@ -25,14 +26,15 @@ def test_three_study_processes_on_one_cold_cache(tmp_path, tiny_model):
     outs = [p.communicate(timeout=900)[0] for p in procs]
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
-    stages = ["pool", "embed", "signals", "subset", "metrics", "finetune", "eval"]
+    stages = list(STAGES)  # the judge-free evaluation too: its NLL in generate, its row in eval
     artifacts = _artifacts(tmp_path / "cache")
     assert sorted(k.split("/")[0] for k in artifacts) == sorted(stages)  # one artifact per stage
     for stage in stages:  # built by exactly one of the three jobs; the others waited and reused it
         assert sum(out.count(f"built {stage} artifact") for out in outs) == 1, stage
     leftovers = [p for p in (tmp_path / "cache").rglob("*") if ".tmp-" in p.name]
     assert not leftovers
-    assert len(list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))) == 4  # subset, metrics, finetune, eval
+    # one W&B run per subset stage built: subset, metrics, finetune, generate, eval
+    assert len(list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))) == 5
 
 
 def test_first_writer_wins_and_a_held_lock_times_out(tmp_path):
