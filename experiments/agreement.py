@@ -1,0 +1,109 @@
+"""How two performance targets of the same fine-tuned models agree: rank correlations per model and per subset.
+
+The CPU studies correlate metrics with a judge-free proxy (``neg_reference_nll``); this checks that proxy against
+the judged path on the very same models, e.g. the mini study's runs.csv against a second run of its fine-tunes
+evaluated by the smoke judge (``experiment=mini_judged``)::
+
+    divbench-agreement results/mini/runs.csv results/mini_judged/runs.csv --out results/mini/proxy_vs_judge.json
+
+Both files come from ``divbench-study`` (one row per subset, per-replicate values in ``performance_replicates`` in
+``train_seeds`` order). Models are matched on (base_model, subset, seed, train_seed); a model present in only one
+file is an error, not a silent drop. Reported for both levels (each fine-tuned model; each subset's replicate
+mean): Spearman's rho with its asymptotic and permutation p-values (None below 4 points), Kendall's tau, and n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from divcore.errors import InputError
+from divcore.io import atomic_write
+from experiments.stats import MIN_PERMUTATION_SUBSETS, correlation, permutation_p, replicate_values
+
+log = logging.getLogger(__name__)
+
+MODEL_KEYS = ("base_model", "subset", "seed", "train_seed")
+
+
+def model_performances(runs: pd.DataFrame, where: str) -> pd.Series:
+    """One value per fine-tuned model, indexed by (base_model, subset, seed, train_seed)."""
+    missing = [c for c in ("base_model", "subset", "seed", "performance", "performance_source") if c not in runs]
+    if missing:
+        raise InputError(f"{where}: columns {missing} missing; give a runs.csv written by divbench-study")
+    rows = []
+    for _, r in runs.iterrows():
+        values = replicate_values(r["performance_replicates"]) if "performance_replicates" in runs else []
+        seeds = json.loads(r["train_seeds"]) if values and isinstance(r.get("train_seeds"), str) and r["train_seeds"] \
+            else [None]
+        if not values:
+            values = [float(r["performance"])]
+        if len(seeds) != len(values):
+            raise InputError(f"{where}: subset {r['subset']!r} (seed {r['seed']}) has {len(values)} replicate values "
+                             f"but {len(seeds)} train_seeds; the file is inconsistent: regenerate it")
+        rows += [(r["base_model"], r["subset"], int(r["seed"]), t, v) for t, v in zip(seeds, values, strict=True)]
+    frame = pd.DataFrame(rows, columns=[*MODEL_KEYS, "value"])
+    return frame.set_index(list(MODEL_KEYS))["value"]
+
+
+def _rank_stats(x: pd.Series, y: pd.Series, n_perm: int, seed: int) -> dict[str, Any]:
+    rho, p = correlation("spearman", x.to_numpy(float), y.to_numpy(float))
+    tau, tau_p = correlation("kendall", x.to_numpy(float), y.to_numpy(float))
+    p_perm = permutation_p("spearman", x.to_numpy(float), y.to_numpy(float), n_perm, seed) \
+        if len(x) >= MIN_PERMUTATION_SUBSETS else None  # too few points for a permutation test: undefined
+    return {"n": len(x), "spearman_rho": rho, "spearman_p": p, "spearman_p_perm": p_perm,
+            "kendall_tau": tau, "kendall_p": tau_p}
+
+
+def target_agreement(a: pd.DataFrame, b: pd.DataFrame, *, n_perm: int = 9999, seed: int = 0,
+                     where: tuple[str, str] = ("a", "b")) -> dict[str, Any]:
+    """Rank agreement of the ``performance`` of runs tables ``a`` and ``b`` over the models they share."""
+    va, vb = model_performances(a, where[0]), model_performances(b, where[1])
+    only = sorted(set(va.index) ^ set(vb.index), key=str)
+    if only:
+        raise InputError(f"{where[0]} and {where[1]} do not hold the same fine-tuned models: {len(only)} differ "
+                         f"(first: {only[:3]}); evaluate the same subsets and finetune.seeds in both")
+    vb = vb.loc[va.index]
+    by_subset = [k for k in MODEL_KEYS if k != "train_seed"]
+    return {"a": {"file": where[0], "performance_source": str(a["performance_source"].iloc[0])},
+            "b": {"file": where[1], "performance_source": str(b["performance_source"].iloc[0])},
+            "per_model": _rank_stats(va, vb, n_perm, seed),
+            "per_subset_mean": _rank_stats(va.groupby(level=by_subset).mean(), vb.groupby(level=by_subset).mean(),
+                                           n_perm, seed),
+            "n_perm": n_perm, "seed": seed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="divbench-agreement", description=__doc__.split("\n\n")[0])
+    parser.add_argument("a", type=Path, help="runs.csv of the first target (e.g. the proxy)")
+    parser.add_argument("b", type=Path, help="runs.csv of the second target on the same models (e.g. judged)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--n-perm", type=int, default=9999)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        for path in (args.a, args.b):
+            if not path.is_file():
+                raise InputError(f"{path}: no such runs.csv; give the runs.csv files of two divbench-study runs")
+        result = target_agreement(pd.read_csv(args.a), pd.read_csv(args.b), n_perm=args.n_perm, seed=args.seed,
+                                  where=(str(args.a), str(args.b)))
+    except InputError as e:
+        log.error("%s", e)
+        return 2
+    atomic_write(args.out, json.dumps(result, indent=2) + "\n")
+    log.info("per model: rho=%.3f (n=%d, permutation p=%.3g); per subset mean: rho=%.3f (n=%d, p=%.3g) -> %s",
+             result["per_model"]["spearman_rho"], result["per_model"]["n"], result["per_model"]["spearman_p_perm"],
+             result["per_subset_mean"]["spearman_rho"], result["per_subset_mean"]["n"],
+             result["per_subset_mean"]["spearman_p_perm"], args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
