@@ -50,12 +50,12 @@ def load_reference(path: str | Path, n: int | None, seed: int) -> list[dict[str,
 
 
 @torch.inference_mode()
-def reference_nll(model_path: str, examples: list[dict[str, str]], *, adapter: str | None = None,
-                  max_length: int = 512, device: str = "cpu") -> dict[str, Any]:
-    tok = load_tokenizer(adapter or model_path)
-    model = load_causal_lm(model_path, adapter=adapter, device=device)
-    total, count = 0.0, 0
-    for ex in tqdm(examples, desc="reference NLL"):
+def example_nlls(model: Any, tok: Any, examples: list[dict[str, str]], *, max_length: int = 512,
+                 device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Per reference answer: (sum of its assistant-token NLL, its number of assistant tokens), each example
+    rendered with ``tok``'s chat template exactly as in training (``tokenize_with_assistant_mask``)."""
+    sums, counts = np.zeros(len(examples)), np.zeros(len(examples), dtype=np.int64)
+    for i, ex in enumerate(tqdm(examples, desc="reference NLL")):
         messages = [{"role": "user", "content": ex["instruction"]}, {"role": "assistant", "content": ex["output"]}]
         enc = tokenize_with_assistant_mask(tok, messages, max_length)
         ids = torch.tensor([enc["input_ids"]], device=device)
@@ -65,8 +65,18 @@ def reference_nll(model_path: str, examples: list[dict[str, str]], *, adapter: s
         target = labels[:, 1:]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                                 ignore_index=-100, reduction="sum")
-        total += float(nll)
-        count += int((target != -100).sum())
+        sums[i], counts[i] = float(nll), int((target != -100).sum())
+    return sums, counts
+
+
+def reference_nll(model_path: str, examples: list[dict[str, str]], *, adapter: str | None = None,
+                  max_length: int = 512, device: str = "cpu") -> dict[str, Any]:
+    tok = load_tokenizer(adapter or model_path)
+    model = load_causal_lm(model_path, adapter=adapter, device=device)
+    sums, counts = example_nlls(model, tok, examples, max_length=max_length, device=device)
+    total, count = 0.0, int(counts.sum())
+    for s in sums:  # accumulated in example order, as before: the cached numbers stay bit for bit
+        total += float(s)
     if count == 0:
         raise InputError(f"no reference-answer token fits in eval.max_length={max_length}; raise it")
     mean = total / count
