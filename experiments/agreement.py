@@ -8,7 +8,8 @@ evaluated by the smoke judge (``experiment=mini_judged``)::
 
 Both files come from ``divbench-study`` (one row per subset, per-replicate values in ``performance_replicates`` in
 ``train_seeds`` order). Models are matched on (base_model, subset, seed, train_seed); a model present in only one
-file is an error, not a silent drop. Reported for both levels (each fine-tuned model; each subset's replicate
+file is an error, not a silent drop, unless ``--shared-only`` asks for the models both hold (a judged run of one
+training replicate). Reported for both levels (each fine-tuned model; each subset's replicate
 mean): Spearman's rho with its asymptotic and permutation p-values (None below 4 points), Kendall's tau, and n.
 """
 
@@ -62,13 +63,18 @@ def _rank_stats(x: pd.Series, y: pd.Series, n_perm: int, seed: int) -> dict[str,
 
 
 def target_agreement(a: pd.DataFrame, b: pd.DataFrame, *, n_perm: int = 9999, seed: int = 0,
-                     where: tuple[str, str] = ("a", "b")) -> dict[str, Any]:
-    """Rank agreement of the ``performance`` of runs tables ``a`` and ``b`` over the models they share."""
+                     where: tuple[str, str] = ("a", "b"), shared_only: bool = False) -> dict[str, Any]:
+    """Rank agreement of the ``performance`` of runs tables ``a`` and ``b`` over their fine-tuned models: the same
+    models in both, or with ``shared_only`` the models both hold (e.g. one training replicate judged)."""
     va, vb = model_performances(a, where[0]), model_performances(b, where[1])
     only = sorted(set(va.index) ^ set(vb.index), key=str)
-    if only:
+    if only and not shared_only:
         raise InputError(f"{where[0]} and {where[1]} do not hold the same fine-tuned models: {len(only)} differ "
-                         f"(first: {only[:3]}); evaluate the same subsets and finetune.seeds in both")
+                         f"(first: {only[:3]}); evaluate the same subsets and finetune.seeds in both, or pass "
+                         "--shared-only to compare the models both hold")
+    va = va[va.index.isin(vb.index)]
+    if len(va) < 2:
+        raise InputError(f"{where[0]} and {where[1]} share {len(va)} fine-tuned models; nothing to compare")
     vb = vb.loc[va.index]
     by_subset = [k for k in MODEL_KEYS if k != "train_seed"]
     return {"a": {"file": where[0], "performance_source": str(a["performance_source"].iloc[0])},
@@ -76,7 +82,7 @@ def target_agreement(a: pd.DataFrame, b: pd.DataFrame, *, n_perm: int = 9999, se
             "per_model": _rank_stats(va, vb, n_perm, seed),
             "per_subset_mean": _rank_stats(va.groupby(level=by_subset).mean(), vb.groupby(level=by_subset).mean(),
                                            n_perm, seed),
-            "n_perm": n_perm, "seed": seed}
+            "n_models_only_in_one": len(only), "n_perm": n_perm, "seed": seed}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--n-perm", type=int, default=9999)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shared-only", action="store_true",
+                        help="compare the models both files hold (else a model in only one file is an error)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             if not path.is_file():
                 raise InputError(f"{path}: no such runs.csv; give the runs.csv files of two divbench-study runs")
         result = target_agreement(pd.read_csv(args.a), pd.read_csv(args.b), n_perm=args.n_perm, seed=args.seed,
-                                  where=(str(args.a), str(args.b)))
+                                  where=(str(args.a), str(args.b)), shared_only=args.shared_only)
     except InputError as e:
         log.error("%s", e)
         return 2

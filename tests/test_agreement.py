@@ -56,3 +56,10 @@ def test_cli_writes_the_json_or_nothing(tmp_path) -> None:
     runs([[1, 2]], "x").to_csv(tmp_path / "c.csv", index=False)
     assert main([str(tmp_path / "a.csv"), str(tmp_path / "c.csv"), "--out", str(bad)]) == 2
     assert not bad.exists()
+
+
+def test_shared_only_compares_the_models_both_hold() -> None:
+    one_replicate = runs([[2], [4], [6], [8]], "raw:alpaca_eval_win_rate")  # train seed 1 of each subset
+    out = target_agreement(PROXY, one_replicate, shared_only=True)
+    assert out["per_model"]["n"] == 4 and out["n_models_only_in_one"] == 4
+    assert out["per_model"]["spearman_rho"] == pytest.approx(1.0)  # proxy 1, 3, 5, 7 vs 2, 4, 6, 8
