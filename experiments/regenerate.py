@@ -23,8 +23,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     def work() -> dict:
         runs = OmegaConf.to_container(cfg.runs) if isinstance(cfg.runs, ListConfig) else cfg.runs
-        return regenerate(runs, cfg.out, n_boot=cfg.n_boot, seed=cfg.seed, n_perm=cfg.n_perm,
-                          reference_metric=cfg.reference_metric, alpha=cfg.alpha)
+        return regenerate(runs, cfg.out, exclude=list(cfg.exclude_selectors or []), n_boot=cfg.n_boot,
+                          seed=cfg.seed, n_perm=cfg.n_perm, reference_metric=cfg.reference_metric, alpha=cfg.alpha)
 
     paths = guard(work)
     log.info("wrote %d files to %s", len(paths), paths["runs"].parent)

@@ -28,6 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from divcore.io import atomic_write, make_temp_dir, remove_stale_temps, replace_dir
+from divcore.registry import did_you_mean
 from experiments import figures
 from experiments import stats as st
 from experiments.figures import fmt, novelsum_heatmap, scatter  # noqa: F401  (public since the first report)
@@ -494,6 +495,7 @@ def check_report_config(cfg: dict) -> None:
     check_out_dir(out)
     if not metric_columns(runs):
         raise InputError(f"runs={cfg['runs']} holds no metric column: nothing to correlate")
+    exclude_selectors(runs, list(cfg.get("exclude_selectors") or []), out, paths)
 
 
 def _check_mergeable(frames: list[pd.DataFrame], paths: list[Path]) -> None:
@@ -520,12 +522,33 @@ def default_out(paths: list[Path]) -> Path:
     return parent
 
 
+def exclude_selectors(runs: pd.DataFrame, names: Sequence[str], out: Path, paths: list[Path]) -> pd.DataFrame:
+    """``runs`` without the subsets of the named selectors: a sensitivity analysis (e.g. without the duplicate
+    subsets, whose low diversity can carry a correlation alone). Written beside, never over, the full report."""
+    if not names:
+        return runs
+    unknown = sorted(set(names) - set(runs["selector"]))
+    if unknown:
+        raise InputError(f"exclude_selectors: {unknown} not among the runs' selectors "
+                         f"{sorted(set(runs['selector']))}{did_you_mean(unknown[0], sorted(set(runs['selector'])))}")
+    if any(out.resolve() == p.parent.resolve() for p in paths):
+        raise InputError(f"exclude_selectors is set but out={out} holds the full report it would replace: give "
+                         "out=<another folder> for the filtered report")
+    kept = runs[~runs["selector"].isin(list(names))]
+    sizes = kept.groupby("base_model").size() if "base_model" in kept else pd.Series([len(kept)])
+    if kept.empty or sizes.min() < 3:
+        raise InputError(f"exclude_selectors={list(names)} leaves fewer than 3 subsets of a base model: nothing to "
+                         "correlate")
+    return kept.reset_index(drop=True)
+
+
 def regenerate(runs_csv: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
-               **kw) -> dict[str, Path]:
+               exclude: Sequence[str] = (), **kw) -> dict[str, Path]:
     """Rebuild every table and figure from one runs.csv, or merge several (one per base model), alone: no cache,
-    no models. ``out_dir`` defaults to :func:`default_out`."""
+    no models. ``out_dir`` defaults to :func:`default_out`; ``exclude`` drops the named selectors' subsets."""
     runs, paths = read_runs(runs_csv)
     out = Path(out_dir) if out_dir else default_out(paths)
+    runs = exclude_selectors(runs, list(exclude), out, paths)
     in_place = len(paths) == 1 and out.resolve() == paths[0].parent.resolve()
     kept = {name: (out / name).read_text() for name in RUN_FILES if in_place and (out / name).exists()}
     return write_report(runs, metric_columns(runs), out, extra=kept, **kw)

@@ -279,3 +279,22 @@ def test_presets_plan(preset, subsets, replicates, tmp_path):
         assert len({e["params"].get("unique_ratio") for e in plan if e["selector"] == "duplicate"}) >= 3
         assert len({e["seed"] for e in plan if e["selector"] == "random"}) >= 3
         assert cfg["eval"]["name"] == "reference_nll" and cfg["report"]["reference_metric"] == "novelsum"
+
+
+def test_exclude_selectors_reports_the_rest_beside_the_full_report(tmp_path):
+    runs = pd.concat([_runs(n=6, seed=5), _runs(n=3, seed=6).assign(selector="duplicate",
+                                                                     subset=["d0", "d1", "d2"])])
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    paths = regenerate(tmp_path / "runs.csv", tmp_path / "rest", exclude=["duplicate"], n_boot=50, n_perm=99)
+    kept = pd.read_csv(paths["runs"])
+    assert sorted(kept["subset"]) == [f"s{i}" for i in range(6)]
+    table = pd.read_csv(paths["table_csv"]).set_index("metric")
+    rest = runs[runs["selector"] == "random"]
+    assert table.loc["novelsum", "pearson_r"] == pytest.approx(stats.pearsonr(rest["novelsum"],
+                                                                              rest["performance"]).statistic)
+    with pytest.raises(InputError, match="did you mean 'duplicate'"):
+        regenerate(tmp_path / "runs.csv", tmp_path / "x", exclude=["duplicat"])
+    with pytest.raises(InputError, match="full report it would replace"):
+        regenerate(tmp_path / "runs.csv", tmp_path, exclude=["duplicate"])
+    with pytest.raises(InputError, match="fewer than 3 subsets"):
+        regenerate(tmp_path / "runs.csv", tmp_path / "y", exclude=["duplicate", "random"])
