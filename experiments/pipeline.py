@@ -306,6 +306,7 @@ class SubsetRunner:
         self.cfg, self.store, self.convs, self.emb, self.timings = cfg, store, convs, emb, timings
         self.signals = signals  # the pool signals stage's output: selectors and metrics read pool-wide work there
         self._base_model: str | None = None
+        self._selected: dict[tuple[int, ...], str] = {}  # sorted row indices -> the first subset that selected them
         self._pool: selection.PoolInputs | None = None
 
     def pool_inputs(self) -> selection.PoolInputs:
@@ -381,7 +382,17 @@ class SubsetRunner:
                                           **entry["params"])
                 Subset.write(tmp, result.indices, result.provenance)
         indices = Subset.read(self.store.path("subset", specs["subset"]))
+        self.warn_if_selected_before(entry, indices)
         return indices, [self.convs[i] for i in indices]
+
+    def warn_if_selected_before(self, entry: dict[str, Any], indices: list[int]) -> None:
+        """Two subset entries that select the same rows are one subset counted twice in every correlation (e.g. a
+        deterministic selector listed with two seeds): say so, naming both."""
+        name = f"{entry['label']} (seed {entry['seed']})"
+        first = self._selected.setdefault(tuple(sorted(indices)), name)
+        if first != name:
+            log.warning("subsets %s and %s select the same rows, so the report counts one subset twice; give one of "
+                        "them other parameters, or list a deterministic selector once", first, name)
 
     def metrics_row(self, entry: dict[str, Any], specs: dict, indices: list[int], sub: list[dict]) -> dict[str, Any]:
         """The subset's diversity metrics (density / coverage reference: the whole pool), computed or cached."""

@@ -4,6 +4,7 @@ cannot meet them."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -178,7 +179,7 @@ def _study(tmp: Path, n: int = 30) -> dict:
                                           "pool.max_prompt_chars=null", "embed=precomputed",
                                           f"embed.path={tmp}/emb.npy", "logger.enabled=false", "stop_after=metrics"])
     cfg = OmegaConf.to_container(cfg, resolve=True)
-    cfg["metrics"]["compute"] = SIGNAL_METRICS
+    cfg["metrics"]["compute"] = copy.deepcopy(SIGNAL_METRICS)  # tests change their copy
     cfg["selection"]["subsets"] = [{"label": "random", "selector": "random", "seeds": [0, 1]},
                                    {"label": "mig", "selector": "mig", "params": {"n_clusters": 4}}]
     return cfg
@@ -236,3 +237,15 @@ def test_bad_signal_needs_are_refused_before_embedding(tmp_path):
     with pytest.raises(InputError, match="n_clusters=31 needs at least that many rows; the pool has 30"):
         run_study(cfg)
     assert not (tmp_path / "cache" / "embed").exists() and not (tmp_path / "cache" / "signals").exists()
+
+
+def test_two_entries_selecting_the_same_rows_are_named_in_a_warning(tmp_path, caplog):
+    cfg = _study(tmp_path)
+    # MIG ignores the selection seed: listed with two seeds, it selects one subset twice
+    cfg["selection"]["subsets"] = [{"label": "random", "selector": "random", "seeds": [0, 1]},
+                                   {"label": "mig", "selector": "mig", "params": {"n_clusters": 4}, "seeds": [0, 1]}]
+    caplog.set_level("WARNING")
+    run_study(cfg)
+    warnings = [r.getMessage() for r in caplog.records if "select the same rows" in r.getMessage()]
+    assert warnings == ["subsets mig (seed 0) and mig (seed 1) select the same rows, so the report counts one subset "
+                        "twice; give one of them other parameters, or list a deterministic selector once"]
