@@ -9,8 +9,9 @@ evaluated by the smoke judge (``experiment=mini_judged``)::
 Both files come from ``divbench-study`` (one row per subset, per-replicate values in ``performance_replicates`` in
 ``train_seeds`` order). Models are matched on (base_model, subset, seed, train_seed); a model present in only one
 file is an error, not a silent drop, unless ``--shared-only`` asks for the models both hold (a judged run of one
-training replicate). Reported for both levels (each fine-tuned model; each subset's replicate
-mean): Spearman's rho with its asymptotic and permutation p-values (None below 4 points), Kendall's tau, and n.
+training replicate). Reported for both levels (each fine-tuned model both files hold; each subset's mean
+over all of its replicates in each file): Spearman's rho with its asymptotic and permutation p-values (None below
+4 points), Kendall's tau, and n.
 """
 
 from __future__ import annotations
@@ -72,16 +73,18 @@ def target_agreement(a: pd.DataFrame, b: pd.DataFrame, *, n_perm: int = 9999, se
         raise InputError(f"{where[0]} and {where[1]} do not hold the same fine-tuned models: {len(only)} differ "
                          f"(first: {only[:3]}); evaluate the same subsets and finetune.seeds in both, or pass "
                          "--shared-only to compare the models both hold")
+    by_subset = [k for k in MODEL_KEYS if k != "train_seed"]
+    # subset level: each target's mean over all of its replicates, on the subsets both evaluated
+    ma, mb = va.groupby(level=by_subset).mean(), vb.groupby(level=by_subset).mean()
+    ma, mb = ma[ma.index.isin(mb.index)], mb[mb.index.isin(ma.index)]
     va = va[va.index.isin(vb.index)]
     if len(va) < 2:
         raise InputError(f"{where[0]} and {where[1]} share {len(va)} fine-tuned models; nothing to compare")
     vb = vb.loc[va.index]
-    by_subset = [k for k in MODEL_KEYS if k != "train_seed"]
     return {"a": {"file": where[0], "performance_source": str(a["performance_source"].iloc[0])},
             "b": {"file": where[1], "performance_source": str(b["performance_source"].iloc[0])},
             "per_model": _rank_stats(va, vb, n_perm, seed),
-            "per_subset_mean": _rank_stats(va.groupby(level=by_subset).mean(), vb.groupby(level=by_subset).mean(),
-                                           n_perm, seed),
+            "per_subset_mean": _rank_stats(ma, mb.loc[ma.index], n_perm, seed),
             "n_models_only_in_one": len(only), "n_perm": n_perm, "seed": seed}
 
 

@@ -63,3 +63,10 @@ def test_shared_only_compares_the_models_both_hold() -> None:
     out = target_agreement(PROXY, one_replicate, shared_only=True)
     assert out["per_model"]["n"] == 4 and out["n_models_only_in_one"] == 4
     assert out["per_model"]["spearman_rho"] == pytest.approx(1.0)  # proxy 1, 3, 5, 7 vs 2, 4, 6, 8
+    # subsets: the proxy's mean over both replicates (1.5, 3.5, 5.5, 7.5) against the one judged replicate
+    assert out["per_subset_mean"]["n"] == 4 and out["per_subset_mean"]["spearman_rho"] == pytest.approx(1.0)
+    swapped = runs([[8], [4], [6], [2]], "raw:alpaca_eval_win_rate")
+    out = target_agreement(PROXY, swapped, shared_only=True)
+    # models 1, 3, 5, 7 vs 8, 4, 6, 2: ranks (1,2,3,4) vs (4,2,3,1), sum d^2 = 18, rho = 1 - 6*18/60 = -0.8
+    assert out["per_model"]["spearman_rho"] == pytest.approx(-0.8)
+    assert out["per_subset_mean"]["spearman_rho"] == pytest.approx(-0.8)
