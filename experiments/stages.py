@@ -62,10 +62,10 @@ class Subset:
         return json.loads((folder / cls.INDICES).read_text())
 
 
-class MetricsRow:
-    """A subset's diversity metrics, one column each."""
+class JsonRow:
+    """A row of named values in one JSON file, ``FILE``, named by the subclass."""
 
-    FILE = "metrics.json"
+    FILE: str
 
     @classmethod
     def write(cls, folder: Path, row: dict[str, Any]) -> None:
@@ -74,6 +74,12 @@ class MetricsRow:
     @classmethod
     def read(cls, folder: Path) -> dict[str, Any]:
         return json.loads((folder / cls.FILE).read_text())
+
+
+class MetricsRow(JsonRow):
+    """A subset's diversity metrics, one column each."""
+
+    FILE = "metrics.json"
 
 
 class FinetuneOutput:
@@ -95,18 +101,10 @@ class Generations:
     """What the evaluators' generate halves wrote: each evaluator names its own files (eval.benchmarks)."""
 
 
-class EvalRow:
+class EvalRow(JsonRow):
     """A model's evaluation row (the evaluators' columns); judged evaluators put their verdicts beside it."""
 
     FILE = "eval.json"
-
-    @classmethod
-    def write(cls, folder: Path, row: dict[str, Any]) -> None:
-        (folder / cls.FILE).write_text(json.dumps(row, indent=2))
-
-    @classmethod
-    def read(cls, folder: Path) -> dict[str, Any]:
-        return json.loads((folder / cls.FILE).read_text())
 
 
 @dataclass(frozen=True)
