@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from divcore.models import resolve_model
-from eval.reference_nll import example_nlls, load_reference
+from eval.benchmarks import reference_examples, reference_nll_config
+from eval.reference_nll import example_nlls
 from finetune.models import finetuned, load_causal_lm, load_tokenizer
 
 
@@ -50,10 +51,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     cfg = json.loads((args.results / "study_config.json").read_text())
-    ev = cfg["eval"]
-    nll_cfg = ev if ev["name"] == "reference_nll" else ev["reference_nll"] | {
-        "reference_path": ev["alpaca_eval"]["reference_path"], "seed": ev["alpaca_eval"].get("seed", 0)}
-    examples = load_reference(nll_cfg["reference_path"], nll_cfg.get("n_examples"), int(nll_cfg.get("seed", 0)))
+    nll_cfg = reference_nll_config(cfg["eval"])  # the sample and truncation the study's evaluator used
+    examples = reference_examples(nll_cfg)
     base = resolve_model(cfg["finetune"]["base_model"], args.cache_dir)
     sums, counts, perf = [], [], []
     start = time.perf_counter()

@@ -190,10 +190,19 @@ def _mt_bench_score(gen_dir: Path, cfg: dict[str, Any], scoring: Scoring) -> dic
 # ------------------------------------------------------------------------------------------------ reference NLL
 
 
+def reference_examples(cfg: dict[str, Any]) -> list[dict[str, str]]:
+    """The fixed seeded sample of reference answers that the reference-NLL evaluator config ``cfg`` scores."""
+    return load_reference(cfg["reference_path"], cfg.get("n_examples"), int(cfg.get("seed", 0)))
+
+
+def reference_nll_config(ev: dict[str, Any]) -> dict[str, Any]:
+    """The reference-NLL evaluator's own config from a study's ``eval`` group, alone or in the suite."""
+    return ev if ev["name"] == "reference_nll" else _reference_nll_in_suite(ev)
+
+
 def _reference_nll_generate(model: EvalModel, cfg: dict[str, Any], out_dir: Path) -> None:
-    examples = load_reference(cfg["reference_path"], cfg.get("n_examples"), int(cfg.get("seed", 0)))
-    result = reference_nll(model.path, examples, adapter=model.adapter, max_length=int(cfg.get("max_length", 512)),
-                           device=cfg.get("device", "cpu"))
+    result = reference_nll(model.path, reference_examples(cfg), adapter=model.adapter,
+                           max_length=int(cfg.get("max_length", 512)), device=cfg.get("device", "cpu"))
     atomic_write(out_dir / NLL, json.dumps(result, indent=2))
 
 
