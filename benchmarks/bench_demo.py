@@ -12,7 +12,8 @@ import time
 
 from hydra import compose, initialize_config_dir
 
-from experiments.run_study import CONFIG_DIR, run
+from experiments.cli.study import run
+from experiments.engine.config import CONFIG_DIR
 
 
 def main() -> None:

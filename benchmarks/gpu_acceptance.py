@@ -58,7 +58,7 @@ class Context:
 
     def texts(self, n: int) -> list[str]:
         if self._texts is None:
-            from experiments.pools import embedding_text, load_conversations
+            from experiments.data.pools import embedding_text, load_conversations
 
             self._texts = [embedding_text(c) for c in load_conversations(None, "sharegpt_package", "skip")]
         return [self._texts[i % len(self._texts)] for i in range(n)]
@@ -83,7 +83,7 @@ def _needs_vllm(ctx: Context) -> None:
 
 def part_vllm_embed(ctx: Context) -> str:
     _needs_vllm(ctx)
-    from experiments.embed import embed_texts
+    from experiments.embedding.backends import embed_texts
 
     n = ctx.n(20_000)
     texts, start = ctx.texts(n), time.perf_counter()
@@ -128,7 +128,7 @@ def part_sft_bf16(ctx: Context) -> str:
         raise Skip("this GPU has no bf16")
     if ctx.device == "none":
         raise Skip("no CUDA GPU on this machine")
-    from experiments.pools import load_conversations
+    from experiments.data.pools import load_conversations
     from finetune.sft import train_sft
 
     convs = load_conversations(None, "sharegpt_package", "skip")[: ctx.n(512)]

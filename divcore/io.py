@@ -181,3 +181,17 @@ def read_json(path: str | Path, what: str = "JSON", hint: str = "") -> Any:
         return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: malformed JSON at line {e.lineno} ({e.msg})") from None
+
+
+def check_writable(path: str | Path, key: str) -> None:
+    """``path`` (created later) can be written: its nearest existing ancestor is a writable directory."""
+    p = Path(path).expanduser().absolute()
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{key}={path}: {probe} is a file, not a folder; choose another {key}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{key}={path}: {probe} is not writable by this user; choose a writable {key}")

@@ -24,11 +24,11 @@ from typing import Any
 
 import yaml
 
+from divcore.errors import InputError
 from divcore.hashing import stable_hash
 from divcore.io import atomic_write
 from eval.generation import Generator
 from eval.judges import Judge, cache_lock, judge_many
-from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
 

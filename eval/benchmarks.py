@@ -21,13 +21,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from divcore.errors import InputError
 from divcore.io import atomic_write, read_jsonl, write_jsonl
 from eval import alpaca_eval as ae
 from eval import mt_bench as mt
 from eval.evaluators import EvalModel, Scoring, evaluation, register
 from eval.generation import MT_BENCH_TEMPERATURES
 from eval.reference_nll import load_reference, read_reference, reference_nll, sample_positions
-from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from metrics.validation import InputError
+from divcore.errors import InputError
 
 log = logging.getLogger(__name__)
 METHODS = ("zscore_mean", "raw")

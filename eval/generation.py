@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from divcore.errors import InputError
 from divcore.params import NON_NEGATIVE, POSITIVE_INT, SEED, Param, flag, mapping, number, optional
 from divcore.params import text as non_empty_text
 from divcore.registry import Registry
-from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
 

@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from divcore.errors import InputError
 from divcore.locks import hold_lock
 from divcore.params import NON_NEGATIVE, POSITIVE_INT, Param, flag, integer, number, optional, text
 from divcore.registry import Registry
-from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
 

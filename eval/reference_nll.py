@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from divcore.errors import InputError
 from finetune.models import load_causal_lm, load_tokenizer
 from finetune.sft import tokenize_with_assistant_mask
-from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from divcore.errors import InputError
 from divcore.io import atomic_write
 from finetune.models import load_tokenizer, release_gpu_memory
-from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
 

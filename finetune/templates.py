@@ -34,7 +34,7 @@ def set_chat_template(tok: PreTrainedTokenizerBase, template: str | None) -> Non
     tokenizer knows it."""
     if template is None:
         if tok.chat_template is None:
-            from metrics.validation import InputError
+            from divcore.errors import InputError
 
             raise InputError(f"{tok.name_or_path} has no chat template (a base model?): set finetune.chat_template "
                              f"to one of {sorted(TEMPLATES)} or a Jinja string")

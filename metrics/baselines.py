@@ -13,9 +13,10 @@ import faiss
 import numpy as np
 import torch
 
+from divcore.errors import InputError
 from divcore.rows import normalize_rows
 from metrics.labels import Clustering
-from metrics.validation import InputError, as_embeddings, check_positive_int, check_same_dim
+from metrics.validation import as_embeddings, check_positive_int, check_same_dim
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

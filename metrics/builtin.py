@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from divcore.errors import InputError
 from divcore.params import COSINE, NON_NEGATIVE, POSITIVE_INT, SEED, integer, number, one_of, sequence_of
 from metrics import baselines, mig
 from metrics import labels as labels_mod
@@ -18,7 +19,6 @@ from metrics.labels import LABEL_SOURCE, PoolLabels
 from metrics.novelsum import distsum_cosine, novelsum, novelsum_grid
 from metrics.registry import MetricInputs, register
 from metrics.signals import SignalNeeds, mig_label_needs
-from metrics.validation import InputError
 
 MODE = one_of("reference", "paper")
 

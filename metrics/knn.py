@@ -13,7 +13,8 @@ import faiss
 import numpy as np
 import torch
 
-from metrics.validation import InputError, check_nonnegative, check_positive_int
+from divcore.errors import InputError
+from metrics.validation import check_nonnegative, check_positive_int
 
 log = logging.getLogger(__name__)
 

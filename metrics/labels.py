@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from divcore.errors import InputError
 from divcore.models import resolve_model
 from divcore.params import one_of
 from divcore.rows import normalize_rows
-from metrics.validation import InputError, as_embeddings
+from metrics.validation import as_embeddings
 
 LABEL_SOURCE = one_of("tags", "kmeans", "auto")  # where MIG labels come from (the metric and the selector)
 

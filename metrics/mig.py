@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from divcore.errors import InputError
 from divcore.rows import normalize_rows
-from metrics.validation import InputError, as_embeddings
+from metrics.validation import as_embeddings
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from divcore.errors import InputError
 from divcore.rows import normalize_rows
 from metrics.knn import density_from_sq, knn_sq_distances, unit_rows
-from metrics.validation import InputError, as_embeddings, check_nonnegative, check_positive_int, check_same_dim
+from metrics.validation import as_embeddings, check_nonnegative, check_positive_int, check_same_dim
 
 Mode = Literal["reference", "paper"]
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from divcore.errors import InputError
 from divcore.params import Param
 from divcore.registry import Registry, RegistryError, signature_defaults, signature_params
 from metrics.signals import PoolSignals, SignalNeeds, union
-from metrics.validation import InputError
 
 NEEDS = frozenset({"embeddings", "reference", "texts"})
 

@@ -1,5 +1,5 @@
 """Pool-level signals: what metrics and selectors read about the whole pool, computed once per (embeddings, signal
-parameters) and cached by the study's ``signals`` stage (``experiments.pipeline.signals_stage``).
+parameters) and cached by the study's ``signals`` stage (``experiments.engine.pipeline.signals_stage``).
 
 * ``knn_sq``: each pool row's squared L2 distances to its ``knn_k`` nearest rows of the de-duplicated pool, the
   first hit dropped (:func:`metrics.knn.knn_sq_distances`, mode ``reference``): NovelSum's and NovelSelect's
@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from divcore.errors import InputError
 from metrics.baselines import partition_kmeans
 from metrics.knn import knn_sq_distances, unique_rows
 from metrics.labels import Clustering, PoolLabels, spherical_kmeans, tag_labels
-from metrics.validation import InputError, as_embeddings
+from metrics.validation import as_embeddings
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from divcore.errors import InputError
 from divcore.params import POSITIVE_INT, number, optional
-from metrics.validation import InputError
 from selection.registry import PoolInputs, register
 
 

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from divcore.errors import InputError
 from divcore.params import NON_NEGATIVE, POSITIVE_INT, one_of
 from metrics.knn import density_from_sq, local_density, self_density_from_gram, unit_rows
 from metrics.signals import SignalNeeds
-from metrics.validation import InputError, as_embeddings, check_nonnegative, check_positive_int
+from metrics.validation import as_embeddings, check_nonnegative, check_positive_int
 from selection.kcenter import first_pick
 from selection.registry import PoolInputs, register
 

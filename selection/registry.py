@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from divcore.errors import InputError
 from divcore.params import Param
 from divcore.registry import Registry, signature_defaults, signature_params
 from metrics.signals import PoolSignals, SignalNeeds, union
-from metrics.validation import InputError, as_embeddings, check_positive_int
+from metrics.validation import as_embeddings, check_positive_int
 
 
 @dataclass(frozen=True)

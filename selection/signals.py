@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from divcore.errors import InputError
 from metrics.labels import kmeans_labels, tag_labels  # noqa: F401  (re-exported: the selectors' label signals)
-from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ import logging
 import numpy as np
 import torch
 
+from divcore.errors import InputError
 from divcore.params import COSINE, NON_NEGATIVE, POSITIVE_INT, SEED, UNIT_INTERVAL, number, one_of, optional
 from metrics.knn import unit_rows
 from metrics.labels import LABEL_SOURCE, PoolLabels, kmeans_labels, tag_labels
 from metrics.mig import PHI_A, PHI_B, InformationModel
 from metrics.signals import SignalNeeds, mig_label_needs
-from metrics.validation import InputError
 from selection.registry import PoolInputs, Selection, register
 from selection.signals import resolve_quality
 from selection.submodular import mig, qdit

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from divcore.errors import InputError
 from metrics.knn import unit_rows
 from metrics.mig import PHI_A, PHI_B, InformationModel, _check_params, phi, phi_gradient, sample_information
-from metrics.validation import InputError, as_embeddings, check_positive_int, check_same_dim
+from metrics.validation import as_embeddings, check_positive_int, check_same_dim
 
 
 def _scaled_quality(quality: np.ndarray, n: int, scale: str) -> np.ndarray:

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from divcore.errors import InputError
-from experiments.agreement import main, model_performances, target_agreement
+from experiments.cli.agreement import main
+from experiments.report.agreement import model_performances, target_agreement
 
 
 def runs(values: list[list[float]], source: str) -> pd.DataFrame:

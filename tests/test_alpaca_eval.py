@@ -7,8 +7,8 @@ from importlib import resources
 import pandas as pd
 import pytest
 
+from divcore.errors import InputError
 from eval import alpaca_eval_summary
-from metrics import InputError
 from tests.conftest import SHARED
 
 BOARDS = {"weighted_alpaca_eval_gpt4_turbo.json": "data_AlpacaEval_2/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv",

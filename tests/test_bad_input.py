@@ -16,7 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import embed_pool, finetune_job, measure, regenerate, run_study, select_subset
+from experiments.cli import embed as embed_pool
+from experiments.cli import finetune as finetune_job
+from experiments.cli import measure
+from experiments.cli import report as regenerate
+from experiments.cli import select as select_subset
+from experiments.cli import study as run_study
+from experiments.engine.config import CONFIG_DIR
 
 GOOD = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]
 KEY = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
@@ -208,9 +214,9 @@ def test_secret_in_a_config_file_refused(tmp_path, capsys, monkeypatch):
     import shutil
 
     configs = tmp_path / "configs"
-    shutil.copytree(run_study.CONFIG_DIR, configs)
+    shutil.copytree(CONFIG_DIR, configs)
     (configs / "eval" / "judge" / "leaky.yaml").write_text(f"kind: openai\nmodel: m\napi_key: {KEY}\n")
-    monkeypatch.setattr(run_study, "CONFIG_DIR", str(configs))
+    monkeypatch.setattr("experiments.engine.config.CONFIG_DIR", str(configs))
     code, text = invoke(run_study.main, study_args(tmp_path / "run", "eval/judge=leaky"), capsys)
     assert code == 2 and "config: eval.judge.api_key holds a value" in text and KEY[3:] not in text
     assert not (tmp_path / "run").exists()
@@ -328,11 +334,11 @@ def _damaged_embed_artifact(tmp: Path, pool: Path) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from experiments.cache import ArtifactStore
-    from experiments.pipeline import pool_stage, stage_specs
+    from experiments.engine.pipeline import pool_stage, stage_specs
+    from experiments.engine.store import ArtifactStore
 
     overrides = [a for a in study_args(tmp, "pool=file", f"pool.path={pool}") if not a.startswith("hydra.")]
-    with initialize_config_dir(config_dir=run_study.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = OmegaConf.to_container(compose("study", overrides=overrides), resolve=True)
     store, specs = ArtifactStore(cfg["cache_dir"]), stage_specs(cfg)
     pool_stage(store, specs["pool"], cfg["pool"])
@@ -358,7 +364,7 @@ def test_dry_run_shows_corrupt(tmp_path, capsys):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=run_study.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("study", overrides=[a for a in cfg_args if not a.startswith("hydra.")])
     table = run_study.run(cfg)["dry_run"]
     status = table.groupby("stage")["status"].agg(set)
@@ -369,7 +375,7 @@ def test_dry_run_shows_corrupt(tmp_path, capsys):
 
 
 def test_unexpected_failure_exits_1_with_traceback_in_log(tmp_path, capsys, monkeypatch):
-    import experiments.pipeline as pipeline
+    import experiments.engine.pipeline as pipeline
 
     def boom(*_a, **_k):
         raise RuntimeError("disk on fire")

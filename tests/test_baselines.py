@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import metrics
-from metrics import InputError, MetricInputs, baselines
+from divcore.errors import InputError
+from metrics import MetricInputs, baselines
 
 
 def _cyclic_text(n_types: int, n_tokens: int = 400) -> list[str]:

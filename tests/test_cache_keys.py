@@ -6,9 +6,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments.cache import ArtifactStore
-from experiments.pipeline import STAGES, stage_specs, subset_plan
-from experiments.run_study import CONFIG_DIR
+from experiments.engine.config import CONFIG_DIR
+from experiments.engine.pipeline import STAGES, stage_specs, subset_plan
+from experiments.engine.store import ArtifactStore
 
 BASES = {"reference_nll": ["debug=tiny"],
          "judged": ["debug=tiny", "eval=smoke_judge"],

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from experiments.cache import ArtifactStore, stable_hash
-from experiments.report import correlate, regenerate, to_markdown, write_report
-from metrics import InputError
+from divcore.errors import InputError
+from divcore.hashing import stable_hash
+from experiments.engine.store import ArtifactStore
+from experiments.report.tables import correlate, regenerate, to_markdown, write_report
 
 
 def test_store_is_content_addressed_and_atomic(tmp_path):

@@ -10,9 +10,10 @@ import threading
 
 import pytest
 
-from experiments.cache import ArtifactStore, LockTimeoutError, hold_lock
-from experiments.pipeline import STAGES
-from experiments.run_study import PROJECT_ROOT
+from divcore.locks import LockTimeoutError, hold_lock
+from experiments.engine.config import PROJECT_ROOT
+from experiments.engine.pipeline import STAGES
+from experiments.engine.store import ArtifactStore
 from tests.test_study_e2e import _artifacts, _tiny_overrides
 
 
@@ -20,7 +21,7 @@ from tests.test_study_e2e import _artifacts, _tiny_overrides
 def test_three_study_processes_on_one_cold_cache(tmp_path, tiny_model):
     overrides = _tiny_overrides(tmp_path, tiny_model) + ["selection.only=kcenter"]
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1", PYTHONPATH=str(PROJECT_ROOT))
-    procs = [subprocess.Popen([sys.executable, "-m", "experiments.run_study", *overrides,
+    procs = [subprocess.Popen([sys.executable, "-m", "experiments.cli.study", *overrides,
                                f"hydra.run.dir={tmp_path}/hydra{i}"], cwd=PROJECT_ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(3)]
     outs = [p.communicate(timeout=900)[0] for p in procs]

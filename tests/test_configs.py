@@ -9,9 +9,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from divcore import InputError
-from experiments.pipeline import run_study
-from experiments.run_study import CONFIG_DIR
+from divcore.errors import InputError
+from experiments.engine.config import CONFIG_DIR
+from experiments.engine.pipeline import run_study
 
 GROUPS = ["pool", "embed", "selection", "metrics", "finetune", "eval", "eval/judge", "logger", "experiment", "debug"]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from divcore import InputError, atomic_dir, atomic_write, read_json, read_jsonl, stable_hash, write_jsonl
+from divcore import atomic_dir, atomic_write, read_json, read_jsonl, stable_hash, write_jsonl
+from divcore.errors import InputError
 from divcore.rows import normalize_rows
 
 

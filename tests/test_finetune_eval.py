@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from divcore.errors import InputError
 from eval.reference_nll import load_reference, reference_nll
 from finetune.models import load_tokenizer
 from finetune.sft import tokenize_with_assistant_mask, train_sft
-from metrics import InputError
 
 CONVS = [{"messages": [{"role": "user", "content": f"Question {i}?"},
                        {"role": "assistant", "content": f"Answer number {i}."},

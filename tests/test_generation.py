@@ -7,12 +7,12 @@ import json
 import pandas as pd
 import pytest
 
+from divcore.errors import InputError
 from eval import mt_bench as mt
 from eval.benchmarks import AE_OUTPUTS, MT_ANSWERS, generate_benchmarks, judge_benchmarks
 from eval.generation import MT_BENCH_TEMPERATURES, make_generator
-from experiments.report import performance_note
+from experiments.report.tables import performance_note
 from finetune.models import resolve_model
-from metrics.validation import InputError
 from tests.conftest import SHARED
 
 MT_DIR = SHARED / "data" / "mt_bench"

@@ -17,11 +17,12 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
+from divcore.errors import InputError
 from eval.generation import adapter_rank, lora_rank_limit
-from experiments.embed import LastTokenEncoder, embed_chunked, embed_texts
-from experiments.run_study import CONFIG_DIR, PROJECT_ROOT, run
+from experiments.cli.study import run
+from experiments.embedding.backends import LastTokenEncoder, embed_chunked, embed_texts
+from experiments.engine.config import CONFIG_DIR, PROJECT_ROOT
 from finetune.sft import sft_config
-from metrics.validation import InputError
 from tests.test_study_e2e import _artifacts, _compose, _tiny_overrides
 
 FINETUNE_PRESETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "finetune").glob("*.yaml"))
@@ -209,7 +210,7 @@ def test_every_preset_composes_and_dry_runs_with_slurm_and_no_keys(experiment, t
     assert (tmp_path / "r" / "plan.csv").exists() and not (tmp_path / "c").exists()  # only the plan is written
 
 
-def _cli(*args: str, tmp: Path, module: str = "experiments.run_study", env: dict | None = None):
+def _cli(*args: str, tmp: Path, module: str = "experiments.cli.study", env: dict | None = None):
     env = {k: v for k, v in os.environ.items() if k not in KEY_VARS} | {"HF_HOME": str(tmp / "hf")} | (env or {})
     return subprocess.run([sys.executable, "-m", module, f"cache_dir={tmp}/c", f"results_dir={tmp}/r",
                            "logger=none", f"hydra.run.dir={tmp}/o", *args], cwd=PROJECT_ROOT, env=env,
@@ -230,14 +231,14 @@ def test_preflight_fails_before_writing_anything(tmp_path, args, message):
 
 @pytest.mark.slow
 def test_doctor_names_what_the_paper_preset_lacks_here(tmp_path):
-    proc = _cli("experiment=paper_llama3", tmp=tmp_path, module="experiments.doctor")
+    proc = _cli("experiment=paper_llama3", tmp=tmp_path, module="experiments.cli.doctor")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-2000:]
     assert "missing GPUs: this preset needs CUDA" in out
     assert "missing HF token: ['meta-llama/Meta-Llama-3-8B'] are gated" in out
     assert "missing judge key: export OPENAI_API_KEY" in out
     assert "torch" in out and "faiss" in out and "free disk" in out
-    demo = _cli("experiment=demo", tmp=tmp_path, module="experiments.doctor")
+    demo = _cli("experiment=demo", tmp=tmp_path, module="experiments.cli.doctor")
     assert demo.returncode == 0, (demo.stdout + demo.stderr)[-2000:]
     assert "everything this preset needs is here" in demo.stdout + demo.stderr
 

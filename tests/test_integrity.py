@@ -12,12 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.cache import MARKER, ArtifactStore, CorruptArtifactError, atomic_write
-from experiments.cli import DemoteToDebug, check_argv, mask
-from experiments.fingerprint import HashCache, content_keys
-from experiments.pipeline import stage_specs
-from experiments.report import correlate, write_report
-from metrics import InputError, MetricInputs, compute
+from divcore.errors import InputError
+from divcore.io import atomic_write
+from experiments.cli.command import DemoteToDebug, check_argv, mask
+from experiments.engine.fingerprint import HashCache, content_keys
+from experiments.engine.pipeline import stage_specs
+from experiments.engine.store import MARKER, ArtifactStore, CorruptArtifactError
+from experiments.report.tables import correlate, write_report
+from metrics import MetricInputs, compute
 from metrics.mig import mig_information
 
 CONV = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]
@@ -67,7 +69,7 @@ def test_hash_cache_reuses_hash_while_stat_unchanged(tmp_path, monkeypatch):
     digest = cache.fingerprint(f)
     cache.save()
     calls = []
-    monkeypatch.setattr("experiments.fingerprint.sha256_file", lambda p: calls.append(p) or "rehashed")
+    monkeypatch.setattr("experiments.engine.fingerprint.sha256_file", lambda p: calls.append(p) or "rehashed")
     assert HashCache(tmp_path / "hashes.json").fingerprint(f) == digest and calls == []
     f.write_bytes(b"y" * 999)  # size changes: re-hashed
     assert HashCache(tmp_path / "hashes.json").fingerprint(f) == "rehashed"
@@ -155,7 +157,7 @@ def test_missing_and_text_cells_warned_and_left_out(caplog):
     table = write_report_table.set_index("metric")
     assert table.loc["vendi", "n"] == 3 and table.loc["radius", "n"] == 4
     assert np.isfinite(table.loc["radius", "pearson_r"])  # one NaN no longer makes everything undefined
-    from experiments.report import warn_bad_cells
+    from experiments.report.tables import warn_bad_cells
     warn_bad_cells(runs, ["performance", "vendi"])
     assert "column performance has 1 missing" in caplog.text and "row 4 (c, seed 0): 'oops'" in caplog.text
 
@@ -169,7 +171,7 @@ def test_report_with_gaps_writes_tables_and_keeps_runs_as_given(tmp_path):
 
 
 def test_config_folder_secrets_found_when_not_composable(tmp_path):
-    from experiments.cli import preflight
+    from experiments.cli.command import preflight
 
     (tmp_path / "mine.yaml").write_text("eval:\n  judge:\n    api_key: abcdef123456\n")
     with pytest.raises(SystemExit) as e:
@@ -215,7 +217,7 @@ def test_faiss_loader_lines_are_demoted_to_debug():
     assert DemoteToDebug().filter(record) and record.levelno == logging.DEBUG
     import yaml
 
-    from experiments.run_study import CONFIG_DIR
+    from experiments.engine.config import CONFIG_DIR
     conf = yaml.safe_load(open(f"{CONFIG_DIR}/hydra/job_logging/divbench.yaml"))
     assert conf["handlers"]["console"]["level"] == "INFO" and conf["handlers"]["file"]["level"] == "DEBUG"
     assert conf["loggers"]["faiss.loader"] == {"level": "DEBUG", "filters": ["demote"], "propagate": True}
@@ -228,11 +230,11 @@ def test_cli_console_has_no_loader_noise_and_log_keeps_it(tmp_path):
     import subprocess
     import sys
 
-    from experiments.run_study import PROJECT_ROOT
+    from experiments.engine.config import PROJECT_ROOT
 
     np.save(tmp_path / "a.npy", np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32))
     proc = subprocess.run(
-        ["bash", "-c", f"umask 022 && exec {sys.executable} -m experiments.measure subsets={tmp_path}/a.npy "
+        ["bash", "-c", f"umask 022 && exec {sys.executable} -m experiments.cli.measure subsets={tmp_path}/a.npy "
          f"out={tmp_path}/out hydra.run.dir={tmp_path}/h 'metrics.compute=[{{name: partition_entropy, params: "
          "{n_clusters: 3}}, {name: radius}]'"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,

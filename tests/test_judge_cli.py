@@ -12,7 +12,7 @@ import pytest
 
 from eval import mt_bench as mt
 from eval.reference_nll import read_reference
-from experiments.run_study import PROJECT_ROOT
+from experiments.engine.config import PROJECT_ROOT
 from tests.conftest import SHARED
 from tests.judge_server import JudgeServer
 
@@ -35,7 +35,7 @@ def server():
 def _cli(server: JudgeServer, tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), OMP_NUM_THREADS="1", DIVBENCH_SHARED=str(SHARED),
                **{KEY_ENV: "sk-test"})
-    return subprocess.run([sys.executable, "-m", "experiments.judge", *args, "eval/judge=vllm_server",
+    return subprocess.run([sys.executable, "-m", "experiments.cli.judge", *args, "eval/judge=vllm_server",
                            f"eval.judge.base_url={server.base_url}", f"eval.judge.api_key_env={KEY_ENV}",
                            "eval.judge.model=judge-x", "eval.judge.max_retries=2", f"cache_dir={tmp_path}/cache",
                            f"logger.dir={tmp_path}/wandb", f"hydra.run.dir={tmp_path}/hydra"],

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from divcore.errors import InputError
 from eval import alpaca_eval as ae
 from eval import mt_bench as mt
 from eval.benchmarks import check_eval_config
 from eval.combined import combine_performance
 from eval.judges import JudgeConfig, JudgeError, make_judge
 from eval.reference_nll import load_reference
-from metrics.validation import InputError
 from tests.conftest import SHARED
 from tests.judge_server import JudgeServer
 

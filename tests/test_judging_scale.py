@@ -12,13 +12,13 @@ import time
 import numpy as np
 import pytest
 
+from divcore.errors import InputError
 from eval import alpaca_eval as ae
 from eval import mt_bench as mt
 from eval.benchmarks import judge_benchmarks
 from eval.judges import JudgeConfig, JudgeError, judge_many, make_judge
 from eval.reference_nll import load_reference
-from experiments.run_study import PROJECT_ROOT
-from metrics.validation import InputError
+from experiments.engine.config import PROJECT_ROOT
 from tests.conftest import SHARED
 from tests.judge_server import JudgeServer
 

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from experiments.embedding_sets import load_matrix
-from experiments.measure import measure
-from experiments.run_study import CONFIG_DIR
-from metrics import InputError
+from divcore.errors import InputError
+from experiments.cli.measure import measure
+from experiments.data.embedding_sets import load_matrix
+from experiments.engine.config import CONFIG_DIR
 
 
 def test_measure_reproduces_golden_from_authors_format(tmp_path, golden):

@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from metrics import InputError, distsum_cosine, grid_key, novelsum, novelsum_grid
+from divcore.errors import InputError
+from metrics import distsum_cosine, grid_key, novelsum, novelsum_grid
 
 
 def test_reference_mode_reproduces_authors_grid(golden):

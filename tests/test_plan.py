@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from experiments.cache import ArtifactStore
-from experiments.pipeline import STAGES, stage_specs, subset_plan
-from experiments.run_study import run
+from experiments.cli.study import run
+from experiments.engine.pipeline import STAGES, stage_specs, subset_plan
+from experiments.engine.store import ArtifactStore
 from tests.test_study_e2e import _compose
 
 EXPERIMENTS = ["demo", "paper_llama3", "paper_qwen25"]

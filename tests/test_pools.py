@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from experiments.pools import embedding_text, iter_json_array, load_conversations, sample_pool
-from metrics import InputError
+from divcore.errors import InputError
+from experiments.data.pools import embedding_text, iter_json_array, load_conversations, sample_pool
 
 CONV = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]
 

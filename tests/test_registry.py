@@ -18,7 +18,7 @@ import pytest
 
 import metrics
 import selection
-from divcore import InputError
+from divcore.errors import InputError
 from divcore.params import POSITIVE_INT, integer, one_of
 from divcore.registry import Registry, RegistryError, signature_params
 from eval.evaluators import EVALUATORS, SUITE, evaluation
@@ -26,9 +26,9 @@ from eval.evaluators import register as register_evaluator
 from eval.generation import GENERATION_BACKENDS, check_generation_config, make_generator
 from eval.generation import register_backend as register_generation_backend
 from eval.judges import JUDGE_KINDS, JudgeConfig, make_judge, register_kind
-from experiments.embed import EMBED_BACKENDS, check_embed_config
-from experiments.embed import register_backend as register_embed_backend
-from experiments.pools import POOL_FORMATS, check_format_config, check_pool_config, register_format
+from experiments.data.pools import POOL_FORMATS, check_format_config, check_pool_config, register_format
+from experiments.embedding.backends import EMBED_BACKENDS, check_embed_config
+from experiments.embedding.backends import register_backend as register_embed_backend
 from metrics.registry import METRICS, check_config
 from selection.registry import SELECTORS
 

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from experiments import stats as st
-from experiments.report import aggregate_replicates, correlate, regenerate, write_report
-from metrics import InputError
+from divcore.errors import InputError
+from experiments.report import stats as st
+from experiments.report.tables import aggregate_replicates, correlate, regenerate, write_report
 from tests.conftest import ROOT
 
 NEW_COLUMNS = ["pearson_p_perm", "spearman_p_perm", "pearson_q", "spearman_q", "pearson_diff_vs_ref",
@@ -240,7 +240,7 @@ def test_merge_rejects_bad_input_and_writes_nothing(tmp_path, case, message):
 @pytest.mark.slow  # two subprocesses
 def test_report_cli_merges_and_fails_with_exit_2(tmp_path):
     _two_models(tmp_path)
-    cmd = [sys.executable, "-m", "experiments.regenerate", f"hydra.run.dir={tmp_path}/hydra", "n_boot=50", "n_perm=99"]
+    cmd = [sys.executable, "-m", "experiments.cli.report", f"hydra.run.dir={tmp_path}/hydra", "n_boot=50", "n_perm=99"]
     ok = subprocess.run(cmd + [f"runs=[{tmp_path}/a.csv,{tmp_path}/b.csv]", f"out={tmp_path}/out"], cwd=ROOT,
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
@@ -266,8 +266,8 @@ def test_presets_plan(preset, subsets, replicates, tmp_path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from experiments.pipeline import replicate_entries, subset_plan
-    from experiments.run_study import CONFIG_DIR
+    from experiments.engine.config import CONFIG_DIR
+    from experiments.engine.pipeline import replicate_entries, subset_plan
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = OmegaConf.to_container(compose("study", overrides=[f"experiment={preset}"]), resolve=True)

@@ -16,9 +16,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments.run_study import CONFIG_DIR, PROJECT_ROOT
-from experiments.select_subset import params_as_additions, run_select
-from metrics.validation import InputError
+from divcore.errors import InputError
+from experiments.cli.select import params_as_additions, run_select
+from experiments.engine.config import CONFIG_DIR, PROJECT_ROOT
 from tests.conftest import SHARED
 
 FILE_ROWS = (25, 25, 10)  # the authors split a pool into numbered files of ~5000 rows; here three small ones
@@ -106,8 +106,8 @@ def test_select_on_authors_layout_matches_novelselect_and_exports(tmp_path):
 
 
 def test_precomputed_vectors_are_stored_unchanged_and_keyed_by_content(tmp_path):
-    from experiments.cache import ArtifactStore
-    from experiments.pipeline import embed_stage, pool_stage, stage_specs
+    from experiments.engine.pipeline import embed_stage, pool_stage, stage_specs
+    from experiments.engine.store import ArtifactStore
 
     text, emb, vectors = authors_layout(tmp_path / "pool")
     cfg = select_cfg(tmp_path, f"pool.path={text}", "embed=precomputed", f"embed.path={emb}", "size=3", "out=x")
@@ -150,7 +150,7 @@ def test_precomputed_refuses_misaligned_input(tmp_path, overrides, message):
 
 def _select_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, HYDRA_FULL_ERROR="0", PYTHONPATH=str(PROJECT_ROOT))
-    return subprocess.run([sys.executable, "-m", "experiments.select_subset", f"cache_dir={tmp}/cache",
+    return subprocess.run([sys.executable, "-m", "experiments.cli.select", f"cache_dir={tmp}/cache",
                            f"hydra.run.dir={tmp}/hydra", *args], cwd=PROJECT_ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -212,7 +212,7 @@ def test_push_to_hub_uploads_the_dataset_and_its_card(tmp_path, monkeypatch):
 @pytest.mark.slow  # subprocesses / a sentence embedder
 def test_embed_round_trip_through_the_authors_layout(tmp_path):
     """divbench-embed writes one vector file per text file; divbench-select reads them back as precomputed."""
-    from experiments.embed_pool import embed_pool
+    from experiments.cli.embed import embed_pool
 
     text, _, _ = authors_layout(tmp_path / "pool")
     out = tmp_path / "emb"
@@ -247,7 +247,7 @@ def test_embed_round_trip_through_the_authors_layout(tmp_path):
 # --- benchmark data: $DIVBENCH_DATA, then <shared>/data, then the user data dir that divbench-data fetch fills ---
 
 def test_data_resolution_order(tmp_path, monkeypatch):
-    from experiments.data import resolve_data
+    from experiments.data.benchmark_files import resolve_data
 
     rel = "alpaca_eval/gpt4_1106_preview.json"
     env, shared, user = tmp_path / "env", tmp_path / "shared", tmp_path / "xdg"
@@ -297,7 +297,7 @@ class _Quiet(SimpleHTTPRequestHandler):
 
 
 def test_fetch_downloads_every_file_from_a_local_server(tmp_path, monkeypatch):
-    from experiments.data import SOURCES, fetch, resolve_data
+    from experiments.data.benchmark_files import SOURCES, fetch, resolve_data
 
     site = tmp_path / "site"
     real = SHARED / "data"
@@ -352,7 +352,7 @@ def test_conversation_layout_exports_messages_and_the_authors_turns(tmp_path):
 
 
 def test_study_refuses_to_finetune_on_plain_text(tmp_path):
-    from experiments.run_study import run
+    from experiments.cli.study import run
 
     text, emb, _ = authors_layout(tmp_path / "pool")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

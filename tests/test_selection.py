@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import selection
-from metrics import InputError
+from divcore.errors import InputError
 from selection import PoolInputs, novelselect, select
 
 

@@ -15,12 +15,12 @@ from omegaconf import OmegaConf
 
 import metrics
 import selection
-from experiments.pipeline import run_study, stage_specs
-from experiments.run_study import CONFIG_DIR
+from divcore.errors import InputError
+from experiments.engine.config import CONFIG_DIR
+from experiments.engine.pipeline import run_study, stage_specs
 from metrics.labels import Clustering
 from metrics.registry import metric_needs
 from metrics.signals import PoolSignals, SignalNeeds, pool_signals
-from metrics.validation import InputError
 from selection.registry import selector_needs
 
 SIGNAL_METRICS = [

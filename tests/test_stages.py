@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from experiments.pipeline import DAG, STAGES, stage_specs, subset_plan
-from experiments.stages import KeyInputs, Stage, Subset, check_dag, stage_keys
+from experiments.engine.pipeline import DAG, STAGES, stage_specs, subset_plan
+from experiments.engine.stages import KeyInputs, Stage, Subset, check_dag, stage_keys
 from tests.test_study_e2e import _compose
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metrics import InputError
+from divcore.errors import InputError
 from metrics.labels import kmeans_labels
 from metrics.mig import label_graph, mig_information, phi, propagation_matrix, sample_information
 from selection import PoolInputs, mig, qdit, select

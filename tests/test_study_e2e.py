@@ -14,7 +14,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments.run_study import CONFIG_DIR, PROJECT_ROOT, run
+from experiments.cli.study import run
+from experiments.engine.config import CONFIG_DIR, PROJECT_ROOT
 from tests.judge_server import JudgeServer
 
 
@@ -113,7 +114,7 @@ def _export_study(tmp_path: Path, runs: pd.DataFrame) -> None:
     """divbench-select from_study=: every subset of the finished study as files and a dataset with its scores."""
     import datasets
 
-    from experiments.select_subset import run_select
+    from experiments.cli.select import run_select
 
     cached = _artifacts(tmp_path / "cache")
     out = tmp_path / "export"
@@ -135,7 +136,7 @@ def _export_study(tmp_path: Path, runs: pd.DataFrame) -> None:
 
 def _cli(*args: str, tmp: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
-    return subprocess.run([sys.executable, "-m", "experiments.run_study", f"cache_dir={tmp}/c",
+    return subprocess.run([sys.executable, "-m", "experiments.cli.study", f"cache_dir={tmp}/c",
                            f"results_dir={tmp}/r", "logger=none", f"hydra.run.dir={tmp}/o", *args],
                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
@@ -166,7 +167,7 @@ def test_cli_bad_input_fails_clearly(tmp_path, args, message):
 def test_finetune_job_publishes_models_the_study_reuses(tmp_path, tiny_model):
     """The accelerate entry point (here on one process) trains a subset's model into the cache with resumable
     checkpoints; the study then evaluates it without training again."""
-    from experiments.finetune_job import finetune_subsets
+    from experiments.cli.finetune import finetune_subsets
 
     overrides = _tiny_overrides(tmp_path, tiny_model) + ["selection.only=random", "logger.enabled=false",
                                                          "finetune.resume=true", "+finetune.args.save_steps=1"]

@@ -13,13 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments.run_study import PROJECT_ROOT, run
+from experiments.cli.study import run
+from experiments.engine.config import PROJECT_ROOT
 from tests.test_study_e2e import _artifacts, _compose, _tiny_overrides
 
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:
     env = dict(os.environ, HYDRA_FULL_ERROR="1", OMP_WAIT_POLICY="PASSIVE")
-    return subprocess.Popen([sys.executable, "-m", "experiments.run_study", *args], cwd=PROJECT_ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "experiments.cli.study", *args], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.tracking import wandb_run
+from experiments.engine.tracking import wandb_run
 
 BLOCK, HEADER = 32768, 7  # W&B's .wandb files use LevelDB's log format: 32 KiB blocks, 7-byte record headers
 

@@ -38,7 +38,7 @@ VLLM_ARGS = {"dtype": "float32", "enforce_eager": True, "max_num_seqs": 16}
 
 
 def test_vllm_embedding_matches_transformers(vllm_model):
-    from experiments.embed import embed_texts
+    from experiments.embedding.backends import embed_texts
 
     hf = embed_texts(TEXTS, vllm_model, "hf_causal", max_length=32)
     vl = embed_texts(TEXTS, vllm_model, "vllm", max_length=32, vllm=VLLM_ARGS)
@@ -49,7 +49,7 @@ def test_vllm_embedding_matches_transformers(vllm_model):
 
 
 def test_chunked_vllm_embedding_writes_a_float32_file_chunk_by_chunk(vllm_model, tmp_path):
-    from experiments.embed import embed_texts
+    from experiments.embedding.backends import embed_texts
 
     out = embed_texts(TEXTS, vllm_model, "vllm", max_length=32, chunk_size=24, work_dir=tmp_path / "w",
                       vllm=VLLM_ARGS)
@@ -62,11 +62,11 @@ def test_chunked_vllm_embedding_writes_a_float32_file_chunk_by_chunk(vllm_model,
 
 @pytest.mark.parametrize("rank", [16, 64])
 def test_vllm_generation_with_lora_renders_prompts_as_training(vllm_model, tmp_path, rank):
+    from divcore.errors import InputError
     from eval.generation import VLLMGenerator, make_generator
     from finetune.models import load_tokenizer
     from finetune.sft import train_sft
     from finetune.templates import set_chat_template
-    from metrics.validation import InputError
 
     with pytest.raises(InputError, match="has no chat template"):
         VLLMGenerator(vllm_model, **VLLM_ARGS)

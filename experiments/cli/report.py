@@ -11,15 +11,15 @@ import logging
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from experiments.run_study import CONFIG_DIR
+from experiments.engine.config import CONFIG_DIR
 
 log = logging.getLogger("divbench.report")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="report")
 def _hydra_main(cfg: DictConfig) -> None:
-    from experiments.cli import guard
-    from experiments.report import regenerate
+    from experiments.cli.command import guard
+    from experiments.report.tables import regenerate
 
     def work() -> dict:
         runs = OmegaConf.to_container(cfg.runs) if isinstance(cfg.runs, ListConfig) else cfg.runs
@@ -32,8 +32,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """``divbench-report``: the runs table and the output folder are checked before Hydra writes anything."""
-    from experiments.cli import preflight
-    from experiments.report import check_report_config
+    from experiments.cli.command import preflight
+    from experiments.report.tables import check_report_config
 
     preflight("report", validate=check_report_config)
     _hydra_main()

@@ -11,11 +11,9 @@ layout that the offline readers do not expect.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -77,7 +75,7 @@ def _check_content(relative: str, blob: bytes, url: str) -> None:
 def fetch(dest: str | Path | None = None, *, hf_endpoint: str | None = None, github_raw: str | None = None,
           force: bool = False, timeout: float = 60.0) -> list[Path]:
     """Download every missing file of :data:`SOURCES` into ``dest`` (default: the user data directory)."""
-    from experiments.cache import atomic_write
+    from divcore.io import atomic_write
 
     dest = Path(dest) if dest else user_data_dir()
     hosts = {"hf": (hf_endpoint or os.environ.get("HF_ENDPOINT") or HF_ENDPOINT).rstrip("/"),
@@ -100,31 +98,3 @@ def fetch(dest: str | Path | None = None, *, hf_endpoint: str | None = None, git
         written.append(target)
     log.info("benchmark data in %s", dest)
     return written
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="divbench-data", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    f = sub.add_parser("fetch", help="download the AlpacaEval references and MT-Bench files")
-    f.add_argument("--dest", default=None, help=f"target directory (default: {user_data_dir()})")
-    f.add_argument("--hf-endpoint", default=None, help="Hugging Face hub endpoint (default: $HF_ENDPOINT or hub)")
-    f.add_argument("--github-raw", default=None, help=f"raw GitHub host (default: {GITHUB_RAW})")
-    f.add_argument("--force", action="store_true", help="download files that are already present again")
-    sub.add_parser("where", help="print where each file is found")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.command == "where":
-        shared = Path(os.environ.get("DIVBENCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-        for relative in SOURCES:
-            found = resolve_data(relative, shared)
-            log.info("%-40s %s%s", relative, found, "" if Path(found).exists() else "  (missing)")
-        return
-    try:
-        fetch(args.dest, hf_endpoint=args.hf_endpoint, github_raw=args.github_raw, force=args.force)
-    except RuntimeError as e:
-        log.error("%s", e)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

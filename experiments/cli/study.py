@@ -1,28 +1,21 @@
-"""Hydra entry point: ``divbench-study experiment=demo`` (or ``python -m experiments.run_study``)."""
+"""Hydra entry point: ``divbench-study experiment=demo`` (or ``python -m experiments.cli.study``)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.data import resolve_data
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(PROJECT_ROOT / "configs")
-OmegaConf.register_new_resolver("divbench_root", lambda: str(PROJECT_ROOT), replace=True)
-# ${divbench_data:<shared_dir>,<relative path>}: $DIVBENCH_DATA, then <shared_dir>/data, then the user data dir.
-OmegaConf.register_new_resolver("divbench_data", lambda shared, rel: resolve_data(rel, shared), replace=True)
+from experiments.engine.config import CONFIG_DIR
 
 log = logging.getLogger("divbench")
 
 
 def run(cfg: DictConfig) -> dict:
     """Resolve the config and run the study; shared by the CLI and the tests."""
-    from experiments.pipeline import run_study
+    from experiments.engine.pipeline import run_study
 
     os.environ.setdefault("WANDB_SILENT", "true")
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -36,21 +29,21 @@ def run(cfg: DictConfig) -> dict:
 
 def check_config(cfg: dict) -> None:
     """The study's checks that need no data or model (the pipeline is imported only here, when needed)."""
-    from experiments.pipeline import check_study_config
+    from experiments.engine.pipeline import check_study_config
 
     check_study_config(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="study")
 def _hydra_main(cfg: DictConfig) -> None:
-    from experiments.cli import guard
+    from experiments.cli.command import guard
 
     guard(lambda: run(cfg))
 
 
 def main() -> None:
     """``divbench-study``: secrets and the config are checked before Hydra writes its run folder."""
-    from experiments.cli import preflight
+    from experiments.cli.command import preflight
 
     preflight("study", validate=check_config)
     _hydra_main()

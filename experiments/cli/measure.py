@@ -15,16 +15,16 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.run_study import CONFIG_DIR
+from experiments.engine.config import CONFIG_DIR
 
 log = logging.getLogger("divbench.measure")
 
 
 def check_measure_config(cfg: dict) -> None:
     """Metric configs, input paths and the output folder, before anything is read or written."""
-    from experiments.cli import check_writable
+    from divcore.errors import InputError
+    from divcore.io import check_writable
     from metrics.registry import check_config
-    from metrics.validation import InputError
 
     for c in cfg["metrics"]["compute"]:
         check_config(c["name"], dict(c.get("params") or {}))
@@ -36,9 +36,9 @@ def check_measure_config(cfg: dict) -> None:
 
 def measure(cfg: dict) -> pd.DataFrame:
     import metrics
-    from experiments.cache import atomic_write
-    from experiments.embedding_sets import load_matrix, load_subsets
-    from experiments.report import to_markdown
+    from divcore.io import atomic_write
+    from experiments.data.embedding_sets import load_matrix, load_subsets
+    from experiments.report.tables import to_markdown
     from metrics.registry import metric_needs
     from metrics.signals import pool_signals
 
@@ -66,14 +66,14 @@ def measure(cfg: dict) -> pd.DataFrame:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="measure")
 def _hydra_main(cfg: DictConfig) -> None:
-    from experiments.cli import guard
+    from experiments.cli.command import guard
 
     guard(lambda: measure(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
 
 
 def main() -> None:
     """``divbench-measure``: secrets, inputs and the output folder are checked before Hydra writes anything."""
-    from experiments.cli import preflight
+    from experiments.cli.command import preflight
 
     preflight("measure", validate=check_measure_config)
     _hydra_main()

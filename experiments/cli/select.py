@@ -1,10 +1,10 @@
-"""Hydra entry point ``divbench-select``: one subset of a pool, exported (``experiments.export``).
+"""Hydra entry point ``divbench-select``: one subset of a pool, exported (``experiments.data.export``).
 
 ``divbench-select pool.path=text/ embed=precomputed embed.path=emb/ selector=novelselect size=1000 out=ns1k``
 
-The pool, embedding, signals, subset and metrics stages are the study's own (``experiments.pipeline``) on the same
-artifact cache, so a selection a study already made (same pool, embeddings, selector, parameters, seed and size)
-is read back, not recomputed. ``from_study=<results_dir>`` exports every subset of a finished study instead.
+The pool, embedding, signals, subset and metrics stages are the study's own (``experiments.engine.pipeline``) on
+the same artifact cache, so a selection a study already made (same pool, embeddings, selector, parameters, seed
+and size) is read back, not recomputed. ``from_study=<results_dir>`` exports every subset of a finished study instead.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.run_study import CONFIG_DIR
+from experiments.engine.config import CONFIG_DIR
 
 log = logging.getLogger("divbench.select")
 
@@ -34,7 +34,7 @@ def provenance(cfg: dict[str, Any], store: Any, specs: dict, entry: dict[str, An
     """Who picked these rows, how, from what: selector, parameters (defaults filled in), seed, and content
     fingerprints of the pool rows and their embeddings (stable outside this machine's cache)."""
     import selection
-    from experiments.stages import Embeddings, PoolRows
+    from experiments.engine.stages import Embeddings, PoolRows
     from selection.registry import effective_params
 
     embed = {k: v for k, v in cfg["embed"].items() if k not in ("batch_size", "device")}
@@ -50,7 +50,8 @@ def provenance(cfg: dict[str, Any], store: Any, specs: dict, entry: dict[str, An
 def _entry(cfg: dict[str, Any]) -> dict[str, Any]:
     """The one subset asked for, validated (selector, parameters, size) before any work."""
     import selection
-    from metrics.validation import InputError, check_positive_int
+    from divcore.errors import InputError
+    from metrics.validation import check_positive_int
     from selection.registry import check_params
 
     if cfg.get("size") is None:
@@ -67,10 +68,11 @@ def _entry(cfg: dict[str, Any]) -> dict[str, Any]:
 def select_one(cfg: dict[str, Any]) -> Path:
     """Select (or read back) one subset and export it to ``cfg['out']``."""
     import selection
-    from experiments.cache import ArtifactStore
-    from experiments.embed import check_embed_config
-    from experiments.export import export_subset, push_to_hub, write_map
-    from experiments.pipeline import (
+    from divcore.errors import InputError
+    from experiments.data.export import export_subset, push_to_hub, write_map
+    from experiments.data.pools import check_format_config
+    from experiments.embedding.backends import check_embed_config
+    from experiments.engine.pipeline import (
         SubsetRunner,
         check_metric_configs,
         check_signal_needs,
@@ -79,8 +81,7 @@ def select_one(cfg: dict[str, Any]) -> Path:
         signals_stage,
         stage_specs,
     )
-    from experiments.pools import check_format_config
-    from metrics.validation import InputError
+    from experiments.engine.store import ArtifactStore
 
     entry = _entry(cfg)
     check_metric_configs(list(cfg["metrics"]["compute"]))
@@ -131,8 +132,8 @@ def study_scores(results: Path, study: dict[str, Any], store: Any, replicates: l
                  ) -> dict[str, float]:
     """The scores of the models fine-tuned on one subset: as they are for one model; with training replicates
     (finetune.seeds), each replicate's under ``<score> (train seed <t>)`` plus their mean under ``<score>``."""
-    from experiments.pipeline import stage_specs
-    from experiments.stages import EvalRow
+    from experiments.engine.pipeline import stage_specs
+    from experiments.engine.stages import EvalRow
 
     per = {rep["train_seed"]: _replicate_scores(results, rep, store.path("eval", stage_specs(study, rep)["eval"])
                                                 / EvalRow.FILE) for rep in replicates}
@@ -145,9 +146,9 @@ def study_scores(results: Path, study: dict[str, Any], store: Any, replicates: l
 
 def export_study(cfg: dict[str, Any]) -> Path:
     """Export every subset of the finished study at ``cfg['from_study']`` to ``<out>/<label>-s<seed>/``."""
-    from experiments.cache import ArtifactStore
-    from experiments.export import check_out_dir, export_subset, write_map
-    from experiments.pipeline import (
+    from divcore.errors import InputError
+    from experiments.data.export import check_out_dir, export_subset, write_map
+    from experiments.engine.pipeline import (
         STUDY_CONFIG,
         SubsetRunner,
         embed_stage,
@@ -157,7 +158,7 @@ def export_study(cfg: dict[str, Any]) -> Path:
         stage_specs,
         subset_plan,
     )
-    from metrics.validation import InputError
+    from experiments.engine.store import ArtifactStore
 
     results = Path(cfg["from_study"])
     conf = results / STUDY_CONFIG
@@ -211,7 +212,7 @@ def params_as_additions(argv: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="select")
 def _main(cfg: DictConfig) -> None:
-    from experiments.cli import guard
+    from experiments.cli.command import guard
 
     def work() -> None:
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=not cfg.get("from_study"))
@@ -223,7 +224,7 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     """``divbench-select``: secrets are refused before Hydra writes anything (mandatory keys depend on the mode,
     so the config is resolved in the run)."""
-    from experiments.cli import preflight
+    from experiments.cli.command import preflight
 
     sys.argv = sys.argv[:1] + params_as_additions(sys.argv[1:])
     preflight("select", resolve=False)

@@ -1,5 +1,5 @@
 """Fine-tuning on several GPUs: ``accelerate launch --config_file configs/accelerate/<ddp|zero3|fsdp>.yaml
--m experiments.finetune_job experiment=paper_llama3 selection.only=kmeans``.
+-m experiments.cli.finetune experiment=paper_llama3 selection.only=kmeans``.
 
 Every process composes the same study config. The main process prepares (or loads from the cache) the pool,
 embeddings and subset first; the others then read them from the cache. All processes train together through
@@ -24,7 +24,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.run_study import CONFIG_DIR, check_config
+from experiments.engine.config import CONFIG_DIR
+from experiments.engine.pipeline import check_study_config as check_config
 
 log = logging.getLogger("divbench")
 
@@ -34,8 +35,8 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
     ``<label>-s<seed>`` names (``-t<training seed>`` with ``finetune.seeds``) of those it trained."""
     from accelerate import PartialState
 
-    from experiments.cache import LOCK_TIMEOUT_S, ArtifactStore, remove_stale_temps
-    from experiments.pipeline import (
+    from divcore.io import remove_stale_temps
+    from experiments.engine.pipeline import (
         SubsetRunner,
         embed_stage,
         finetune_config,
@@ -46,7 +47,8 @@ def finetune_subsets(cfg: dict[str, Any]) -> list[str]:
         stage_specs,
         subset_plan,
     )
-    from experiments.stages import FinetuneOutput
+    from experiments.engine.stages import FinetuneOutput
+    from experiments.engine.store import LOCK_TIMEOUT_S, ArtifactStore
     from finetune.sft import train_sft
 
     state = PartialState()
@@ -99,7 +101,7 @@ def export_slurm_distributed_env() -> bool:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="study")
 def _hydra_main(cfg: DictConfig) -> None:
-    from experiments.cli import guard
+    from experiments.cli.command import guard
 
     export_slurm_distributed_env()
     trained = guard(lambda: finetune_subsets(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
@@ -108,7 +110,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """``divbench-finetune``: the same checks as the study before Hydra writes anything."""
-    from experiments.cli import preflight
+    from experiments.cli.command import preflight
 
     preflight("study", validate=check_config)
     _hydra_main()

@@ -31,18 +31,16 @@ from typing import Any
 
 from divcore.errors import InputError
 from divcore.hashing import stable_hash
-from divcore.io import atomic_dir, atomic_write, remove_stale_temps
-from divcore.locks import LockTimeoutError, hold_lock
+from divcore.io import atomic_dir
+from divcore.locks import hold_lock
 
 log = logging.getLogger(__name__)
 
 MARKER = "_complete.json"
-__all__ = ["LOCK_TIMEOUT_S", "MARKER", "SCHEMA", "ArtifactStore", "CorruptArtifactError", "LockTimeoutError",
-           "atomic_write", "hold_lock", "remove_stale_temps", "stable_hash"]
 SCHEMA = 1  # bump when a stage's output format or semantics change: old artifacts then miss, never mislead
 LOCK_TIMEOUT_S = 48 * 3600.0  # longer than any one stage (a full 8B fine-tuning); `cache_lock_timeout_s` overrides
 REBUILT = frozenset({"pool", "subset", "metrics"})  # cheap stages: a damaged artifact is rebuilt with a warning
-HASHES = ".hashes.json"  # remembered file hashes (experiments.fingerprint), beside the stages
+HASHES = ".hashes.json"  # remembered file hashes (experiments.engine.fingerprint), beside the stages
 
 
 class CorruptArtifactError(InputError):
@@ -51,7 +49,7 @@ class CorruptArtifactError(InputError):
 
 class ArtifactStore:
     def __init__(self, root: str | Path, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
-        from experiments.fingerprint import hash_cache
+        from experiments.engine.fingerprint import hash_cache
 
         self.root = Path(root)
         self.lock_timeout_s = float(lock_timeout_s)
@@ -68,7 +66,7 @@ class ArtifactStore:
 
     def manifest(self, folder: Path) -> dict[str, dict[str, Any]]:
         """``{relative path: {size, sha256}}`` of every file of an artifact folder but the marker."""
-        from experiments.fingerprint import iter_files
+        from experiments.engine.fingerprint import iter_files
 
         return {f.relative_to(folder).as_posix(): {"size": f.stat().st_size, "sha256": self.hashes.file_hash(f)}
                 for f in iter_files(folder) if f != folder / MARKER}

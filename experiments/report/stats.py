@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from metrics.validation import InputError
+from divcore.errors import InputError
 
 MIN_PERMUTATION_SUBSETS = 4
 NAN = float("nan")

@@ -1,12 +1,12 @@
 """The study pipeline: pool -> embeddings -> pool signals -> subsets -> metrics; subsets -> fine-tune -> generate
 -> evaluate; then the report.
 
-The stages are a small DAG (:data:`DAG`, :class:`experiments.stages.Stage`) that the run, ``dry_run`` and
+The stages are a small DAG (:data:`DAG`, :class:`experiments.engine.stages.Stage`) that the run, ``dry_run`` and
 ``stop_after`` walk. Each stage reads its inputs from and writes its output (an artifact class of
-:mod:`experiments.stages`, which names its files) to the artifact store (``experiments.cache``), keyed by the
-stage's resolved config plus the keys of what it consumed; a finished artifact is never recomputed. Evaluation
-runs through the evaluators (:mod:`eval.evaluators`): their generate halves in ``generate``, their score halves
-in ``eval``.
+:mod:`experiments.engine.stages`, which names its files) to the artifact store (``experiments.engine.store``),
+keyed by the stage's resolved config plus the keys of what it consumed; a finished artifact is never recomputed.
+Evaluation runs through the evaluators (:mod:`eval.evaluators`): their generate halves in ``generate``, their
+score halves in ``eval``.
 """
 
 from __future__ import annotations
@@ -26,11 +26,17 @@ import pandas as pd
 
 import metrics
 import selection
+from divcore.errors import InputError
+from divcore.io import atomic_write, check_writable, remove_stale_temps
 from eval.evaluators import Evaluation, evaluation
-from experiments.cache import LOCK_TIMEOUT_S, ArtifactStore, atomic_write, remove_stale_temps
-from experiments.cli import check_writable
-from experiments.doctor import preflight
-from experiments.embed import (
+from experiments.data.pools import (
+    check_pool_config,
+    embedding_text,
+    filter_prompt_length,
+    load_conversations,
+    sample_pool,
+)
+from experiments.embedding.backends import (
     DEFAULT_CHUNK,
     check_embed_config,
     check_precomputed,
@@ -38,12 +44,11 @@ from experiments.embed import (
     finish_embedding,
     precomputed_embeddings,
 )
-from experiments.fingerprint import content_keys
-from experiments.keys import result_config, result_part
-from experiments.plan import plan_table, plan_totals
-from experiments.pools import check_pool_config, embedding_text, filter_prompt_length, load_conversations, sample_pool
-from experiments.report import RUNS_SCHEMA, aggregate_replicates, check_out_dir, metric_columns, write_report
-from experiments.stages import (
+from experiments.engine.environment import check_environment
+from experiments.engine.fingerprint import content_keys
+from experiments.engine.keys import result_config, result_part
+from experiments.engine.plan import plan_table, plan_totals
+from experiments.engine.stages import (
     Embeddings,
     EvalRow,
     FinetuneOutput,
@@ -56,12 +61,13 @@ from experiments.stages import (
     check_dag,
     stage_keys,
 )
-from experiments.tracking import log_to_run, wandb_run
+from experiments.engine.store import LOCK_TIMEOUT_S, ArtifactStore
+from experiments.engine.tracking import log_to_run, wandb_run
+from experiments.report.tables import RUNS_SCHEMA, aggregate_replicates, check_out_dir, metric_columns, write_report
 from finetune.models import finetuned, resolve_model
 from finetune.sft import check_finetune_config
 from metrics.registry import check_config, metric_needs
 from metrics.signals import PoolSignals, SignalNeeds, check_needs, pool_signals
-from metrics.validation import InputError
 from selection.registry import check_params, selector_needs
 from selection.signals import length_proxy
 
@@ -145,7 +151,7 @@ def replicate_entries(entries: list[dict[str, Any]], cfg: dict[str, Any]) -> lis
 
 def keyed_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The config with every local file or folder it names (pool, model and adapter folders, judge data)
-    replaced by its content fingerprint (experiments.fingerprint): cache keys follow content, not paths."""
+    replaced by its content fingerprint (experiments.engine.fingerprint): cache keys follow content, not paths."""
     hashes = ArtifactStore(cfg["cache_dir"]).hashes  # saved with the next artifact built, not before
     return cfg | {g: content_keys(cfg[g], hashes) for g in ("pool", "embed", "finetune", "eval") if g in cfg}
 
@@ -206,7 +212,7 @@ def stage_specs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> dic
     """Each stage's cache key: its own resolved config (local inputs by content, runtime knobs left out) plus the
     keys of what it consumes (the DAG's edges). No stage output is read, so a dry run can tell what is done
     without loading anything. Without ``entry``: the study-level (shared) stages only."""
-    result = result_config(cfg)  # runtime knobs (experiments.keys) are never hashed
+    result = result_config(cfg)  # runtime knobs (experiments.engine.keys) are never hashed
     return stage_keys(DAG, KeyInputs(result=result, keyed=keyed_config(result), entry=entry))
 
 
@@ -218,8 +224,8 @@ def signal_needs(cfg: dict[str, Any], entry: dict[str, Any] | None = None) -> Si
 
 
 def embed_spec(cfg: dict[str, Any]) -> dict[str, Any]:
-    """What the embeddings depend on (``cfg``: the result part, experiments.keys); precomputed vectors are keyed by
-    their files' content, not their path."""
+    """What the embeddings depend on (``cfg``: the result part, experiments.engine.keys); precomputed vectors are
+    keyed by their files' content, not their path."""
     spec = dict(cfg["embed"])
     if spec["backend"] == "precomputed":
         check_precomputed(cfg["pool"], spec)
@@ -586,7 +592,7 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     entries = replicate_entries(selected_entries(plan, cfg["selection"].get("only")), cfg)
     if cfg.get("dry_run"):
         return {"dry_run": dry_run(cfg, entries)}
-    preflight(cfg, stop_after)
+    check_environment(cfg, stop_after)
     remove_stale_temps(cfg["cache_dir"])
     store = ArtifactStore(cfg["cache_dir"], cfg.get("cache_lock_timeout_s", LOCK_TIMEOUT_S))
     timings: dict[str, dict[str, float]] = {}

@@ -27,7 +27,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.run_study import CONFIG_DIR
+from experiments.engine.config import CONFIG_DIR
 
 log = logging.getLogger("divbench")
 BENCHMARKS = ("mt_bench", "alpaca_eval")
@@ -36,8 +36,8 @@ BENCHMARKS = ("mt_bench", "alpaca_eval")
 def read_fastchat_answers(path: str | Path, questions: list[dict]) -> tuple[str, dict[int, dict]]:
     """(model name, answers by question id) of a FastChat model_answer file, checked against MT-Bench: every
     question answered, both turns present, no unknown question id. The model is the file's stem, as FastChat."""
-    from experiments.pools import read_jsonl
-    from metrics.validation import InputError
+    from divcore.errors import InputError
+    from experiments.data.pools import read_jsonl
 
     path = Path(path)
     if not path.exists():
@@ -110,10 +110,10 @@ def judge_mt_bench(cfg: dict[str, Any], out: Path) -> tuple[dict[str, Any], dict
 
 def judge_alpaca_eval(cfg: dict[str, Any], out: Path) -> tuple[dict[str, Any], dict[str, list[dict]]]:
     """Judge an alpaca_eval model_outputs.json; write annotations.json; return (summary, W&B table rows)."""
+    from divcore.errors import InputError
     from eval import alpaca_eval as ae
     from eval.judges import make_judge
     from eval.reference_nll import read_reference
-    from metrics.validation import InputError
 
     ae_cfg = cfg["eval"]["alpaca_eval"]
     reference = [r | {"index": i} for i, r in enumerate(read_reference(ae_cfg["reference_path"]))]
@@ -139,15 +139,15 @@ def _usage(rows: list[dict]) -> dict[str, Any]:
 
 
 def _write(path: Path, text: str) -> None:
-    from experiments.cache import atomic_write
+    from divcore.io import atomic_write
 
     atomic_write(path, text)
 
 
 def judge_outputs(cfg: dict[str, Any]) -> dict[str, Any]:
     """Judge the configured answers / outputs; returns the summary (also written to ``<out>/summary.json``)."""
-    from experiments.tracking import log_tables
-    from metrics.validation import InputError
+    from divcore.errors import InputError
+    from experiments.engine.tracking import log_tables
 
     bench = cfg.get("benchmark")
     if bench not in BENCHMARKS:
@@ -169,8 +169,8 @@ def judge_outputs(cfg: dict[str, Any]) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="judge")
 def main(cfg: DictConfig) -> None:
+    from divcore.errors import InputError
     from eval.judges import JudgeError
-    from metrics.validation import InputError
 
     try:
         judge_outputs(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))

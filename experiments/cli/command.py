@@ -16,7 +16,6 @@ too, as input errors, before any output folder exists.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -76,7 +75,7 @@ def replay_early_records() -> None:
 
 quiet_loaders()  # before the first import of metrics, which loads faiss
 
-from metrics.validation import InputError  # noqa: E402
+from divcore.errors import InputError  # noqa: E402
 
 log = logging.getLogger("divbench")
 
@@ -180,7 +179,7 @@ def compose_checked(config_name: str, overrides: list[str], resolve: bool = True
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-    from experiments.run_study import CONFIG_DIR
+    from experiments.engine.config import CONFIG_DIR
 
     task = [o for o in overrides if not re.match(r"^[+~]*hydra[./]", o)]
     try:
@@ -211,7 +210,7 @@ def preflight(config_name: str, argv: list[str] | None = None,
             return
         overrides, composable, dirs = split_argv(argv)
         if not composable:
-            from experiments.run_study import CONFIG_DIR
+            from experiments.engine.config import CONFIG_DIR
 
             scan_config_files([CONFIG_DIR, *dirs])
         else:
@@ -240,17 +239,3 @@ def guard(work: Callable[[], Any]) -> Any:
         log.exception("unexpected failure (a bug, or an environment problem): full traceback follows and is in "
                       "the run's log file")
         sys.exit(1)
-
-
-def check_writable(path: str | Path, key: str) -> None:
-    """``path`` (created later) can be written: its nearest existing ancestor is a writable directory."""
-    p = Path(path).expanduser().absolute()
-    probe = p
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(f"{key}={path}: {probe} is a file, not a folder; choose another {key}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"{key}={path}: {probe} is not writable by this user; choose a writable {key}")

@@ -162,7 +162,7 @@ def write_map(path: Path, convs: list[dict], emb: np.ndarray, subsets: dict[str,
     """``pool.parquet`` for embedding-atlas: text, embedding, and one membership column per subset."""
     import pandas as pd
 
-    from experiments.pools import embedding_text
+    from experiments.data.pools import embedding_text
 
     table = pd.DataFrame({"id": [c["id"] for c in convs], "text": [embedding_text(c) for c in convs],
                           "embedding": list(np.asarray(emb, dtype=np.float32))})

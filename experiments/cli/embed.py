@@ -18,15 +18,15 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from experiments.run_study import CONFIG_DIR
+from experiments.engine.config import CONFIG_DIR
 
 log = logging.getLogger("divbench.embed")
 
 
 def pool_files(pool_cfg: dict[str, Any]) -> list[Path]:
     """The pool's source files, in the authors' numeric order: the split the output keeps."""
-    from experiments.pools import check_format_config, numbered_json_files
-    from metrics.validation import InputError
+    from divcore.errors import InputError
+    from experiments.data.pools import check_format_config, numbered_json_files
 
     if not check_format_config(pool_cfg).reads_path or not pool_cfg.get("path"):
         raise InputError(f"pool.format={pool_cfg['format']} has no files to mirror: write one matrix with "
@@ -41,16 +41,16 @@ def pool_files(pool_cfg: dict[str, Any]) -> list[Path]:
 
 
 def _done(target: Path, n_rows: int) -> bool:
-    from experiments.embedding_sets import json_record_count
+    from experiments.data.embedding_sets import json_record_count
 
     return target.exists() and json_record_count(target) == n_rows
 
 
 def embed_to_dir(cfg: dict[str, Any]) -> Path:
     """One output JSON per pool file, each written atomically; finished files are skipped."""
-    from experiments.cache import atomic_write
-    from experiments.embed import check_rows_kept, embed_texts
-    from experiments.pools import embedding_text, load_conversations
+    from divcore.io import atomic_write
+    from experiments.data.pools import embedding_text, load_conversations
+    from experiments.embedding.backends import check_rows_kept, embed_texts
     from finetune.models import resolve_model
 
     pool, emb = cfg["pool"], cfg["embed"]
@@ -76,8 +76,9 @@ def embed_to_npy(cfg: dict[str, Any]) -> Path:
     """The study's pool and embed stages (cached), then the matrix copied to ``out``."""
     import io
 
-    from experiments.cache import ArtifactStore, atomic_write
-    from experiments.pipeline import embed_stage, pool_stage, stage_specs
+    from divcore.io import atomic_write
+    from experiments.engine.pipeline import embed_stage, pool_stage, stage_specs
+    from experiments.engine.store import ArtifactStore
 
     store = ArtifactStore(cfg["cache_dir"])
     specs = stage_specs(cfg)
@@ -91,8 +92,8 @@ def embed_to_npy(cfg: dict[str, Any]) -> Path:
 
 
 def embed_pool(cfg: dict[str, Any]) -> Path:
-    from experiments.embed import check_embed_config
-    from metrics.validation import InputError
+    from divcore.errors import InputError
+    from experiments.embedding.backends import check_embed_config
 
     if not check_embed_config(cfg["embed"]).embeds_texts:
         raise InputError(f"divbench-embed computes embeddings; embed={cfg['embed']['backend']} only reads them "
@@ -102,14 +103,14 @@ def embed_pool(cfg: dict[str, Any]) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="embed_pool")
 def _hydra_main(cfg: DictConfig) -> None:
-    from experiments.cli import guard
+    from experiments.cli.command import guard
 
     guard(lambda: embed_pool(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
 
 
 def main() -> None:
     """``divbench-embed``: secrets and the config are checked before Hydra writes its run folder."""
-    from experiments.cli import preflight
+    from experiments.cli.command import preflight
 
     preflight("embed_pool")
     _hydra_main()

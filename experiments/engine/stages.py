@@ -1,7 +1,7 @@
 """The stage abstraction: what a pipeline stage is, and the typed artifacts that own their file names.
 
 A :class:`Stage` names the stages it consumes, its artifact class and how its own part of the cache key is read
-from the config; :mod:`experiments.pipeline` lists the study's stages as a small DAG of them, which ``dry_run``,
+from the config; :mod:`experiments.engine.pipeline` lists the study's stages as a small DAG of them, which ``dry_run``,
 ``stop_after`` and the key builder walk. An artifact class is the one place its files are named: a stage writes
 into the store's temporary folder and reads the finished folder through it.
 """
@@ -34,7 +34,8 @@ class PoolRows:
 
 
 class Embeddings:
-    """One row per pool conversation (``experiments.embed`` writes the matrix under this name chunk by chunk)."""
+    """One row per pool conversation (``experiments.embedding.backends`` writes the matrix under this name chunk
+    by chunk)."""
 
     FILE = "embeddings.npy"
 
@@ -109,8 +110,9 @@ class EvalRow(JsonRow):
 
 @dataclass(frozen=True)
 class KeyInputs:
-    """What a stage's key is read from: the config without runtime knobs (``result``, experiments.keys), the same
-    with local files by content (``keyed``, experiments.fingerprint), and the subset entry (None: study level)."""
+    """What a stage's key is read from: the config without runtime knobs (``result``, experiments.engine.keys), the
+    same with local files by content (``keyed``, experiments.engine.fingerprint), and the subset entry
+    (None: study level)."""
 
     result: dict[str, Any]
     keyed: dict[str, Any]

@@ -1,11 +1,11 @@
-"""``divbench-doctor [experiment=...]``: can the chosen preset run on this machine?
+"""Can the chosen preset run on this machine? The checks behind ``divbench-doctor`` and a study's start.
 
 It reports torch / CUDA / driver / GPUs, faiss (CPU or GPU build), vLLM, DeepSpeed, transformers / TRL, whether a
 Hugging Face token is present, the judge's key variable, and the free disk under ``cache_dir``; then, for what the
 composed config needs (a CUDA device, vLLM for embedding or generation, a token for a gated model, a judge key),
 names each missing thing with its fix and exits 2. Nothing is downloaded or written.
 
-:func:`preflight` is the subset of these checks that ``divbench-study`` runs before any stage writes anything
+:func:`check_environment` is the subset of these checks that ``divbench-study`` runs before any stage writes anything
 (``device=cuda`` without CUDA, a gated model without a token), so such a run fails at once and clearly.
 """
 
@@ -21,11 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from experiments.run_study import CONFIG_DIR
-from metrics.validation import InputError
+from divcore.errors import InputError
 
 log = logging.getLogger("divbench")
 
@@ -164,7 +160,7 @@ def diagnose(cfg: dict[str, Any]) -> list[Check]:
     return checks
 
 
-def preflight(cfg: dict[str, Any], stop_after: str | None = None) -> None:
+def check_environment(cfg: dict[str, Any], stop_after: str | None = None) -> None:
     """The fatal checks a study runs before writing anything; raises InputError naming every problem."""
     import torch
 
@@ -178,31 +174,3 @@ def preflight(cfg: dict[str, Any], stop_after: str | None = None) -> None:
                         "model page, then `huggingface-cli login` or export HF_TOKEN")
     if problems:
         raise InputError("; ".join(problems) + " (divbench-doctor lists everything this machine lacks)")
-
-
-def report(checks: list[Check]) -> int:
-    width = max(len(c.name) for c in checks)
-    for c in checks:
-        mark = "MISS" if not c.ok else "--  " if c.found.startswith("not installed") else "ok  "
-        log.info("%s %-*s  %s", mark, width, c.name, c.found)
-    missing = [c for c in checks if not c.ok]
-    for c in missing:
-        log.error("missing %s: %s", c.name, c.fix)
-    if missing:
-        log.error("%d thing(s) missing: this preset cannot run here", len(missing))
-    else:
-        log.info("everything this preset needs is here")
-    return 2 if missing else 0
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="study")
-def main(cfg: DictConfig) -> None:
-    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    log.info("divbench-doctor: study %s", resolved["study"])
-    code = report(diagnose(resolved))
-    if code:
-        sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

@@ -37,12 +37,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from divcore.errors import InputError
 from divcore.io import atomic_write
 from divcore.params import POSITIVE_INT, Param, flag, mapping, number, optional, text
 from divcore.registry import Registry
 from divcore.rows import normalize_rows
 from finetune.models import load_causal_lm, load_tokenizer, release_gpu_memory
-from metrics.validation import InputError
 
 log = logging.getLogger(__name__)
 DEFAULT_CHUNK = 8192
@@ -247,7 +247,7 @@ def precomputed_embeddings(path: str, n_rows: int, pool_path: str | None = None,
     must have an embedding file of the same name and row count. JSON values come back as float32: the authors'
     vectors are vLLM float32 outputs, so the float32 round trip is exact; a ``.npy`` keeps its own dtype.
     """
-    from experiments.embedding_sets import check_paired_layout, load_matrix
+    from experiments.data.embedding_sets import check_paired_layout, load_matrix
 
     if pool_path is not None and Path(path).is_dir() and Path(pool_path).is_dir():
         check_paired_layout(Path(pool_path), Path(path))

@@ -4,7 +4,7 @@ Per base model (and, when runs.csv holds several, their mean, as the paper avera
 row carries Pearson / Spearman / Kendall with asymptotic, permutation and Benjamini-Hochberg adjusted p-values,
 95% bootstrap intervals, the paired difference to a reference metric (default NovelSum) with its interval, the
 partial correlation controlling for response length (and subset quality when the pool has it), and whether the
-training noise floor leaves room for the interval (:mod:`experiments.stats` has the formulas). The ``mean`` row
+training noise floor leaves room for the interval (:mod:`experiments.report.stats` has the formulas). The ``mean`` row
 is the mean of r, rho and tau over base models with a bootstrap interval of that mean (subsets resampled within
 each model); averaging p-values is no test, so its p- and q-values are left empty.
 
@@ -27,13 +27,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from divcore.errors import InputError
 from divcore.io import atomic_write, make_temp_dir, remove_stale_temps, replace_dir
 from divcore.registry import did_you_mean
-from experiments import figures
-from experiments import stats as st
-from experiments.figures import fmt, novelsum_heatmap, scatter  # noqa: F401  (public since the first report)
-from experiments.stats import bootstrap_ci  # noqa: F401
-from metrics.validation import InputError
+from experiments.report import figures
+from experiments.report import stats as st
+from experiments.report.figures import fmt, novelsum_heatmap, scatter  # noqa: F401  (public since the first report)
+from experiments.report.stats import bootstrap_ci  # noqa: F401
 
 log = logging.getLogger(__name__)
 RUNS_SCHEMA = 1
@@ -487,7 +487,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def check_report_config(cfg: dict) -> None:
     """divbench-report's inputs and output folder, before Hydra writes anything."""
-    from experiments.cli import check_writable
+    from divcore.io import check_writable
 
     runs, paths = read_runs(cfg["runs"])
     out = Path(cfg["out"]) if cfg.get("out") else default_out(paths)

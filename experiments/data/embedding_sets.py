@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from divcore.errors import InputError
 from divcore.io import read_text
-from experiments.pools import numbered_json_files
-from metrics.validation import InputError
+from experiments.data.pools import numbered_json_files
 
 
 def _real_matrix(arr: np.ndarray, path: Path) -> np.ndarray:

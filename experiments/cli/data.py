@@ -1,0 +1,42 @@
+"""``divbench-data fetch | where``: the benchmark files no package ships (:mod:`experiments.data.benchmark_files`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from experiments.data.benchmark_files import GITHUB_RAW, SOURCES, fetch, resolve_data, user_data_dir
+from experiments.engine.config import PROJECT_ROOT
+
+log = logging.getLogger("divbench.data")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="divbench-data", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fetch", help="download the AlpacaEval references and MT-Bench files")
+    f.add_argument("--dest", default=None, help=f"target directory (default: {user_data_dir()})")
+    f.add_argument("--hf-endpoint", default=None, help="Hugging Face hub endpoint (default: $HF_ENDPOINT or hub)")
+    f.add_argument("--github-raw", default=None, help=f"raw GitHub host (default: {GITHUB_RAW})")
+    f.add_argument("--force", action="store_true", help="download files that are already present again")
+    sub.add_parser("where", help="print where each file is found")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "where":
+        shared = Path(os.environ.get("DIVBENCH_SHARED", PROJECT_ROOT.parent / "shared"))
+        for relative in SOURCES:
+            found = resolve_data(relative, shared)
+            log.info("%-40s %s%s", relative, found, "" if Path(found).exists() else "  (missing)")
+        return
+    try:
+        fetch(args.dest, hf_endpoint=args.hf_endpoint, github_raw=args.github_raw, force=args.force)
+    except RuntimeError as e:
+        log.error("%s", e)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
