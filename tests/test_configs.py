@@ -64,11 +64,20 @@ def test_launcher_presets_compose(launcher):
     assert cfg.hydra.launcher._target_
 
 
-def test_measure_and_report_configs_compose(tmp_path):
-    for config, overrides in (("measure", [f"subsets={tmp_path}"]), ("report", [f"runs={tmp_path}/runs.csv"]),
-                              ("select", ["pool.path=/data/text/", "size=10", f"out={tmp_path}/out"]),
-                              ("embed_pool", ["pool.path=/data/text/", f"out={tmp_path}/emb"])):
-        OmegaConf.to_container(_compose(config, overrides), resolve=True, throw_on_missing=True)
+@pytest.mark.parametrize("config, overrides, expected", [
+    ("measure", ["subsets={tmp}"], {"subsets": "{tmp}"}),
+    ("report", ["runs={tmp}/runs.csv"], {"runs": "{tmp}/runs.csv"}),
+    ("select", ["pool.path=/data/text/", "size=10", "out={tmp}/out"], {"size": 10, "out": "{tmp}/out"}),
+    ("embed_pool", ["pool.path=/data/text/", "out={tmp}/emb"], {"out": "{tmp}/emb"}),
+])
+def test_measure_and_report_configs_compose(config, overrides, expected, tmp_path):
+    """Each secondary config resolves with no missing value and carries the overrides it was given."""
+    cfg = OmegaConf.to_container(_compose(config, [o.format(tmp=tmp_path) for o in overrides]), resolve=True,
+                                 throw_on_missing=True)
+    for key, value in expected.items():
+        assert cfg[key] == (value.format(tmp=tmp_path) if isinstance(value, str) else value)
+    if "pool" in cfg:
+        assert cfg["pool"]["path"] == "/data/text/"
 
 
 @pytest.mark.parametrize("override, message", [

@@ -85,13 +85,6 @@ def test_repr_filter_ties_in_deita_pandas_order():
         assert deita_order(score).tolist() == pandas_order.tolist()
 
 
-def test_repr_filter_short_pool_message():
-    x = np.array([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.7, 0.7]])
-    pool = PoolInputs(size=4, embeddings=x, quality=np.array([0.9, 0.8, 0.7, 0.6]))
-    with pytest.raises(InputError, match="only 3 rows pass"):
-        select("repr_filter", pool, 4, 0, threshold=0.9)
-
-
 def test_mig_exact_gain_equals_brute_force_marginal_gain():
     vectors = np.array([[1.0, 0.0], [0.95, 0.3], [0.0, 1.0]])
     labels = [[0], [1], [2], [0, 2], [1, 2]]
