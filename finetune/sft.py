@@ -61,6 +61,22 @@ def tokenize_with_assistant_mask(tok: PreTrainedTokenizerBase, messages: list[di
     return {"input_ids": enc["input_ids"], "assistant_masks": mask}
 
 
+def training_tokenizer(model_path: str, chat_template: str | None) -> PreTrainedTokenizerBase:
+    """The tokenizer fine-tuning uses: the base model's, with the configured chat template installed."""
+    from finetune.templates import set_chat_template
+
+    tok = load_tokenizer(model_path)
+    set_chat_template(tok, chat_template)
+    return tok
+
+
+def supervised_tokens(tok: PreTrainedTokenizerBase, conversations: list[dict[str, Any]], max_length: int) -> int:
+    """How many tokens carry the training loss: assistant tokens within ``max_length``, counted exactly as
+    :func:`build_dataset` masks them (a conversation with none adds 0, as training drops it)."""
+    return int(sum(sum(tokenize_with_assistant_mask(tok, c["messages"], max_length)["assistant_masks"])
+                   for c in conversations))
+
+
 def build_dataset(tok: PreTrainedTokenizerBase, conversations: list[dict[str, Any]], max_length: int) -> Dataset:
     rows = [tokenize_with_assistant_mask(tok, c["messages"], max_length) for c in conversations]
     kept = [r for r in rows if any(r["assistant_masks"])]

@@ -74,6 +74,12 @@ def test_bh_q_values_by_hand_and_by_scipy():
                                stats.false_discovery_control(table.loc[defined, "spearman_p_perm"]))
 
 
+def _concatenated_resamples(counts: np.ndarray, codes: np.ndarray):
+    """Brute force of the block bootstrap: each resample's rows, block by block, as many times as drawn."""
+    for row in counts:
+        yield np.concatenate([np.flatnonzero(codes == g).repeat(c) for g, c in enumerate(row)])
+
+
 def test_paired_difference_uses_the_same_resamples():
     runs = _runs(n=9)
     table = correlate(runs, ["novelsum", "vendi"], n_boot=300, seed=5, n_perm=0,
@@ -81,9 +87,9 @@ def test_paired_difference_uses_the_same_resamples():
     x, ref, y = (runs[c].to_numpy() for c in ("vendi", "novelsum", "performance"))
     assert table.loc["vendi", "pearson_diff_vs_ref"] == pytest.approx(
         stats.pearsonr(x, y).statistic - stats.pearsonr(ref, y).statistic)
-    idx = np.random.default_rng(5).integers(0, 9, (300, 9))
+    counts = np.random.default_rng(5).multinomial(9, np.full(9, 1 / 9), size=300)  # one subset per block here
     diffs = []
-    for b in idx:
+    for b in _concatenated_resamples(counts, np.arange(9)):
         if np.ptp(x[b]) and np.ptp(ref[b]) and np.ptp(y[b]):
             diffs.append(stats.pearsonr(x[b], y[b]).statistic - stats.pearsonr(ref[b], y[b]).statistic)
     low, high = np.percentile(diffs, [2.5, 97.5])
@@ -136,8 +142,10 @@ def test_constant_columns_stay_undefined_in_every_new_column(flat, tmp_path):
 def test_bad_inputs_are_specific():
     with pytest.raises(InputError, match="permutation test needs at least 4 subsets"):
         correlate(_runs(n=3), ["novelsum"], n_boot=20)
-    with pytest.raises(InputError, match="reference metric 'ttr' is not among"):
-        correlate(_runs(), ["novelsum"], n_boot=20, reference="ttr")
+    with pytest.raises(InputError, match="report.block='nope' is neither"):
+        correlate(_runs(), ["novelsum"], n_boot=20, block="nope")
+    with pytest.raises(InputError, match=r"report.covariates: \['nope'\] not among"):
+        correlate(_runs(), ["novelsum"], n_boot=20, covariates=["nope"])
 
 
 def test_noise_floor_of_issue_17_measurement():
@@ -208,11 +216,10 @@ def test_merged_two_model_report(tmp_path):
         assert mean[stat] == pytest.approx((by.loc[("llama", "vendi"), stat] + by.loc[("qwen", "vendi"), stat]) / 2)
     assert mean[["pearson_p", "spearman_p", "kendall_p", "pearson_q", "pearson_p_perm"]].isna().all()
     assert mean["pearson_ci_low"] <= mean["pearson_r"] <= mean["pearson_ci_high"]
-    # the mean's interval: subsets resampled within each model, the two models' r averaged per resample
-    rng = np.random.default_rng(4)
-    idx = [rng.integers(0, 6, (200, 6)) for _ in range(2)]
-    boot = np.mean([st.rowwise_correlation("pearson", r["vendi"].to_numpy(), r["performance"].to_numpy(), i)
-                    for r, i in zip((a, b), idx, strict=True)], axis=0)
+    # the mean's interval: the same blocks (subset labels s0..s5) drawn for both models, r averaged per resample
+    counts = np.random.default_rng(4).multinomial(6, np.full(6, 1 / 6), size=200)
+    boot = np.mean([[stats.pearsonr(r["vendi"].to_numpy()[i], r["performance"].to_numpy()[i]).statistic
+                     for i in _concatenated_resamples(counts, np.arange(6))] for r in (a, b)], axis=0)
     assert (mean["pearson_ci_low"], mean["pearson_ci_high"]) == pytest.approx(st.percentile_interval(boot))
     assert len(pd.read_csv(paths["runs"])) == 12
     assert set(json.loads(paths["noise_floor"].read_text())["base_models"]) == {"llama", "qwen"}
@@ -222,7 +229,7 @@ def test_merged_two_model_report(tmp_path):
 @pytest.mark.parametrize("case, message", [
     ("columns", "have different columns"),
     ("duplicates", "rows share"),
-    ("reference", "reference metric 'nope'"),
+    ("block", "report.block='nope'"),
 ])
 def test_merge_rejects_bad_input_and_writes_nothing(tmp_path, case, message):
     a, b = _two_models(tmp_path)
@@ -233,7 +240,7 @@ def test_merge_rejects_bad_input_and_writes_nothing(tmp_path, case, message):
     out = tmp_path / "out"
     with pytest.raises(InputError, match=message):
         regenerate([tmp_path / "a.csv", tmp_path / "b.csv"], out, n_boot=20, n_perm=99,
-                   reference_metric="nope" if case == "reference" else "novelsum")
+                   reference_metric="novelsum", block="nope" if case == "block" else "selector")
     assert not out.exists()
 
 
@@ -246,8 +253,8 @@ def test_report_cli_merges_and_fails_with_exit_2(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert {"table.csv", "noise_floor.json", "forest.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
     bad = subprocess.run(cmd + [f"runs=[{tmp_path}/a.csv,{tmp_path}/b.csv]", f"out={tmp_path}/bad",
-                                "reference_metric=ttr"], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode == 2 and "reference metric 'ttr'" in bad.stderr + bad.stdout
+                                "block=selektor"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "report.block='selektor'" in bad.stderr + bad.stdout
     assert not (tmp_path / "bad").exists()
 
 

@@ -205,6 +205,16 @@ def test_training_replicates_average_into_one_row_per_subset(tmp_path, tiny_mode
     by_hand = sorted(np.mean([len(m["content"]) for i in json.loads(d.read_text()) for m in pool[i]["messages"]
                               if m["role"] == "assistant"]) for d in (cache / "subset").glob("*/indices.json"))
     np.testing.assert_allclose(sorted(runs["mean_response_chars"]), by_hand)  # the subsets' assistant turns
+    # loss-bearing tokens: the duplicate subset (one conversation, repeated) carries size x that conversation's
+    from finetune.sft import supervised_tokens, training_tokenizer
+
+    dup = runs.set_index("subset").loc["duplicate_25"]
+    one = pool[json.loads(next(d for d in (cache / "subset").glob("*/indices.json")
+                               if len(set(json.loads(d.read_text()))) == 1).read_text())[0]]
+    tok = training_tokenizer(tiny_model, None)
+    max_length = int(_compose(overrides).finetune.max_length)
+    assert dup["supervised_tokens"] == dup["size"] * supervised_tokens(tok, [one], max_length) > 0
+    assert runs["code_share"].between(0, 1).all() and runs["multi_turn_share"].between(0, 1).all()
     pd.testing.assert_frame_equal(result["runs"].reset_index(drop=True)[["subset", "performance"]],
                                   runs[["subset", "performance"]])
     floor = json.loads((tmp_path / "results" / "noise_floor.json").read_text())

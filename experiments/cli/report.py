@@ -1,4 +1,4 @@
-"""Hydra entry point: rebuild every table and figure from a runs.csv alone.
+"""Hydra entry point: rebuild every table, figure and report.html from a runs.csv alone.
 
 ``divbench-report runs=results/demo/runs.csv`` (``out`` defaults to the folder of runs.csv), or several base
 models' runs in one report: ``divbench-report runs=[results/llama/runs.csv,results/qwen/runs.csv] out=results/both``.
@@ -23,8 +23,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     def work() -> dict:
         runs = OmegaConf.to_container(cfg.runs) if isinstance(cfg.runs, ListConfig) else cfg.runs
+        covariates = OmegaConf.to_container(cfg.covariates) if isinstance(cfg.covariates, ListConfig) else None
         return regenerate(runs, cfg.out, exclude=list(cfg.exclude_selectors or []), n_boot=cfg.n_boot,
-                          seed=cfg.seed, n_perm=cfg.n_perm, reference_metric=cfg.reference_metric, alpha=cfg.alpha)
+                          seed=cfg.seed, n_perm=cfg.n_perm, reference_metric=cfg.reference_metric, alpha=cfg.alpha,
+                          block=cfg.block, covariates=covariates, untuned_performance=cfg.untuned_performance)
 
     paths = guard(work)
     log.info("wrote %d files to %s", len(paths), paths["runs"].parent)

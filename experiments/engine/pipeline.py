@@ -314,6 +314,7 @@ class SubsetRunner:
         self._base_model: str | None = None
         self._selected: dict[tuple[int, ...], str] = {}  # sorted row indices -> the first subset that selected them
         self._pool: selection.PoolInputs | None = None
+        self._tokenizer: Any = None
 
     def pool_inputs(self) -> selection.PoolInputs:
         """What selectors read about the pool; built once per study, the first time a selector runs."""
@@ -461,7 +462,18 @@ class SubsetRunner:
         indices, sub = done["subset"]
         return {"subset": entry["label"], "selector": entry["selector"], "seed": entry["seed"],
                 "train_seed": entry.get("train_seed"), "size": entry["size"], "unique_rows": len(set(indices)),
-                "base_model": self.cfg["finetune"]["base_model"]} | subset_profile(sub) | done["metrics"] | done["eval"]
+                "base_model": self.cfg["finetune"]["base_model"]} | subset_profile(sub) | {
+                    "supervised_tokens": self.supervised_tokens(entry, sub)} | done["metrics"] | done["eval"]
+
+    def supervised_tokens(self, entry: dict[str, Any], sub: list[dict]) -> int:
+        """The subset's loss-bearing tokens under the fine-tuning's tokenizer, template and max_length: a report
+        covariate computed from the subset (not an artifact, so no cache key)."""
+        from finetune.sft import supervised_tokens, training_tokenizer  # heavy import, only with a row to write
+
+        ft = finetune_config(self.cfg, entry)
+        if self._tokenizer is None:
+            self._tokenizer = training_tokenizer(self.base_model, ft.get("chat_template"))
+        return supervised_tokens(self._tokenizer, sub, int(ft["max_length"]))
 
 
 def replicate_name(entry: dict[str, Any]) -> str:
@@ -470,11 +482,20 @@ def replicate_name(entry: dict[str, Any]) -> str:
     return f"{name}-t{entry['train_seed']}" if entry.get("replicated") else name
 
 
+CODE_FENCE = "```"
+
+
 def subset_profile(sub: list[dict]) -> dict[str, float]:
     """Confounds the report controls for: mean characters of the subset's assistant turns (judges and several
-    metrics move with length) and, when the pool scores quality, the subset's mean quality."""
+    metrics move with length), the share of conversations holding a fenced code block (```) in any turn
+    (``code_share``), the share with more than one user turn (``multi_turn_share``) and, when the pool scores
+    quality, the subset's mean quality. (Loss-bearing tokens and unique rows are added by the runner.)"""
     chars = [len(m["content"]) for c in sub for m in c["messages"] if m["role"] == "assistant"]
     profile = {"mean_response_chars": float(np.mean(chars)) if chars else float("nan")}
+    if sub:
+        profile["code_share"] = float(np.mean([any(CODE_FENCE in m["content"] for m in c["messages"]) for c in sub]))
+        profile["multi_turn_share"] = float(np.mean([sum(m["role"] == "user" for m in c["messages"]) > 1
+                                                     for c in sub]))
     quality = data_column(sub, "quality")
     if quality is not None:
         profile["mean_quality"] = float(np.mean(quality))

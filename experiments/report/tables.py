@@ -1,12 +1,12 @@
-"""Correlation of every diversity metric with performance: tables (Markdown, CSV, LaTeX) and figures.
+"""Correlation of every diversity metric with performance: tables (Markdown, CSV, LaTeX), the paper's table, one
+HTML page and figures.
 
-Per base model (and, when runs.csv holds several, their mean, as the paper averages LLaMA and Qwen), each metric
-row carries Pearson / Spearman / Kendall with asymptotic, permutation and Benjamini-Hochberg adjusted p-values,
-95% bootstrap intervals, the paired difference to a reference metric (default NovelSum) with its interval, the
-partial correlation controlling for response length (and subset quality when the pool has it), and whether the
-training noise floor leaves room for the interval (:mod:`experiments.report.stats` has the formulas). The ``mean`` row
-is the mean of r, rho and tau over base models with a bootstrap interval of that mean (subsets resampled within
-each model); averaging p-values is no test, so its p- and q-values are left empty.
+The statistics are :mod:`experiments.report.correlation`'s (block resampling, metric families, contrasts with
+the reference metric, covariates, decision accuracy). ``table.csv`` holds every column for every metric name;
+``table.md`` / ``table.tex`` the distinct metrics of the main family with the columns a reader needs;
+``paper_table.{md,tex,csv}`` the paper's layout (:mod:`experiments.report.paper_table`); ``report.html`` all of
+it on one self-contained page (:mod:`experiments.report.html_report`); ``sensitivity.csv`` each metric's r with
+each block left out; ``covariates.csv`` each covariate's own correlation with performance.
 
 The Markdown table is written by hand (pandas' ``to_markdown`` needs ``tabulate`` and pads cells, which makes
 rows hard to grep); the LaTeX table is pandas' ``Styler.to_latex``.
@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,22 @@ from scipy import stats
 from divcore.errors import InputError
 from divcore.io import atomic_write, make_temp_dir, remove_stale_temps, replace_dir
 from divcore.registry import did_you_mean
+from experiments.report import decisions as dec
+from experiments.report import families as fam
 from experiments.report import figures
+from experiments.report import html_report as hr
+from experiments.report import paper_table as pt
+from experiments.report import resampling as rs
 from experiments.report import stats as st
+from experiments.report.correlation import (  # noqa: F401  (public names)
+    BASE_COLUMNS,
+    CONTROLS,
+    PROFILE_COVARIATES,
+    complete,
+    correlate,
+    numeric,
+    resolve_covariates,
+)
 from experiments.report.figures import fmt, novelsum_heatmap, scatter  # noqa: F401  (public since the first report)
 from experiments.report.stats import bootstrap_ci  # noqa: F401
 
@@ -39,151 +54,9 @@ log = logging.getLogger(__name__)
 RUNS_SCHEMA = 1
 REQUIRED_RUN_COLUMNS = ("subset", "selector", "seed", "performance")
 STATS = {"pearson": stats.pearsonr, "spearman": stats.spearmanr, "kendall": stats.kendalltau}
-STAT_NAMES = {"pearson": "pearson_r", "spearman": "spearman_rho", "kendall": "kendall_tau"}
-CONTROLS = {"length": "mean_response_chars", "quality": "mean_quality"}  # partial-correlation confounds
-TABLE_COLUMNS = ["base_model", "metric",
-                 "pearson_r", "pearson_ci_low", "pearson_ci_high", "pearson_p", "pearson_p_perm", "pearson_q",
-                 "pearson_q_perm",
-                 "spearman_rho", "spearman_ci_low", "spearman_ci_high", "spearman_p", "spearman_p_perm", "spearman_q",
-                 "spearman_q_perm",
-                 "kendall_tau", "kendall_p",
-                 "pearson_diff_vs_ref", "pearson_diff_ci_low", "pearson_diff_ci_high",
-                 "spearman_diff_vs_ref", "spearman_diff_ci_low", "spearman_diff_ci_high",
-                 "pearson_partial_length", "spearman_partial_length",
-                 "pearson_partial_quality", "spearman_partial_quality",
-                 "noise_ceiling", "noise_limited", "n"]
+TABLE_COLUMNS = BASE_COLUMNS  # the columns every table has (plus decision, covariate, contrast, family ones)
 PAPER_REPORTED = Path(__file__).with_name("paper_reported.csv")
 PROXY_LABEL = "-NLL of GPT-4 Turbo reference answers (judge-free proxy for instruction-following quality)"
-
-
-def correlate(runs: pd.DataFrame, metric_columns: list[str], target: str = "performance", *,
-              n_boot: int = 1000, seed: int = 0, n_perm: int = 9999, reference: str | None = None) -> pd.DataFrame:
-    """The correlation table: one row per (base model, metric), plus a ``mean`` row per metric when runs holds
-    several base models. ``reference`` names the metric every other is compared with (None: no comparison);
-    ``n_perm`` permutation resamples per test (0: none). Statistics of a constant column are NaN (reported
-    'undefined'), never 0."""
-    if reference is not None and reference not in metric_columns:
-        raise InputError(f"reference metric {reference!r} is not among the table's metrics {metric_columns}: "
-                         "set reference_metric to one of them (or null for no paired comparison)")
-    several = "base_model" in runs and runs["base_model"].nunique() > 1
-    groups = list(runs.groupby("base_model", sort=True)) if several else [("all", runs)]
-    rng = np.random.default_rng(seed)  # one stream: each model's subsets are resampled independently
-    tables, boots = [], []
-    for name, group in groups:
-        table, boot = _correlate_group(group, metric_columns, target, rng, n_boot=n_boot, seed=seed,
-                                       n_perm=n_perm, reference=reference)
-        tables.append(table.assign(base_model=name))
-        boots.append(boot)
-    table = pd.concat(tables, ignore_index=True)
-    if len(tables) > 1:
-        table = pd.concat([table, _mean_rows(tables, boots, metric_columns, reference)], ignore_index=True)
-    return table[TABLE_COLUMNS]
-
-
-def _correlate_group(runs: pd.DataFrame, metric_columns: list[str], target: str, rng: np.random.Generator, *,
-                     n_boot: int, seed: int, n_perm: int, reference: str | None
-                     ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
-    if len(runs) < 3:
-        raise InputError(f"correlation needs at least 3 subsets, the study has {len(runs)}: add subsets or seeds")
-    y = numeric(runs[target])
-    idx = st.resample_indices(rng, len(runs), n_boot)
-    boot = {col: _resampled(numeric(runs[col]), y, idx, rng) for col in metric_columns}
-    floor = st.noise_floor_of(runs)
-    rows = [_metric_row(runs, col, y, boot, n_perm=n_perm, seed=seed, reference=reference, floor=floor)
-            for col in metric_columns]
-    table = pd.DataFrame(rows, columns=[c for c in TABLE_COLUMNS if c != "base_model"])
-    for kind in ("pearson", "spearman"):
-        table[f"{kind}_q"] = st.bh_qvalues(table[f"{kind}_p"])
-        table[f"{kind}_q_perm"] = st.bh_qvalues(table[f"{kind}_p_perm"])
-    order = table.sort_values("pearson_r", ascending=False, na_position="last").index
-    return table.loc[order].reset_index(drop=True), boot
-
-
-def _metric_row(runs: pd.DataFrame, col: str, y: np.ndarray, boot: dict, *, n_perm: int, seed: int,
-                reference: str | None, floor: dict) -> dict[str, Any]:
-    x, ok = numeric(runs[col]), complete(runs, col, y)
-    row: dict[str, Any] = {"metric": col, "n": int(ok.sum())}  # missing cells leave out their pair only
-    for kind, stat in STAT_NAMES.items():
-        row[stat], row[f"{kind}_p"] = _correlation(kind, x[ok], y[ok])
-        if kind == "kendall":
-            continue
-        row[f"{kind}_ci_low"], row[f"{kind}_ci_high"] = st.percentile_interval(boot[col][kind])
-        permutable = ok.all() or ok.sum() >= st.MIN_PERMUTATION_SUBSETS  # a whole study too small still raises
-        row[f"{kind}_p_perm"] = st.permutation_p(kind, x[ok], y[ok], n_perm, seed) if n_perm and permutable \
-            else np.nan
-        if reference is not None:
-            ref_ok = complete(runs, reference, y)
-            row[f"{kind}_diff_vs_ref"] = row[stat] - _correlation(kind, numeric(runs[reference])[ref_ok],
-                                                                  y[ref_ok])[0]
-            paired = ok.all() and ref_ok.all()  # resampled together only when both columns are complete
-            row[f"{kind}_diff_ci_low"], row[f"{kind}_diff_ci_high"] = st.percentile_interval(
-                boot[col][kind] - boot[reference][kind]) if paired else (np.nan, np.nan)
-        for control, column in CONTROLS.items():
-            if column in runs:
-                row[f"{kind}_partial_{control}"] = st.partial_correlation(x[ok], y[ok], numeric(runs[column])[ok],
-                                                                          rank=kind == "spearman")
-    row |= _noise_flag(row, floor)
-    return row
-
-
-def numeric(column: pd.Series) -> np.ndarray:
-    """A runs.csv column as floats; a missing or non-numeric cell is NaN (:func:`warn_bad_cells` names it)."""
-    return pd.to_numeric(column, errors="coerce").to_numpy(float)
-
-
-def complete(runs: pd.DataFrame, col: str, y: np.ndarray) -> np.ndarray:
-    """Rows where both the metric and the target are numbers: the pairs a correlation uses."""
-    return np.isfinite(numeric(runs[col])) & np.isfinite(y)
-
-
-def _correlation(kind: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """:func:`stats.correlation` on complete pairs; undefined (NaN) below 3 of them."""
-    return st.correlation(kind, x, y) if len(x) >= 3 else (np.nan, np.nan)
-
-
-def _resampled(x: np.ndarray, y: np.ndarray, idx: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Bootstrap r and rho of a metric: the study's shared resamples when its column is complete (so paired
-    differences resample subsets together), else resamples of its own complete pairs."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    if not ok.all():
-        if ok.sum() < 3:
-            return {k: np.full(len(idx), np.nan) for k in ("pearson", "spearman")}
-        x, y, idx = x[ok], y[ok], st.resample_indices(rng, int(ok.sum()), len(idx))
-    return {k: st.rowwise_correlation(k, x, y, idx) for k in ("pearson", "spearman")}
-
-
-def _noise_flag(row: dict[str, Any], floor: dict) -> dict[str, Any]:
-    """The attenuation ceiling and whether the Pearson interval reaches past it: beyond +-ceiling no metric can
-    correlate with a performance this noisy, so such an interval is wider than the signal allows."""
-    ceiling = floor.get("noise_ceiling")
-    if ceiling is None or not np.isfinite(row.get("pearson_ci_low", np.nan)):  # no interval to compare
-        return {"noise_ceiling": np.nan, "noise_limited": pd.NA}
-    return {"noise_ceiling": ceiling,
-            "noise_limited": bool(row["pearson_ci_high"] > ceiling or row["pearson_ci_low"] < -ceiling)}
-
-
-def _mean_rows(tables: list[pd.DataFrame], boots: list[dict], metric_columns: list[str],
-               reference: str | None) -> pd.DataFrame:
-    """Mean of r, rho and tau over base models, with the percentile interval of the mean over resamples drawn
-    within each model. Undefined in any model -> undefined mean. p- and q-values stay empty."""
-    by_model = [t.set_index("metric") for t in tables]
-    rows = []
-    for col in metric_columns:
-        row: dict[str, Any] = {"base_model": "mean", "metric": col, "n": int(sum(t.loc[col, "n"] for t in by_model))}
-        for stat in STAT_NAMES.values():
-            row[stat] = float(np.mean([t.loc[col, stat] for t in by_model]))
-        for kind in ("pearson", "spearman"):
-            mean_boot = np.mean([b[col][kind] for b in boots], axis=0)
-            row[f"{kind}_ci_low"], row[f"{kind}_ci_high"] = st.percentile_interval(mean_boot)
-            if reference is not None:
-                row[f"{kind}_diff_vs_ref"] = float(np.mean([t.loc[col, f"{kind}_diff_vs_ref"] for t in by_model]))
-                ref_boot = np.mean([b[reference][kind] for b in boots], axis=0)
-                row[f"{kind}_diff_ci_low"], row[f"{kind}_diff_ci_high"] = st.percentile_interval(mean_boot - ref_boot)
-            for control in CONTROLS:
-                row[f"{kind}_partial_{control}"] = float(np.mean([t.loc[col, f"{kind}_partial_{control}"]
-                                                                  for t in by_model]))
-        rows.append(row)
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
 REPLICATE_COLUMNS = ("n_replicates", "performance_sd", "performance_replicates", "train_seeds")
@@ -227,11 +100,13 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def with_paper_values(table: pd.DataFrame, reported: Path = PAPER_REPORTED) -> pd.DataFrame:
-    """Add the paper's reported figure beside ours, marked as the paper's (metric base name match)."""
-    paper = pd.read_csv(reported)
-    lookup = {r.metric: f"{r.value:g} (paper: {r.statistic})" for r in paper.itertuples()}
+    """Add the paper's reported figures beside ours, each marked with its provenance (metric base name match)."""
+    paper = pt.reported_values(reported)
+    lookup: dict[str, list[str]] = {}
+    for r in paper.itertuples():
+        lookup.setdefault(r.metric, []).append(f"{r.value:g} ({r.provenance}: {r.statistic}, {r.base_model})")
     base = table["metric"].str.split("[", regex=False).str[0]
-    return table.assign(paper_reported=[lookup.get(m, "") for m in base])
+    return table.assign(paper_reported=["; ".join(lookup.get(m, [])) for m in base])
 
 
 def performance_is_proxy(runs: pd.DataFrame) -> bool:
@@ -362,52 +237,125 @@ def check_out_dir(out: Path) -> None:
                          "its folder as a whole, so choose a new or empty folder")
 
 
-def write_report(runs: pd.DataFrame, metric_columns: list[str], out_dir: str | Path, *, n_boot: int = 1000,
-                 seed: int = 0, n_perm: int = 9999, reference_metric: str | None = None,
-                 alpha: float = 0.05, extra: dict[str, str] | None = None) -> dict[str, Path]:
-    """Write runs.csv, table.{csv,md,tex}, noise_floor.json, scatter_<metric>.png, forest.png (and the NovelSum
-    grid heatmap), plus the ``extra`` {file name: text} files, into a temporary folder beside out_dir, then swap
-    it in as a whole: no file of an earlier report (a plot of a metric no longer computed) survives, and a kill
-    leaves the previous report. Missing or non-numeric cells are named in a warning and left out pairwise."""
+REPORT_FILES = ("runs.csv", "table.csv", "table.md", "table.tex", "noise_floor.json", "sensitivity.csv",
+                "covariates.csv", "paper_table.csv", "paper_table.md", "paper_table.tex", "report.html", "forest.png",
+                "novelsum_grid_heatmap.png")
+
+
+def written_by_report(name: str) -> bool:
+    """Whether a file of a results folder is the report's (or the study's records it carries): rebuilt, never
+    kept. Everything else there (a README, another tool's JSON, a sensitivity report's folder) is kept."""
+    return name in REPORT_FILES or name in RUN_FILES or bool(re.fullmatch(r"scatter_.*\.png", name))
+
+
+def write_report(runs: pd.DataFrame, metric_columns: list[str], out_dir: str | Path, *, n_boot: int = 10_000,
+                 seed: int = 0, n_perm: int = 9999, reference_metric: str | None = None, alpha: float = 0.05,
+                 block: str | None = "selector", covariates: list[str] | None = None,
+                 untuned_performance: float | None = None, extra: dict[str, str] | None = None) -> dict[str, Path]:
+    """Write runs.csv, table.{csv,md,tex}, paper_table.{csv,md,tex}, report.html, noise_floor.json,
+    sensitivity.csv, covariates.csv, scatter_<metric>.png, forest.png (and the NovelSum grid heatmap), plus the
+    ``extra`` {file name: text} files, into a temporary folder beside out_dir, then swap it in as a whole: no file
+    of an earlier report (a plot of a metric no longer computed) survives, files the report does not write (a
+    README, another tool's output, a sensitivity report's folder) are carried over, and a kill leaves the previous
+    report. Missing or non-numeric cells are named in a warning and left out pairwise."""
     if "schema" not in runs:
         runs = runs.assign(schema=RUNS_SCHEMA)
     check_runs(runs)
     warn_bad_cells(runs, ["performance", *metric_columns])
     out = Path(out_dir)
     check_out_dir(out)
+    rs.block_column(runs, block)  # a bad block name fails before anything is written
     remove_stale_temps(out.parent, depth=1)
     numbers = runs.assign(**{c: numeric(runs[c]) for c in ["performance", *metric_columns]})
+    settings = ReportSettings(n_boot=n_boot, seed=seed, n_perm=n_perm, reference=reference_metric, alpha=alpha,
+                              block=block, covariates=covariates, untuned=untuned_performance,
+                              config=(extra or {}).get("study_config.json"))
     tmp = make_temp_dir(out.parent, out.name)
     try:
-        paths = _write_report_files(numbers, metric_columns, tmp, n_boot=n_boot, seed=seed, n_perm=n_perm,
-                                    reference_metric=reference_metric, alpha=alpha)
+        paths = _write_report_files(numbers, metric_columns, tmp, settings)
         atomic_write(paths["runs"], runs.to_csv(index=False))  # as given, text cells included
         for name, text in (extra or {}).items():
             atomic_write(tmp / name, text)
+        _carry_over(out, tmp)
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {key: out / p.relative_to(tmp) for key, p in paths.items()}
 
 
-def _write_report_files(runs: pd.DataFrame, metric_columns: list[str], out: Path, *, n_boot: int, seed: int,
-                        n_perm: int, reference_metric: str | None, alpha: float) -> dict[str, Path]:
+def _carry_over(out: Path, tmp: Path) -> None:
+    """Copy what the report does not write from the folder it replaces into the new one."""
+    if not out.is_dir():
+        return
+    for path in out.iterdir():
+        if path.name.startswith(".") or written_by_report(path.name) or (tmp / path.name).exists():
+            continue
+        if path.is_dir():
+            shutil.copytree(path, tmp / path.name, symlinks=True)
+        else:
+            shutil.copy2(path, tmp / path.name)
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What the statistics and the page are computed with (``report`` config group)."""
+
+    n_boot: int = 10_000
+    seed: int = 0
+    n_perm: int = 9999
+    reference: str | None = None
+    alpha: float = 0.05
+    block: str | None = "selector"
+    covariates: list[str] | None = None
+    untuned: float | None = None
+    config: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"n_boot": self.n_boot, "seed": self.seed, "n_perm": self.n_perm, "reference_metric": self.reference,
+                "alpha": self.alpha, "block": self.block, "covariates": self.covariates,
+                "untuned_performance": self.untuned}
+
+
+def _write_report_files(runs: pd.DataFrame, metric_columns: list[str], out: Path,
+                        settings: ReportSettings) -> dict[str, Path]:
     if _replicates_of_one_subset(runs):
         return _write_noise_floor_only(runs, out)
-    table = with_paper_values(correlate(runs, metric_columns, n_boot=n_boot, seed=seed, n_perm=n_perm,
-                                        reference=reference_metric))
-    floor = noise_floors(runs, table, alpha)
-    note = report_note(runs)
-    paths = {"runs": out / "runs.csv", "table_csv": out / "table.csv", "table_md": out / "table.md",
-             "table_tex": out / "table.tex", "noise_floor": out / "noise_floor.json"}
+    table = with_paper_values(correlate(runs, metric_columns, n_boot=settings.n_boot, seed=settings.seed,
+                                        n_perm=settings.n_perm, reference=settings.reference, block=settings.block,
+                                        covariates=settings.covariates))
+    reference = settings.reference if "pearson_contrast_p" in table else None
+    floor = noise_floors(runs, table, settings.alpha)
+    labels = rs.block_labels(runs, settings.block)
+    notes = {"performance": report_note(runs), "statistics": statistics_note(runs, table, settings, labels)}
+    names = model_names(runs)
+    show_ci = int(table["n_blocks"].max()) >= rs.MIN_CI_BLOCKS
+    paths = {"runs": out / "runs.csv", "noise_floor": out / "noise_floor.json"} | {
+        name.replace(".", "_"): out / name for name in ("table.csv", "table.md", "table.tex", "sensitivity.csv",
+                                                        "covariates.csv", "paper_table.csv", "paper_table.md",
+                                                        "paper_table.tex")}
     atomic_write(paths["runs"], runs.to_csv(index=False))
     atomic_write(paths["table_csv"], table.to_csv(index=False))
-    header = f"> **Note:** {note}\n\n" if note else ""
-    footer = f"\nPaired differences (`*_diff_vs_ref`) are against `{reference_metric}`.\n" if reference_metric else ""
-    atomic_write(paths["table_md"], header + to_markdown(table) + footer)
-    atomic_write(paths["table_tex"], to_latex(table, note))
+    atomic_write(paths["table_md"], table_markdown(table, notes, names))
+    atomic_write(paths["table_tex"], to_latex(main_rows(table).assign(base_model=lambda t: t["base_model"].map(
+        lambda m: names.get(m, m))), " ".join(n for n in notes.values() if n)))
     atomic_write(paths["noise_floor"], json.dumps(floor, indent=2))
-    paths |= write_figures(runs, table, out, alpha)
+    sensitivity = sensitivity_table(runs, metric_columns, labels)
+    atomic_write(paths["sensitivity_csv"], sensitivity.to_csv(index=False))
+    covs = covariate_table(runs, table, settings)
+    atomic_write(paths["covariates_csv"], covs.to_csv(index=False))
+    paper = pt.paper_table(table, PAPER_REPORTED, names)
+    atomic_write(paths["paper_table_csv"], paper.to_csv(index=False))
+    models = [names.get(m, m) for m in dict.fromkeys(table["base_model"]) if m != "mean"]
+    cells = pt.display_cells(paper, models, show_ci, reference)
+    paper_note = paper_table_note(runs, table, settings, reference, show_ci, notes)
+    atomic_write(paths["paper_table_md"], pt.to_markdown(cells, paper_note))
+    atomic_write(paths["paper_table_tex"], pt.to_latex(cells, paper_note))
+    figure_paths, captions = write_figures(runs, table, out, settings.alpha, reference=reference, show_ci=show_ci,
+                                           untuned=settings.untuned)
+    paths |= figure_paths
+    paths["report_html"] = out / "report.html"
+    atomic_write(paths["report_html"], report_page(runs, table, floor, sensitivity, covs, cells, paper_note, notes,
+                                                    figure_paths, captions, settings))
     return paths
 
 
@@ -419,7 +367,7 @@ def _replicates_of_one_subset(runs: pd.DataFrame) -> bool:
 
 def _write_noise_floor_only(runs: pd.DataFrame, out: Path) -> dict[str, Path]:
     """One subset has no correlation to report: runs.csv and the training noise (noise_floor.json) only."""
-    floor = noise_floors(runs, pd.DataFrame(columns=["base_model", "metric"] + TABLE_COLUMNS[2:]))
+    floor = noise_floors(runs, pd.DataFrame(columns=TABLE_COLUMNS))
     log.info("one subset with %s training replicates: noise floor only, no correlation table",
              runs["n_replicates"].tolist())
     out.mkdir(parents=True, exist_ok=True)
@@ -429,21 +377,264 @@ def _write_noise_floor_only(runs: pd.DataFrame, out: Path) -> dict[str, Path]:
     return paths
 
 
-def write_figures(runs: pd.DataFrame, table: pd.DataFrame, out: Path, alpha: float = 0.05) -> dict[str, Path]:
-    """A scatter per metric (one panel per base model), the forest plot and the NovelSum grid heatmap."""
-    ylabel = performance_label(runs)
-    paths = {}
-    models = table[table["base_model"] != "mean"]
+def model_names(runs: pd.DataFrame) -> dict[str, str]:
+    """Display names of the table's base-model labels: a single model's ``all`` is the model itself."""
+    if "base_model" in runs and runs["base_model"].nunique() == 1:
+        return {"all": str(runs["base_model"].iloc[0])}
+    return {"mean": "mean over base models"}
+
+
+def main_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows a reader's table shows: each distinct, defined metric of the main family once."""
+    keep = (table["family"] == fam.MAIN) & fam.counted(table)
+    return table[keep]
+
+
+MD_COLUMNS = {"base_model": None, "metric": None, "pearson_r": None, "pearson_ci": "pearson",
+              "pearson_p_perm": None, "pearson_q_perm": None, "spearman_rho": None, "spearman_ci": "spearman",
+              "spearman_q_perm": None, "kendall_tau": None, "pearson_contrast_diff": None, "pearson_contrast_p": None,
+              "pearson_contrast_q": None, "pearson_contrast_p_boot": None, "decision_accuracy": None,
+              "decision_accuracy_ci": "decision_accuracy", "n": None, "n_blocks": None}
+
+
+def _interval_cells(rows: pd.DataFrame, stem: str) -> list[str]:
+    return [f"[{fmt(lo)}, {fmt(hi)}]" if np.isfinite(lo) else "undefined"
+            for lo, hi in zip(rows[f"{stem}_ci_low"], rows[f"{stem}_ci_high"], strict=True)]
+
+
+def table_markdown(table: pd.DataFrame, notes: dict[str, str | None], names: dict[str, str]) -> str:
+    """table.md: the distinct metrics of the main family with the columns a reader needs (table.csv has all),
+    the other names of each metric, the constant columns and the notes."""
+    rows = main_rows(table)
+    shown = pd.DataFrame({"base_model": rows["base_model"].map(lambda m: names.get(m, m))}, index=rows.index)
+    for col, stem in MD_COLUMNS.items():
+        if stem is not None:
+            shown[col] = _interval_cells(rows, stem)
+        elif col in rows and col != "base_model":
+            shown[col] = rows[col]
+    for col in rows:
+        if col.startswith("pearson_partial_") and rows[col].notna().any():
+            shown[col] = rows[col]
+    parts = [f"> **Note:** {notes['performance']}\n"] if notes.get("performance") else []
+    parts.append(to_markdown(shown))
+    aliases = rows.loc[rows["same_as"].astype(str).str.len() > 0, ["metric", "same_as"]].drop_duplicates()
+    if not aliases.empty:
+        parts.append("Same values under other names (reported once, counted once in every correction): "
+                     + "; ".join(f"`{m}` = " + ", ".join(f"`{a}`" for a in s.split(";"))
+                                 for m, s in aliases.itertuples(index=False)) + ".\n")
+    constant = sorted(set(table.loc[table["constant"].astype(bool), "metric"]))
+    if constant:
+        parts.append("Constant over the subsets, hence undefined and in no correction: "
+                     + ", ".join(f"`{m}`" for m in constant) + ".\n")
+    if (table["family"] == fam.GRID).any():
+        parts.append("The NovelSum grid is a family of its own (its q-values are corrected within it): "
+                     "`novelsum_grid_heatmap.png`, all columns in `table.csv`.\n")
+    parts.append(notes["statistics"] + "\n")
+    return "\n".join(parts)
+
+
+def statistics_note(runs: pd.DataFrame, table: pd.DataFrame, settings: ReportSettings, labels: np.ndarray) -> str:
+    """How the intervals, p- and q-values were computed, in words a reader of the table needs."""
+    column = rs.block_column(runs, settings.block)
+    n_blocks, n_rows = len(set(labels)), len(labels)
+    unit = (f"whole blocks of subsets resampled ({n_blocks} blocks = values of runs.csv `{column}`, "
+            f"{n_rows} subsets)" if column and rs.has_repeated_blocks(labels) else f"{n_rows} subsets resampled")
+    mc = 1.96 * np.sqrt(0.05 * 0.95 / max(settings.n_perm, 1))
+    text = (f"Intervals: 95% percentile bootstrap, B = {settings.n_boot:,} resamples, {unit}, seed {settings.seed}. "
+            f"Permutation p (`*_p_perm`): two-sided as scipy.stats.permutation_test defines it, twice the smaller "
+            f"one-sided tail, each tail (1 + k) / (1 + {settings.n_perm:,}) when sampled and exact when every "
+            f"pairing fits in {settings.n_perm:,}; "
+            + ("whole blocks are permuted, so the test is on the block means. " if column and
+               rs.has_repeated_blocks(labels) else "")
+            + f"Monte Carlo error of a p near 0.05: +-{mc:.4f}. "
+            "q: Benjamini-Hochberg within each metric family (main; NovelSum grid), every distinct metric counted "
+            "once. ")
+    if "pearson_contrast_p" in table:
+        text += (f"Contrasts (`*_contrast_*`) against `{settings.reference}`: difference of correlations, "
+                 "Williams' t (df = n - 3) and Steiger's z for dependent correlations sharing performance, Holm "
+                 "(`_p_holm`) and BH (`_q`) over the family's other distinct metrics; `_p_boot` is the "
+                 "block-bootstrap p of the difference (twice the smaller share of resampled differences beyond 0). ")
+    text += ("Decision accuracy: the share of subset pairs whose performance differs beyond the training noise "
+             f"(|dy| > {dec.Z} x pooled replicate SE of the difference) that the metric orders the same way "
+             "(ties half; chance 0.5).")
+    return text
+
+
+def paper_table_note(runs: pd.DataFrame, table: pd.DataFrame, settings: ReportSettings, reference: str | None,
+                     show_ci: bool, notes: dict[str, str | None]) -> str:
+    """The paper table's legend."""
+    second = []
+    if show_ci:
+        second.append("the 95% block-bootstrap interval")
+    else:
+        second.append(f"no interval ({int(table['n_blocks'].max())} resampling units, fewer than "
+                      f"{rs.MIN_CI_BLOCKS}: percentile intervals over so few run to +-1)")
+    if reference:
+        second.append(f"q = BH-adjusted p of Williams' test against {reference} over the family's metrics")
+    text = ("Second line: " + "; ".join(second) + ". Avg. = mean of the row's Pearson and Spearman values. "
+            "Paper: the value the paper reports, with its provenance (paper: its text or tables; figure: read off "
+            "a figure; secondary: another source quoting it; experiments/paper_reported.csv has each source).")
+    return " ".join(n for n in (notes.get("performance"), text) if n)
+
+
+def sensitivity_table(runs: pd.DataFrame, metric_columns: list[str], labels: np.ndarray) -> pd.DataFrame:
+    """sensitivity.csv: every metric's r and rho with each block left out, per base model, beside its full r."""
+    several = "base_model" in runs and runs["base_model"].nunique() > 1
+    groups = runs.groupby("base_model", sort=True).indices.items() if several else [("all", np.arange(len(runs)))]
+    frames = []
+    for name, idx in groups:
+        part = runs.iloc[idx].reset_index(drop=True)
+        frame = rs.leave_one_block_out(part, metric_columns, labels[idx])
+        full = {c: _full_r(part, c) for c in metric_columns}
+        frames.append(frame.assign(base_model=name, pearson_r_all=frame["metric"].map(full)))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["base_model", "metric", "left_out", "n", "pearson_r", "spearman_rho", "pearson_r_all"]]
+
+
+def _full_r(runs: pd.DataFrame, col: str) -> float:
+    x, y = numeric(runs[col]), numeric(runs["performance"])
+    ok = np.isfinite(x) & np.isfinite(y)
+    return st.correlation("pearson", x[ok], y[ok])[0] if ok.sum() >= 3 else np.nan
+
+
+def covariate_table(runs: pd.DataFrame, table: pd.DataFrame, settings: ReportSettings) -> pd.DataFrame:
+    """covariates.csv: each covariate's own Pearson r and Spearman rho with performance (block-bootstrap interval),
+    per base model: how much of what a metric tracks a confound could carry alone."""
+    columns = [c for c in CONTROLS.values() if c in runs] + [
+        c for c in (settings.covariates if settings.covariates is not None else PROFILE_COVARIATES)
+        if c in runs and c not in CONTROLS.values()]
+    if not columns:
+        return pd.DataFrame(columns=["base_model", "covariate", "pearson_r", "pearson_ci_low", "pearson_ci_high",
+                                     "spearman_rho", "n"])
+    frame = runs[["subset", "selector", "seed", "performance", *columns]
+                 + (["base_model"] if "base_model" in runs else [])]
+    if "performance_replicates" in runs:
+        frame = frame.assign(performance_replicates=runs["performance_replicates"])
+    cov = correlate(frame, columns, n_boot=settings.n_boot, seed=settings.seed, n_perm=0, block=settings.block,
+                    covariates=[])
+    out = cov[["base_model", "metric", "pearson_r", "pearson_ci_low", "pearson_ci_high", "spearman_rho",
+               "spearman_ci_low", "spearman_ci_high", "n"]].rename(columns={"metric": "covariate"})
+    return out.reset_index(drop=True)
+
+
+def write_figures(runs: pd.DataFrame, table: pd.DataFrame, out: Path, alpha: float = 0.05, *,
+                  reference: str | None = None, show_ci: bool = True, untuned: float | None = None
+                  ) -> tuple[dict[str, Path], dict[str, str]]:
+    """A scatter per distinct metric of the main family (one panel per base model), the forest plot and the
+    NovelSum grid heatmap; returns their paths and captions."""
+    ylabel = short_performance_label(runs)
+    names = model_names(runs)
+    caption = None if show_ci else figures.no_ci_caption(int(table["n_blocks"].max()))
+    untuned = untuned_value(runs, untuned)
+    paths, captions = {}, {}
+    models = main_rows(table[table["base_model"] != "mean"])
     for metric, rows in models.groupby("metric", sort=False):
-        paths[f"scatter:{metric}"] = out / f"scatter_{slug(metric)}.png"
-        figures.scatter(runs, metric, rows, paths[f"scatter:{metric}"], ylabel=ylabel)
+        key = f"scatter:{metric}"
+        paths[key] = out / f"scatter_{slug(metric)}.png"
+        figures.scatter(runs, metric, rows, paths[key], ylabel=ylabel, model_names=names, untuned=untuned,
+                        show_ci=show_ci, caption=caption)
+        captions[key] = (f"{metric} against performance: subset means, training replicates as dots, fits with and "
+                         "without the duplicate arm." + (f" {caption}" if caption else ""))
     paths["forest"] = out / "forest.png"
     what = "IT performance proxy (-NLL of reference answers)" if performance_is_proxy(runs) else "IT performance"
-    figures.forest(table, paths["forest"], xlabel=f"Pearson r with {what}, 95% bootstrap interval", q_alpha=alpha)
+    interval = "95% interval resampling whole blocks" if show_ci else "no interval"
+    figures.forest(table, paths["forest"], xlabel=f"Pearson r with {what}; {interval}", q_alpha=alpha,
+                   model_names=names, reference=reference, show_ci=show_ci, caption=caption)
+    captions["forest"] = ("Every distinct metric's Pearson r per base model." + (f" {caption}" if caption else ""))
     summary = table[table["base_model"].isin(["all", "mean"])]
-    if figures.novelsum_heatmap(summary, out / "novelsum_grid_heatmap.png"):
+    if figures.novelsum_heatmap(summary, out / "novelsum_grid_heatmap.png", show_ci=show_ci, caption=caption):
         paths["heatmap"] = out / "novelsum_grid_heatmap.png"
-    return paths
+        captions["heatmap"] = "NovelSum's grid: Pearson r per (neighbours K, density power B, distance power A)."
+    return paths, captions
+
+
+def short_performance_label(runs: pd.DataFrame) -> str:
+    """The y-axis label: what performance is, in at most two short lines (the page and table notes say more)."""
+    if performance_is_proxy(runs):
+        return "IT performance proxy: -NLL of GPT-4 Turbo reference answers"
+    return performance_label(runs)
+
+
+def untuned_value(runs: pd.DataFrame, untuned: float | None) -> float | None:
+    """The untuned base model's performance: the configured value, else runs.csv's ``untuned_performance``."""
+    if untuned is not None:
+        return float(untuned)
+    if "untuned_performance" in runs:
+        values = numeric(runs["untuned_performance"])
+        values = values[np.isfinite(values)]
+        return float(values[0]) if values.size else None
+    return None
+
+
+def report_page(runs: pd.DataFrame, table: pd.DataFrame, floor: dict, sensitivity: pd.DataFrame,
+                covariates: pd.DataFrame, cells: pd.DataFrame, paper_note: str, notes: dict[str, str | None],
+                figure_paths: dict[str, Path], captions: dict[str, str], settings: ReportSettings) -> str:
+    """report.html (:mod:`experiments.report.html_report`)."""
+    names = model_names(runs)
+    rows = main_rows(table).assign(base_model=lambda t: t["base_model"].map(lambda m: names.get(m, m)))
+    sections = [("Design", design_html(runs, table, settings))]
+    if notes.get("performance"):
+        sections.append(("What performance is", hr.paragraph(notes["performance"], "note")))
+    sections.append(("The paper's table", pt.to_html(cells) + hr.paragraph(paper_note)))
+    contrast = [c for c in ("base_model", "metric", "pearson_r", "pearson_contrast_diff", "pearson_diff_ci_low",
+                            "pearson_diff_ci_high", "pearson_contrast_williams_t", "pearson_contrast_steiger_z",
+                            "pearson_contrast_p", "pearson_contrast_p_holm", "pearson_contrast_q",
+                            "pearson_contrast_p_boot") if c in rows]
+    if "pearson_contrast_p" in rows:
+        sections.append((f"Contrasts with {settings.reference}", hr.frame_html(rows[contrast])))
+    decision = ["base_model", "metric", "decision_accuracy", "decision_accuracy_ci_low", "decision_accuracy_ci_high",
+                "n_decisions"]
+    sections.append(("Decision accuracy", hr.frame_html(rows[decision].sort_values(
+        ["base_model", "decision_accuracy"], ascending=[True, False]))))
+    partial = [c for c in rows if c.startswith("pearson_partial_") and rows[c].notna().any()]
+    if not covariates.empty:
+        sections.append(("Covariates", hr.paragraph("Each covariate's own correlation with performance:")
+                         + hr.frame_html(covariates) + hr.paragraph("Partial Pearson r of each metric:")
+                         + hr.frame_html(rows[["base_model", "metric", "pearson_r", *partial]])))
+    sections.append(("Leave one block out", sensitivity_html(sensitivity, rows)))
+    sections.append(("Noise floor", f"<pre>{hr.html.escape(json.dumps(floor, indent=2))}</pre>"))
+    figs = [hr.figure_html(figure_paths[k], captions[k]) for k in ("forest", "heatmap") if k in figure_paths]
+    figs += [hr.figure_html(p, captions[k]) for k, p in figure_paths.items() if k.startswith("scatter:")]
+    sections.append(("Figures", "".join(figs)))
+    sections.append(("Statistics", hr.paragraph(notes["statistics"])))
+    sections.append(("Full table", "<details><summary>every column of table.csv</summary>"
+                     + hr.frame_html(table) + "</details>"))
+    sections.append(("Configuration", hr.config_html(settings.config or settings.as_dict())))
+    study = json.loads(settings.config).get("study", "") if settings.config else ""
+    return hr.render(f"divbench report{f': {study}' if study else ''}", sections)
+
+
+def design_html(runs: pd.DataFrame, table: pd.DataFrame, settings: ReportSettings) -> str:
+    """The study design in one small table: subsets, selectors, blocks, base models, replicates, metrics."""
+    labels = rs.block_labels(runs, settings.block)
+    reps = runs["n_replicates"].astype(int).unique().tolist() if "n_replicates" in runs else [1]
+    distinct = table.drop_duplicates("metric")
+    facts = {"subsets": len(runs) // max(1, runs["base_model"].nunique() if "base_model" in runs else 1),
+             "selectors": ", ".join(sorted(runs["selector"].astype(str).unique())),
+             "resampling blocks": f"{len(set(labels))} (report.block = {settings.block})",
+             "base models": ", ".join(sorted(runs["base_model"].astype(str).unique())) if "base_model" in runs
+             else "one (unnamed)",
+             "training replicates per subset": ", ".join(map(str, sorted(reps))),
+             "performance": str(runs["performance_source"].iloc[0]) if "performance_source" in runs else "performance",
+             "metric columns": f"{len(distinct)} ({int(fam.counted(distinct).sum())} distinct and defined)"}
+    return hr.frame_html(pd.DataFrame({"": list(facts), "value": list(facts.values())}))
+
+
+def sensitivity_html(sensitivity: pd.DataFrame, rows: pd.DataFrame) -> str:
+    """Per distinct metric: its r, and the smallest and largest r with one block left out (and which block)."""
+    part = sensitivity[sensitivity["metric"].isin(set(rows["metric"]))].dropna(subset=["pearson_r"])
+    if part.empty:
+        return hr.paragraph("no leave-one-block-out correlation is defined")
+    lo = part.loc[part.groupby(["base_model", "metric"])["pearson_r"].idxmin()]
+    hi = part.loc[part.groupby(["base_model", "metric"])["pearson_r"].idxmax()]
+    summary = lo[["base_model", "metric", "pearson_r_all"]].assign(
+        min_r=lo["pearson_r"].to_numpy(), without_min=lo["left_out"].to_numpy(),
+        max_r=hi.set_index(["base_model", "metric"]).loc[list(zip(lo["base_model"], lo["metric"], strict=True)),
+                                                          "pearson_r"].to_numpy(),
+        without_max=hi.set_index(["base_model", "metric"]).loc[list(zip(lo["base_model"], lo["metric"],
+                                                                         strict=True)), "left_out"].to_numpy())
+    return (hr.paragraph("Pearson r with each block of subsets left out (sensitivity.csv has every one):")
+            + hr.frame_html(summary.sort_values("pearson_r_all", ascending=False)))
 
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:
@@ -496,6 +687,9 @@ def check_report_config(cfg: dict) -> None:
     if not metric_columns(runs):
         raise InputError(f"runs={cfg['runs']} holds no metric column: nothing to correlate")
     exclude_selectors(runs, list(cfg.get("exclude_selectors") or []), out, paths)
+    rs.block_column(runs, cfg.get("block", "selector"))
+    covariates = cfg.get("covariates")
+    resolve_covariates(runs, None if covariates is None else list(covariates))
 
 
 def _check_mergeable(frames: list[pd.DataFrame], paths: list[Path]) -> None:
