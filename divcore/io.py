@@ -11,6 +11,7 @@ create owner-only files and folders, which a shared cache or results folder must
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -195,3 +196,22 @@ def check_writable(path: str | Path, key: str) -> None:
         raise InputError(f"{key}={path}: {probe} is a file, not a folder; choose another {key}")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"{key}={path}: {probe} is not writable by this user; choose a writable {key}")
+
+
+WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                errno.EROFS: "the file system is read-only"}
+
+
+@contextmanager
+def writing(path: str | Path, key: str = "out") -> Iterator[None]:
+    """Turn the write failures a user fixes (disk full, quota, permissions, read-only file system) into an
+    :class:`InputError` naming ``key``, the path and the fix, instead of a traceback."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise
+        where = e.filename or path
+        raise InputError(f"{key}={path}: cannot write {where}: {WRITE_ERRORS[e.errno]} ({e.strerror}); free space or "
+                         f"fix the permissions there, or choose another {key}") from None

@@ -113,17 +113,21 @@ def check_model_outputs(outputs: Sequence[dict[str, Any]], reference: Sequence[d
             detail = f"instructions are reordered (first difference at record {first})"
         raise InputError(f"{source} do not match the {len(want)} AlpacaEval instructions: {detail}. Generate "
                          "one output per instruction, in the reference file's order")
-    empty = [i for i, o in enumerate(outputs) if not str(o["output"]).strip()]
-    if empty:
-        raise InputError(f"{source}: {len(empty)} empty output(s), first at record {empty[0]} "
-                         f"({want[empty[0]][:60]!r}); an empty answer cannot be judged; regenerate it")
+    empty = [i for i, o in enumerate(outputs) if not isinstance(o["output"], str) or not o["output"].strip()]
+    if empty:  # a null or a number is no answer either: str(None) would be judged as the answer "None"
+        first = outputs[empty[0]]["output"]
+        raise InputError(f"{source}: {len(empty)} empty, null or non-text output(s), first at record {empty[0]} "
+                         f"({want[empty[0]][:60]!r}: output {first!r:.40}); an answer must be non-empty text to be "
+                         "judged; regenerate it")
 
 
 def read_model_outputs(path: str | Path, reference: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """A model-output file in alpaca_eval's format, validated against the reference instructions."""
+    from divcore.io import read_text
+
     path = Path(path)
     try:
-        outputs = json.loads(path.read_text())
+        outputs = json.loads(read_text(path))  # read_text names the file and byte of a non-UTF-8 file
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"cannot read AlpacaEval model outputs {path}: {e}") from None
     if not isinstance(outputs, list):

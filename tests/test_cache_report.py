@@ -9,6 +9,7 @@ from scipy import stats
 
 from divcore.errors import InputError
 from divcore.hashing import stable_hash
+from divcore.ownership import MANIFEST
 from experiments.engine.store import ArtifactStore
 from experiments.report.tables import correlate, regenerate, to_markdown, write_report
 
@@ -73,7 +74,7 @@ def test_report_files_and_exact_regeneration(tmp_path):
     assert table.loc[0, "paper_reported"].startswith("0.97 (paper")
     assert (tmp_path / "scatter_novelsum.png").stat().st_size > 1000 and (tmp_path / "scatter_vendi.png").exists()
     assert "\\textbf{1.000}" in paths["table_tex"].read_text()
-    assert not list(tmp_path.glob(".*"))
+    assert [p.name for p in tmp_path.glob(".*")] == [MANIFEST]  # no temporary file left, the manifest kept
     first = paths["table_md"].read_text()
     paths["table_md"].unlink()
     regenerate(paths["runs"], n_boot=100, seed=3)

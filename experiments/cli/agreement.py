@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from divcore.errors import InputError
-from divcore.io import atomic_write
+from divcore.io import atomic_write, writing
+from divcore.ownership import check_output_file
 from experiments.report.agreement import target_agreement
 
 log = logging.getLogger(__name__)
@@ -30,20 +31,48 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        for path in (args.a, args.b):
-            if not path.is_file():
-                raise InputError(f"{path}: no such runs.csv; give the runs.csv files of two divbench-study runs")
-        result = target_agreement(pd.read_csv(args.a), pd.read_csv(args.b), n_perm=args.n_perm, seed=args.seed,
-                                  where=(str(args.a), str(args.b)), shared_only=args.shared_only)
+        frames = [read_runs_table(path) for path in (args.a, args.b)]
+        check_output_file(args.out, "--out", inputs={"a": args.a, "b": args.b}, ours=is_agreement_file,
+                          what="agreement file")
+        result = target_agreement(*frames, n_perm=args.n_perm, seed=args.seed, where=(str(args.a), str(args.b)),
+                                  shared_only=args.shared_only)
+        with writing(args.out, "--out"):
+            atomic_write(args.out, json.dumps(result, indent=2) + "\n")
     except InputError as e:
         log.error("%s", e)
         return 2
-    atomic_write(args.out, json.dumps(result, indent=2) + "\n")
-    log.info("per model: rho=%.3f (n=%d, permutation p=%.3g); per subset mean: rho=%.3f (n=%d, p=%.3g) -> %s",
-             result["per_model"]["spearman_rho"], result["per_model"]["n"], result["per_model"]["spearman_p_perm"],
-             result["per_subset_mean"]["spearman_rho"], result["per_subset_mean"]["n"],
-             result["per_subset_mean"]["spearman_p_perm"], args.out)
+    log.info("per model: rho=%s (n=%d, permutation p=%s); per subset mean: rho=%s (n=%d, p=%s) -> %s",
+             *_shown(result["per_model"]), *_shown(result["per_subset_mean"]), args.out)
     return 0
+
+
+def _shown(level: dict) -> tuple:
+    def fmt(v: float | None, spec: str) -> str:
+        return "undefined" if v is None else format(v, spec)
+
+    return fmt(level["spearman_rho"], ".3f"), level["n"], fmt(level["spearman_p_perm"], ".3g")
+
+
+def read_runs_table(path: Path) -> pd.DataFrame:
+    """A runs.csv; a missing, empty, non-UTF-8 or unparsable file is an input error naming it."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such runs.csv; give the runs.csv files of two divbench-study runs")
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path} is empty: give the runs.csv of a finished divbench-study run") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not a readable CSV ({str(e).strip()[:120]}); give a runs.csv written by "
+                         "divbench-study") from None
+
+
+def is_agreement_file(path: Path) -> bool:
+    """An earlier divbench-agreement result (which a re-run may replace)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"per_model", "per_subset_mean"} <= set(doc)
 
 
 if __name__ == "__main__":

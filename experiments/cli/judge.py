@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from experiments.engine.config import CONFIG_DIR
 
 log = logging.getLogger("divbench")
 BENCHMARKS = ("mt_bench", "alpaca_eval")
+JUDGE_FILES = ("model_judgment.jsonl", "annotations.json", "summary.json")  # an out folder from before manifests
 
 
 def read_fastchat_answers(path: str | Path, questions: list[dict]) -> tuple[str, dict[int, dict]]:
@@ -44,7 +44,10 @@ def read_fastchat_answers(path: str | Path, questions: list[dict]) -> tuple[str,
         raise InputError(f"answers file {path} does not exist (FastChat's model_answer/<model>.jsonl)")
     known = {q["question_id"] for q in questions}
     answers: dict[int, dict] = {}
+    lines: dict[int, int] = {}
     for n, row in enumerate(read_jsonl(path), 1):
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{n}: expected a JSON object (question_id, choices), got {type(row).__name__}")
         qid = row.get("question_id")
         if qid not in known:
             raise InputError(f"{path}:{n}: question_id {qid!r} is not an MT-Bench question (ids {min(known)}-"
@@ -53,7 +56,10 @@ def read_fastchat_answers(path: str | Path, questions: list[dict]) -> tuple[str,
         if not isinstance(turns, list) or len(turns) < 2 or not all(isinstance(t, str) for t in turns[:2]):
             raise InputError(f"{path}:{n}: question {qid} needs choices[0].turns with two answers (turn 1 and "
                              f"turn 2), got {turns!r:.80}")
-        answers[qid] = row
+        if qid in answers:  # judging one and dropping the other would score an answer nobody chose
+            raise InputError(f"{path}:{n}: question {qid} is answered twice (first on answer {lines[qid]}); keep "
+                             "one answer per question")
+        answers[qid], lines[qid] = row, n
     missing = sorted(known - set(answers))
     if missing:
         more = " ..." if len(missing) > 10 else ""
@@ -139,9 +145,19 @@ def _usage(rows: list[dict]) -> dict[str, Any]:
 
 
 def _write(path: Path, text: str) -> None:
-    from divcore.io import atomic_write
+    from divcore.ownership import write_owned
 
-    atomic_write(path, text)
+    write_owned(path.parent, {path.name: text}, "judge", legacy=JUDGE_FILES)
+
+
+def check_judge_out(out: Path, source: str) -> None:
+    """``out`` before anything is asked: holds only divbench's files, is not the input nor the working directory,
+    and can be written."""
+    from divcore.io import check_writable
+    from divcore.ownership import check_output_dir
+
+    check_output_dir(out, legacy=JUDGE_FILES, inputs={"answers/outputs": source}, what="judge folder")
+    check_writable(out, "out")
 
 
 def judge_outputs(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +173,7 @@ def judge_outputs(cfg: dict[str, Any]) -> dict[str, Any]:
         kind = "FastChat model_answer JSONL" if bench == "mt_bench" else "alpaca_eval model_outputs.json"
         raise InputError(f"benchmark={bench} needs {source}=<file> ({kind})")
     out = Path(cfg["out"])
+    check_judge_out(out, cfg[source])
     summary, tables = (judge_mt_bench if bench == "mt_bench" else judge_alpaca_eval)(cfg, out)
     _write(out / "summary.json", json.dumps(summary, indent=2))
     log_tables(cfg["logger"], name=f"judge-{bench}-{summary['model']}", config={"benchmark": bench,
@@ -168,18 +185,20 @@ def judge_outputs(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="judge")
-def main(cfg: DictConfig) -> None:
-    from divcore.errors import InputError
-    from eval.judges import JudgeError
+def _hydra_main(cfg: DictConfig) -> None:
+    from experiments.cli.command import guard
 
-    try:
-        judge_outputs(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
-    except InputError as e:
-        log.error("%s", e)
-        sys.exit(2)
-    except JudgeError as e:  # finished judgments are cached; a re-run asks only the rest
-        log.error("%s", e)
-        sys.exit(3)
+    # input errors exit 2; a judge failing after its retries exits 3 (finished judgments are cached, a re-run asks
+    # only the rest)
+    guard(lambda: judge_outputs(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
+
+
+def main() -> None:
+    """``divbench-judge``: secrets and missing keys (benchmark=, out=) are checked before Hydra writes anything."""
+    from experiments.cli.command import preflight
+
+    preflight("judge")
+    _hydra_main()
 
 
 if __name__ == "__main__":

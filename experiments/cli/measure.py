@@ -18,12 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.engine.config import CONFIG_DIR
 
 log = logging.getLogger("divbench.measure")
+MEASURE_FILES = ("measure.csv", "measure.md")  # what an out folder written before manifests holds
 
 
 def check_measure_config(cfg: dict) -> None:
     """Metric configs, input paths and the output folder, before anything is read or written."""
     from divcore.errors import InputError
     from divcore.io import check_writable
+    from divcore.ownership import check_output_dir
     from metrics.registry import check_config
 
     for c in cfg["metrics"]["compute"]:
@@ -31,12 +33,13 @@ def check_measure_config(cfg: dict) -> None:
     for key in ("subsets", "reference"):
         if cfg.get(key) and not Path(cfg[key]).exists():
             raise InputError(f"{key}={cfg[key]} does not exist: point it at a .npy / .json file or a folder of them")
+    check_output_dir(cfg["out"], legacy=MEASURE_FILES, inputs={k: cfg.get(k) for k in ("subsets", "reference")})
     check_writable(cfg["out"], "out")
 
 
 def measure(cfg: dict) -> pd.DataFrame:
     import metrics
-    from divcore.io import atomic_write
+    from divcore.ownership import write_owned
     from experiments.data.embedding_sets import load_matrix, load_subsets
     from experiments.report.tables import to_markdown
     from metrics.registry import metric_needs
@@ -58,8 +61,8 @@ def measure(cfg: dict) -> pd.DataFrame:
         log.info("measured %s (%d rows)", name, len(emb))
     table = pd.DataFrame(rows)
     out = Path(cfg["out"])
-    atomic_write(out / "measure.csv", table.to_csv(index=False))
-    atomic_write(out / "measure.md", to_markdown(table))
+    write_owned(out, {"measure.csv": table.to_csv(index=False), "measure.md": to_markdown(table)}, "measure",
+                legacy=MEASURE_FILES)
     log.info("wrote %s", out / "measure.csv")
     return table
 

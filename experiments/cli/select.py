@@ -69,7 +69,7 @@ def select_one(cfg: dict[str, Any]) -> Path:
     """Select (or read back) one subset and export it to ``cfg['out']``."""
     import selection
     from divcore.errors import InputError
-    from experiments.data.export import export_subset, push_to_hub, write_map
+    from experiments.data.export import check_export_out, export_subset, push_to_hub, write_map
     from experiments.data.pools import check_format_config
     from experiments.embedding.backends import check_embed_config
     from experiments.engine.pipeline import (
@@ -84,6 +84,7 @@ def select_one(cfg: dict[str, Any]) -> Path:
     from experiments.engine.store import ArtifactStore
 
     entry = _entry(cfg)
+    check_export_out(cfg)
     check_metric_configs(list(cfg["metrics"]["compute"]))
     check_format_config(cfg["pool"])
     check_embed_config(cfg["embed"])
@@ -147,7 +148,7 @@ def study_scores(results: Path, study: dict[str, Any], store: Any, replicates: l
 def export_study(cfg: dict[str, Any]) -> Path:
     """Export every subset of the finished study at ``cfg['from_study']`` to ``<out>/<label>-s<seed>/``."""
     from divcore.errors import InputError
-    from experiments.data.export import check_out_dir, export_subset, write_map
+    from experiments.data.export import check_export_out, check_out_dir, export_subset, write_map
     from experiments.engine.pipeline import (
         STUDY_CONFIG,
         SubsetRunner,
@@ -161,6 +162,7 @@ def export_study(cfg: dict[str, Any]) -> Path:
     from experiments.engine.store import ArtifactStore
 
     results = Path(cfg["from_study"])
+    check_export_out(cfg)
     conf = results / STUDY_CONFIG
     if not conf.exists():
         raise InputError(f"from_study={results}: no {STUDY_CONFIG} there, so it is not the results_dir of a divbench "

@@ -12,17 +12,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from divcore.errors import InputError
-from divcore.io import atomic_dir
+from divcore.io import make_temp_dir, temp_tag
+from divcore.ownership import adopt, check_output_dir, publish_dir
 
 log = logging.getLogger(__name__)
 
 PROVENANCE = "provenance.json"
+# The files of an export folder written before manifests existed (divcore.ownership's legacy names).
+EXPORT_FILES = ("indices.json", PROVENANCE, "metrics.json", "scores.json", "selected.jsonl", "hf/*",
+                "novelselect_*.json", "pool.parquet")
+# A study export's root folder: pool.parquet and one export folder per subset.
+STUDY_EXPORT_FILES = ("pool.parquet", *(f"*/{p}" for p in EXPORT_FILES))
 AUTHOR_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
 
 
@@ -32,24 +39,42 @@ def selection_identity(provenance: dict[str, Any]) -> dict[str, Any]:
                                             "embedding_fingerprint")}
 
 
-def check_out_dir(out: Path, provenance: dict[str, Any], overwrite: bool) -> None:
-    """Refuse a non-empty ``out`` that holds anything but this same selection, unless ``overwrite``."""
+def check_out_dir(out: Path, provenance: dict[str, Any], overwrite: bool,
+                  inputs: dict[str, Any] | None = None) -> None:
+    """Refuse an ``out`` holding any file divbench did not write (whatever ``overwrite`` says), or one that is,
+    lies in or holds an input (``inputs``) or the working directory; and a folder holding another selection
+    unless ``overwrite``."""
+    check_output_dir(out, legacy=EXPORT_FILES, inputs=inputs, what="export (it holds no divbench selection)")
     if overwrite or not out.exists() or not any(out.iterdir()):
         return
-    if out.is_file():
-        raise InputError(f"out={out} is a file; point out at a directory")
     prov = out / PROVENANCE
     if prov.exists():
         try:
             same = selection_identity(json.loads(prov.read_text())) == selection_identity(provenance)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             same = False
         if same:
             return
         raise InputError(f"out={out} already holds a different selection ({prov}); choose another out or pass "
                          "overwrite=true to replace it")
-    raise InputError(f"out={out} is a non-empty directory that holds no divbench selection; choose an empty or "
-                     "new directory, or pass overwrite=true to replace its contents")
+    raise InputError(f"out={out} holds divbench files but no divbench selection ({PROVENANCE} is missing); choose "
+                     "an empty or new directory, or pass overwrite=true to replace them")
+
+
+def check_export_out(cfg: dict[str, Any]) -> None:
+    """divbench-select's ``out``, before any work: writable, not an input (``pool.path``, ``embed.path``,
+    ``from_study``) nor the working directory, holding only divbench's files (a study export's root: its subset
+    folders and pool.parquet)."""
+    from divcore.io import check_writable
+
+    if not cfg.get("out"):
+        raise InputError("out is required: the folder to export the subset to (out=my_subset)")
+    out = Path(cfg["out"])
+    inputs = {"pool.path": (cfg.get("pool") or {}).get("path"), "embed.path": (cfg.get("embed") or {}).get("path"),
+              "from_study": cfg.get("from_study")}
+    check_output_dir(out, legacy=STUDY_EXPORT_FILES if cfg.get("from_study") else EXPORT_FILES, inputs=inputs,
+                     what="export (it holds no divbench selection)")
+    check_writable(out, "out")
 
 
 def selected_rows(convs: list[dict], indices: list[int]) -> list[dict]:
@@ -141,8 +166,8 @@ def export_subset(out: Path, convs: list[dict], indices: list[int], provenance: 
     """Write every export file of one subset into ``out`` (see the module docstring); returns ``out``."""
     check_out_dir(out, provenance, overwrite)
     rows = selected_rows(convs, indices)
-    with atomic_dir(out) as tmp:
-        tmp.chmod(0o755)  # mkdtemp's 0700 would make a shared export unreadable to others
+    tmp = make_temp_dir(out.parent, out.name)
+    try:
         (tmp / "indices.json").write_text(json.dumps([int(i) for i in indices]))
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, default=str))
         (tmp / "metrics.json").write_text(json.dumps(metrics_row, indent=2))
@@ -154,12 +179,16 @@ def export_subset(out: Path, convs: list[dict], indices: list[int], provenance: 
         write_hf(tmp / "hf", rows, dataset_card(name or out.name, provenance, metrics_row, scores))
         if provenance["selector"] == "novelselect":
             write_authors_files(tmp, convs, indices, provenance["size"], provenance["params"])
+        publish_dir(tmp, out, "export", legacy=EXPORT_FILES)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %d rows to %s", len(indices), out)
     return out
 
 
 def write_map(path: Path, convs: list[dict], emb: np.ndarray, subsets: dict[str, list[int]]) -> Path:
-    """``pool.parquet`` for embedding-atlas: text, embedding, and one membership column per subset."""
+    """``pool.parquet`` for embedding-atlas: text, embedding, and one membership column per subset; added to its
+    folder's manifest."""
     import pandas as pd
 
     from experiments.data.pools import embedding_text
@@ -171,11 +200,12 @@ def write_map(path: Path, convs: list[dict], emb: np.ndarray, subsets: dict[str,
         member[list(indices)] = True
         table[label] = member
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{temp_tag()}-{os.urandom(4).hex()}")
     try:
         table.to_parquet(tmp, index=False)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    adopt(path.parent, path.name, "export", legacy=STUDY_EXPORT_FILES)
     log.info("wrote %s; open it with: embedding-atlas %s --text text --vector embedding", path, path)
     return path

@@ -586,6 +586,11 @@ def _stopped(stage: str, timings: dict[str, dict[str, float]]) -> dict[str, Any]
     return {"stopped_after": stage, "paths": {}, "timings": timings, "runs": None}
 
 
+def _study_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The study's input paths, which its results_dir must neither be, lie in, nor hold."""
+    return {"pool.path": cfg["pool"].get("path"), "embed.path": cfg["embed"].get("path")}
+
+
 def check_study_config(cfg: dict[str, Any]) -> None:
     """Every check that needs no data or model, before any work (and, from the CLI, before Hydra writes)."""
     check_metric_configs(list(cfg["metrics"]["compute"]), cfg.get("report"))
@@ -599,7 +604,7 @@ def check_study_config(cfg: dict[str, Any]) -> None:
         check_writable(cfg["logger"]["dir"], "logger.dir")
     if not cfg.get("dry_run"):
         check_writable(cfg["results_dir"], "results_dir")
-        check_out_dir(Path(cfg["results_dir"]))
+        check_out_dir(Path(cfg["results_dir"]), "results_dir", _study_inputs(cfg))
 
 
 def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -641,7 +646,8 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     study_config = json.dumps(cfg, indent=2, default=str)
     with timed("report", timings):
         paths = write_report(runs, metric_columns(runs), cfg["results_dir"], **cfg.get("report", {}),
-                             extra={"timings.json": json.dumps(timings, indent=2), STUDY_CONFIG: study_config})
+                             extra={"timings.json": json.dumps(timings, indent=2), STUDY_CONFIG: study_config},
+                             key="results_dir")
     _log_study(cfg, runs, paths)
     return {"paths": paths, "timings": timings, "runs": runs}
 

@@ -19,7 +19,7 @@ For one base model with n subsets, metric x and performance y:
   of a subset's replicate mean is 1 - 1/F (the intraclass correlation of means), and sqrt of it is the largest
   |r| any metric can reach against so noisy a performance (Spearman's attenuation ceiling).
 
-Every statistic of a constant column is NaN ("undefined"), never 0.
+Every statistic of a constant column, or of a column holding a missing value, is NaN ("undefined"), never 0.
 """
 
 from __future__ import annotations
@@ -39,11 +39,13 @@ NAN = float("nan")
 
 
 def _constant(*cols: np.ndarray) -> bool:
-    return any(np.ptp(c) == 0 for c in cols)
+    """True when a column is constant or holds a missing (non-finite) value: its correlation is undefined."""
+    return any(not np.isfinite(c).all() or np.ptp(c) == 0 for c in cols)
 
 
 def correlation(kind: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(statistic, asymptotic p) of ``kind`` in pearson / spearman / kendall; NaN when x or y is constant."""
+    """(statistic, asymptotic p) of ``kind`` in pearson / spearman / kendall; NaN when x or y is constant or holds
+    a missing value."""
     if _constant(x, y):
         return NAN, NAN
     if kind == "pearson":
@@ -59,7 +61,8 @@ def correlation(kind: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def permutation_p(kind: str, x: np.ndarray, y: np.ndarray, n_resamples: int, seed: int) -> float:
-    """Two-sided permutation p-value of Pearson's r or Spearman's rho (exact when n! <= n_resamples)."""
+    """Two-sided permutation p-value of Pearson's r or Spearman's rho (exact when n! <= n_resamples); NaN, like the
+    correlation itself, when x or y is constant or holds a missing value (ranks of NaN would give a p of 0)."""
     if len(x) < MIN_PERMUTATION_SUBSETS:
         raise InputError(f"a permutation test needs at least {MIN_PERMUTATION_SUBSETS} subsets, got {len(x)}: "
                          "add subsets or seeds")

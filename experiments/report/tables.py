@@ -29,7 +29,8 @@ import pandas as pd
 from scipy import stats
 
 from divcore.errors import InputError
-from divcore.io import atomic_write, make_temp_dir, remove_stale_temps, replace_dir
+from divcore.io import atomic_write, make_temp_dir, remove_stale_temps
+from divcore.ownership import check_output_dir, publish_dir
 from divcore.registry import did_you_mean
 from experiments.report import decisions as dec
 from experiments.report import families as fam
@@ -229,17 +230,20 @@ def warn_bad_cells(runs: pd.DataFrame, columns: list[str], source: str = "runs.c
 RUN_FILES = ("timings.json", "study_config.json")  # the run's own records, kept when its report is rebuilt in place
 
 
-def check_out_dir(out: Path) -> None:
-    """A report replaces its folder as a whole, so the folder must be a previous study's (or empty / new)."""
-    ours = any((out / name).exists() for name in ("runs.csv", "plan.csv", *RUN_FILES))
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ours)):
-        raise InputError(f"{out} exists and is not a divbench results folder (no runs.csv): the report replaces "
-                         "its folder as a whole, so choose a new or empty folder")
+def check_out_dir(out: Path, key: str = "out", inputs: dict[str, Any] | None = None) -> None:
+    """A report replaces divbench's files in its folder; the folder must hold no other file (divcore.ownership)."""
+    check_output_dir(out, key, legacy=RESULTS_FILES, inputs=inputs, what="results folder")
 
 
 REPORT_FILES = ("runs.csv", "table.csv", "table.md", "table.tex", "noise_floor.json", "sensitivity.csv",
                 "covariates.csv", "paper_table.csv", "paper_table.md", "paper_table.tex", "report.html", "forest.png",
                 "novelsum_grid_heatmap.png")
+
+
+# A results folder's files that are divbench's by name (divcore.ownership's legacy names, also in a folder with a
+# manifest): the report's files, a dry run's plan.csv and the study's records. In a folder without a manifest
+# (written before manifests existed), anything else means the folder is not divbench's.
+RESULTS_FILES = (*REPORT_FILES, "scatter_*.png", "plan.csv", *RUN_FILES)
 
 
 def written_by_report(name: str) -> bool:
@@ -251,19 +255,21 @@ def written_by_report(name: str) -> bool:
 def write_report(runs: pd.DataFrame, metric_columns: list[str], out_dir: str | Path, *, n_boot: int = 10_000,
                  seed: int = 0, n_perm: int = 9999, reference_metric: str | None = None, alpha: float = 0.05,
                  block: str | None = "selector", covariates: list[str] | None = None,
-                 untuned_performance: float | None = None, extra: dict[str, str] | None = None) -> dict[str, Path]:
+                 untuned_performance: float | None = None, extra: dict[str, str] | None = None,
+                 key: str = "out") -> dict[str, Path]:
     """Write runs.csv, table.{csv,md,tex}, paper_table.{csv,md,tex}, report.html, noise_floor.json,
     sensitivity.csv, covariates.csv, scatter_<metric>.png, forest.png (and the NovelSum grid heatmap), plus the
-    ``extra`` {file name: text} files, into a temporary folder beside out_dir, then swap it in as a whole: no file
-    of an earlier report (a plot of a metric no longer computed) survives, files the report does not write (a
-    README, another tool's output, a sensitivity report's folder) are carried over, and a kill leaves the previous
-    report. Missing or non-numeric cells are named in a warning and left out pairwise."""
+    ``extra`` {file name: text} files, into a temporary folder beside out_dir, then swap it in: no file of an
+    earlier report (a plot of a metric no longer computed) survives, files divbench did not write in a divbench
+    results folder (a README, another tool's output, a sensitivity report's folder) stay untouched, a folder that
+    is not divbench's is refused (divcore.ownership), and a kill leaves the previous report. Missing or
+    non-numeric cells are named in a warning and left out pairwise. ``key``: the config key naming out_dir."""
     if "schema" not in runs:
         runs = runs.assign(schema=RUNS_SCHEMA)
     check_runs(runs)
     warn_bad_cells(runs, ["performance", *metric_columns])
     out = Path(out_dir)
-    check_out_dir(out)
+    check_out_dir(out, key)
     rs.block_column(runs, block)  # a bad block name fails before anything is written
     remove_stale_temps(out.parent, depth=1)
     numbers = runs.assign(**{c: numeric(runs[c]) for c in ["performance", *metric_columns]})
@@ -276,24 +282,10 @@ def write_report(runs: pd.DataFrame, metric_columns: list[str], out_dir: str | P
         atomic_write(paths["runs"], runs.to_csv(index=False))  # as given, text cells included
         for name, text in (extra or {}).items():
             atomic_write(tmp / name, text)
-        _carry_over(out, tmp)
-        replace_dir(tmp, out)
+        publish_dir(tmp, out, "report", legacy=RESULTS_FILES)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {key: out / p.relative_to(tmp) for key, p in paths.items()}
-
-
-def _carry_over(out: Path, tmp: Path) -> None:
-    """Copy what the report does not write from the folder it replaces into the new one."""
-    if not out.is_dir():
-        return
-    for path in out.iterdir():
-        if path.name.startswith(".") or written_by_report(path.name) or (tmp / path.name).exists():
-            continue
-        if path.is_dir():
-            shutil.copytree(path, tmp / path.name, symlinks=True)
-        else:
-            shutil.copy2(path, tmp / path.name)
 
 
 @dataclass(frozen=True)
@@ -683,13 +675,20 @@ def check_report_config(cfg: dict) -> None:
     runs, paths = read_runs(cfg["runs"])
     out = Path(cfg["out"]) if cfg.get("out") else default_out(paths)
     check_writable(out, "out")
-    check_out_dir(out)
+    check_out_dir(out, inputs=report_inputs(paths, out))
     if not metric_columns(runs):
         raise InputError(f"runs={cfg['runs']} holds no metric column: nothing to correlate")
     exclude_selectors(runs, list(cfg.get("exclude_selectors") or []), out, paths)
     rs.block_column(runs, cfg.get("block", "selector"))
     covariates = cfg.get("covariates")
     resolve_covariates(runs, None if covariates is None else list(covariates))
+
+
+def report_inputs(paths: list[Path], out: Path) -> dict[str, Path]:
+    """The runs files out must not be, lie in or hold: all of them, except one runs.csv rebuilt in its own folder
+    (it is written back as read)."""
+    in_place = len(paths) == 1 and paths[0].resolve() == (out / "runs.csv").resolve()
+    return {} if in_place else {f"runs[{i}]" if len(paths) > 1 else "runs": p for i, p in enumerate(paths)}
 
 
 def _check_mergeable(frames: list[pd.DataFrame], paths: list[Path]) -> None:
@@ -743,6 +742,7 @@ def regenerate(runs_csv: str | Path | Sequence[str | Path], out_dir: str | Path 
     runs, paths = read_runs(runs_csv)
     out = Path(out_dir) if out_dir else default_out(paths)
     runs = exclude_selectors(runs, list(exclude), out, paths)
+    check_out_dir(out, inputs=report_inputs(paths, out))
     in_place = len(paths) == 1 and out.resolve() == paths[0].parent.resolve()
     kept = {name: (out / name).read_text() for name in RUN_FILES if in_place and (out / name).exists()}
     return write_report(runs, metric_columns(runs), out, extra=kept, **kw)
