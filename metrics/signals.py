@@ -1,5 +1,5 @@
 """Pool-level signals: what metrics and selectors read about the whole pool, computed once per (embeddings, signal
-parameters) and cached by the study's ``signals`` stage (``experiments.engine.pipeline.signals_stage``).
+parameters) and cached by the study's ``signals`` stage (``experiments.engine.dag``).
 
 * ``knn_sq``: each pool row's squared L2 distances to its ``knn_k`` nearest rows of the de-duplicated pool, the
   first hit dropped (:func:`metrics.knn.knn_sq_distances`, mode ``reference``): NovelSum's and NovelSelect's

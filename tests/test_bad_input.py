@@ -334,14 +334,15 @@ def _damaged_embed_artifact(tmp: Path, pool: Path) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from experiments.engine.pipeline import pool_stage, stage_specs
+    from experiments.engine.dag import stage_specs
+    from experiments.engine.pipeline import run
     from experiments.engine.store import ArtifactStore
 
     overrides = [a for a in study_args(tmp, "pool=file", f"pool.path={pool}") if not a.startswith("hydra.")]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = OmegaConf.to_container(compose("study", overrides=overrides), resolve=True)
     store, specs = ArtifactStore(cfg["cache_dir"]), stage_specs(cfg)
-    pool_stage(store, specs["pool"], cfg["pool"])
+    run(cfg, until="pool")
     with store.build("embed", specs["embed"]) as out:
         np.save(out / "embeddings.npy", _rand(20))
     npy = store.path("embed", specs["embed"]) / "embeddings.npy"
@@ -375,12 +376,12 @@ def test_dry_run_shows_corrupt(tmp_path, capsys):
 
 
 def test_unexpected_failure_exits_1_with_traceback_in_log(tmp_path, capsys, monkeypatch):
-    import experiments.engine.pipeline as pipeline
+    import experiments.engine.dag as dag
 
     def boom(*_a, **_k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(pipeline, "pool_stage", boom)
+    monkeypatch.setattr(dag, "load_conversations", boom)
     old = sys.argv
     sys.argv = ["divbench", *study_args(tmp_path)]
     try:

@@ -10,9 +10,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from divcore.errors import InputError
-from experiments.cli.measure import measure
 from experiments.data.embedding_sets import load_matrix
 from experiments.engine.config import CONFIG_DIR
+from experiments.report.measure import measure
 
 
 def test_measure_reproduces_golden_from_authors_format(tmp_path, golden):

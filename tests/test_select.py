@@ -17,8 +17,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from divcore.errors import InputError
-from experiments.cli.select import params_as_additions, run_select
+from experiments.cli.select import params_as_additions
+from experiments.embedding.backends import VLLM_PARAMS, register_backend
 from experiments.engine.config import CONFIG_DIR, PROJECT_ROOT
+from experiments.engine.subsets import run_select
 from tests.conftest import SHARED
 
 FILE_ROWS = (25, 25, 10)  # the authors split a pool into numbered files of ~5000 rows; here three small ones
@@ -106,15 +108,13 @@ def test_select_on_authors_layout_matches_novelselect_and_exports(tmp_path):
 
 
 def test_precomputed_vectors_are_stored_unchanged_and_keyed_by_content(tmp_path):
-    from experiments.engine.pipeline import embed_stage, pool_stage, stage_specs
-    from experiments.engine.store import ArtifactStore
+    from experiments.engine.dag import stage_specs
+    from experiments.engine.pipeline import run
 
     text, emb, vectors = authors_layout(tmp_path / "pool")
     cfg = select_cfg(tmp_path, f"pool.path={text}", "embed=precomputed", f"embed.path={emb}", "size=3", "out=x")
-    store = ArtifactStore(cfg["cache_dir"])
     specs = stage_specs(cfg)
-    got = embed_stage(store, specs["embed"], pool_stage(store, specs["pool"], cfg["pool"]), cfg["embed"],
-                      cfg["cache_dir"], cfg["pool"]["path"])
+    got = run(cfg, until="embed").shared["embed"]
     np.testing.assert_array_equal(got, vectors.astype(np.float32))  # raw norms kept: no re-normalisation
     assert not np.allclose(np.linalg.norm(got, axis=1), 1.0)
 
@@ -126,9 +126,7 @@ def test_precomputed_vectors_are_stored_unchanged_and_keyed_by_content(tmp_path)
     npy = tmp_path / "vectors.npy"
     np.save(npy, vectors.astype(np.float16))  # a .npy keeps its own dtype
     cfg = select_cfg(tmp_path, f"pool.path={text}", "embed=precomputed", f"embed.path={npy}", "size=3", "out=x")
-    specs = stage_specs(cfg)
-    got = embed_stage(store, specs["embed"], pool_stage(store, specs["pool"], cfg["pool"]), cfg["embed"],
-                      cfg["cache_dir"], cfg["pool"]["path"])
+    got = run(cfg, until="embed").shared["embed"]
     assert got.dtype == np.float16 and np.array_equal(got, vectors.astype(np.float16))
 
 
@@ -212,7 +210,7 @@ def test_push_to_hub_uploads_the_dataset_and_its_card(tmp_path, monkeypatch):
 @pytest.mark.slow  # subprocesses / a sentence embedder
 def test_embed_round_trip_through_the_authors_layout(tmp_path):
     """divbench-embed writes one vector file per text file; divbench-select reads them back as precomputed."""
-    from experiments.cli.embed import embed_pool
+    from experiments.engine.embed_pool import embed_pool
 
     text, _, _ = authors_layout(tmp_path / "pool")
     out = tmp_path / "emb"
@@ -351,7 +349,76 @@ def test_conversation_layout_exports_messages_and_the_authors_turns(tmp_path):
     assert ds["pool_index"] == picks
 
 
-def test_study_refuses_to_finetune_on_plain_text(tmp_path):
+# A real embed backend (the registry's own entry point) that records what reaches it: the options divbench-embed
+# passes, and the chunks it is called with. No vLLM is needed to see that vLLM's options would have reached it.
+RECORDED: list[dict] = []
+
+
+@register_backend("recording", params=VLLM_PARAMS)
+def _recording_backend(model_path: str, *, max_length: int, batch_size: int, device: str,
+                       vllm: dict | None = None, **_: object):
+    call = {"model": model_path, "max_length": max_length, "batch_size": batch_size, "device": device,
+            "vllm": vllm, "chunks": []}
+    RECORDED.append(call)
+
+    def encode(texts):
+        call["chunks"].append(len(texts))
+        return np.asarray([[len(t), 1.0 + len(t) % 3, 2.0] for t in texts], dtype=np.float32)
+
+    return encode
+
+
+@pytest.mark.parametrize("out", ["emb", "emb.npy"])
+def test_divbench_embed_passes_every_embed_option_as_the_study_does(tmp_path, out):
+    """embed=vllm's engine arguments (embed.runtime.vllm.*) and chunk size (embed.runtime.chunk_size) reach the
+    encoder from divbench-embed, in the authors' per-file layout as in one matrix, exactly as in the study."""
+    from experiments.engine.embed_pool import embed_pool
+
+    text, _, _ = authors_layout(tmp_path / "pool")
+    model = tmp_path / "model"
+    model.mkdir()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("embed_pool", overrides=[f"pool.path={text}", "embed=vllm", "embed.backend=recording",
+                                               f"embed.model={model}", "embed.device=cpu", "embed.max_length=32",
+                                               "embed.runtime.chunk_size=7", "embed.runtime.vllm.dtype=float16",
+                                               f"out={tmp_path / out}", f"cache_dir={tmp_path}/cache"])
+    cfg = OmegaConf.to_container(cfg, resolve=True)
+    RECORDED.clear()
+    embed_pool(cfg)
+    vllm = {"dtype": "float16", "gpu_memory_utilization": 0.9, "enforce_eager": False}
+    assert [c["vllm"] for c in RECORDED] == [vllm] * len(RECORDED) and RECORDED
+    assert all(c["model"] == str(model) and c["max_length"] == 32 and c["device"] == "cpu" for c in RECORDED)
+    chunks = [n for c in RECORDED for n in c["chunks"]]
+    assert sum(chunks) == sum(FILE_ROWS) and max(chunks) == 7  # chunk_size=7, not the default 8192
+
+    study = run_study_embeddings(tmp_path, text, model)
+    got = (np.concatenate([np.asarray(json.loads((tmp_path / out / f"{i}.json").read_text())) for i in range(3)])
+           if out == "emb" else np.load(tmp_path / out))
+    np.testing.assert_array_equal(got, study)
+
+
+def run_study_embeddings(tmp: Path, text: Path, model: Path) -> np.ndarray:
+    """The study's embed stage on the same pool and options: what divbench-embed must match (the study without its
+    fine-tuning, which a plain-text pool cannot have)."""
+    from experiments.engine.pipeline import run
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("study", overrides=[f"cache_dir={tmp}/study_cache", f"results_dir={tmp}/results", "pool=file",
+                                          f"pool.path={text}", "pool.size=null", "pool.max_prompt_chars=null",
+                                          "embed=vllm", "embed.backend=recording", f"embed.model={model}",
+                                          "embed.device=cpu", "embed.max_length=32", "embed.runtime.chunk_size=7",
+                                          "embed.runtime.vllm.dtype=float16", "device=cpu"])
+    RECORDED.clear()
+    cfg = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "finetune"}
+    vecs = run(cfg, until="embed").shared["embed"]
+    assert RECORDED[0]["vllm"]["dtype"] == "float16" and max(RECORDED[0]["chunks"]) == 7
+    return vecs
+
+
+@pytest.mark.parametrize("command", ["divbench-study", "divbench-finetune"])
+def test_finetuning_commands_refuse_plain_text_before_embedding(tmp_path, command):
+    """divbench-finetune runs the study's checks: a pool of plain-text rows is refused before anything is built."""
+    from experiments.cli.finetune import finetune_subsets
     from experiments.cli.study import run
 
     text, emb, _ = authors_layout(tmp_path / "pool")
@@ -360,4 +427,5 @@ def test_study_refuses_to_finetune_on_plain_text(tmp_path):
                                           "logger=none", "pool=file", f"pool.path={text}", "embed=precomputed",
                                           f"embed.path={emb}"])
     with pytest.raises(InputError, match="plain-text rows"):
-        run(cfg)
+        run(cfg) if command == "divbench-study" else finetune_subsets(OmegaConf.to_container(cfg, resolve=True))
+    assert not (tmp_path / "cache" / "embed").exists()

@@ -17,7 +17,8 @@ import metrics
 import selection
 from divcore.errors import InputError
 from experiments.engine.config import CONFIG_DIR
-from experiments.engine.pipeline import run_study, stage_specs
+from experiments.engine.dag import stage_specs
+from experiments.engine.pipeline import run_study
 from metrics.labels import Clustering
 from metrics.registry import metric_needs
 from metrics.signals import PoolSignals, SignalNeeds, pool_signals
@@ -231,11 +232,16 @@ def test_signals_key_follows_the_needs_never_runtime_knobs(tmp_path):
     assert stage_specs(more)["signals"] != key and stage_specs(more)["embed"] == stage_specs(cfg)["embed"]
 
 
-def test_bad_signal_needs_are_refused_before_embedding(tmp_path):
+@pytest.mark.parametrize("command", ["divbench-study", "divbench-finetune"])
+def test_bad_signal_needs_are_refused_before_embedding(tmp_path, command):
+    """divbench-finetune builds the subsets through the same stages as the study, signals and their checks
+    included: a k-means the pool cannot meet is refused before anything is embedded, by either command."""
+    from experiments.cli.finetune import finetune_subsets
+
     cfg = _study(tmp_path)
     cfg["metrics"]["compute"][2]["params"]["n_clusters"] = 31
     with pytest.raises(InputError, match="n_clusters=31 needs at least that many rows; the pool has 30"):
-        run_study(cfg)
+        (run_study if command == "divbench-study" else finetune_subsets)(cfg)
     assert not (tmp_path / "cache" / "embed").exists() and not (tmp_path / "cache" / "signals").exists()
 
 

@@ -114,7 +114,7 @@ def _export_study(tmp_path: Path, runs: pd.DataFrame) -> None:
     """divbench-select from_study=: every subset of the finished study as files and a dataset with its scores."""
     import datasets
 
-    from experiments.cli.select import run_select
+    from experiments.engine.subsets import run_select
 
     cached = _artifacts(tmp_path / "cache")
     out = tmp_path / "export"

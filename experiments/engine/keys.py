@@ -21,12 +21,12 @@ A knob that does not change results therefore never invalidates a cached artifac
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 RUNTIME_KEYS = frozenset({"device", "batch_size", "runtime"})
 TRAINER_RUNTIME_KEYS = frozenset({"report_to", "run_name", "disable_tqdm", "output_dir", "use_cpu"})
 TRAINER_RUNTIME_PREFIXES = ("logging_", "save_")
-STAGE_GROUPS = ("pool", "embed", "metrics", "finetune", "eval")  # a subset's selector params: result_part
 # (path of a config node, its runtime fields): how a stage runs, not what it produces
 GROUP_RUNTIME: tuple[tuple[tuple[str, ...], frozenset[str]], ...] = (
     (("finetune",), frozenset({"resume", "keep_checkpoints"})),
@@ -62,15 +62,16 @@ def _without(node: dict[str, Any], path: tuple[str, ...], fields: frozenset[str]
                    {k: v for k, v in sub.items() if k not in fields}}
 
 
-def result_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The study config as the cache keys see it: every stage group's result-defining part.
+def result_config(cfg: dict[str, Any], groups: Iterable[str]) -> dict[str, Any]:
+    """The study config as the cache keys see it: the result-defining part of every stage's config group
+    (``groups``: ``Stage.config`` of the DAG's stages; a subset's selector params go through ``result_part``).
 
     >>> cfg = {"finetune": {"lora": None, "resume": True, "args": {"seed": 1, "logging_steps": 5}},
     ...        "eval": {"judge": {"model": "j", "concurrency": 8}}}
-    >>> result_config(cfg)
+    >>> result_config(cfg, ["finetune", "eval"])
     {'finetune': {'lora': None, 'args': {'seed': 1}}, 'eval': {'judge': {'model': 'j'}}}
     """
-    out = dict(cfg) | {g: result_part(cfg[g]) for g in STAGE_GROUPS if g in cfg}
+    out = dict(cfg) | {g: result_part(cfg[g]) for g in groups if g in cfg}
     if isinstance((out.get("finetune") or {}).get("args"), dict):
         out["finetune"] = out["finetune"] | {"args": _trainer_result_args(out["finetune"]["args"])}
     for path, fields in GROUP_RUNTIME:

@@ -9,9 +9,9 @@ under every subset, as the dry run always listed them, but carry their estimate 
 (``shared_with_first`` is true on the others), so column sums are study totals.
 
 Estimates come, in order of preference, from measurements and then from the configs:
-- GPU hours: a previous run's ``<results_dir>/timings.json`` (mean wall time of each stage where it executed), else
-  the throughputs of ``plan:`` in the study config (tokens per GPU-second, stated there), only when
-  ``device=cuda``; the CPU path costs no GPU hours.
+- GPU hours: a previous run's ``<results_dir>/timings.json`` (mean wall time of each stage where it executed, never
+  counting a cache hit), else the stage's own estimate (``Stage.gpu_hours``: from the throughputs of ``plan:`` in the
+  study config, tokens per GPU-second, stated there), only when ``device=cuda``; the CPU path costs no GPU hours.
 - Judge tokens: per-call means measured in this study's finished eval artifacts (``judge_input_tokens``), else
   each judged evaluator's estimate (``judge_tokens``, eval.benchmarks) from lengths read from the benchmark files
   at ~4 characters per token (OpenAI's rule of thumb) plus the configured answer and judgment lengths.
@@ -29,10 +29,10 @@ import pandas as pd
 
 from eval.evaluators import Evaluation, evaluation
 from eval.judges import JudgeConfig
+from experiments.engine.stages import Stage
 
 log = logging.getLogger(__name__)
 
-GPU_STAGES = ("embed", "finetune", "generate")
 PLAN_COLUMNS = ["subset", "seed", "stage", "status", "train_seed", "shared_with_first", "judge_calls", "est_gpu_hours",
                 "est_judge_input_tokens", "est_judge_output_tokens", "est_usd", "estimate_source"]
 
@@ -60,23 +60,6 @@ def _measured_hours(results_dir: str | Path) -> dict[str, float]:
             if isinstance(t, dict) and t.get("executed")}
 
 
-def _config_hours(cfg: dict[str, Any], stage: str) -> float:
-    """GPU hours of one stage from the study config's stated throughputs (``plan:``)."""
-    p, ev = cfg["plan"], cfg["eval"]
-    if stage == "embed":
-        rows = cfg["pool"].get("size") or p["pool_rows"]
-        tokens = rows * min(p["example_tokens"], cfg["embed"].get("max_length") or 256)
-        return tokens / p["embed_tokens_per_gpu_s"] / 3600
-    if stage == "finetune":
-        epochs = float((cfg["finetune"].get("args") or {}).get("num_train_epochs", 1))
-        tokens = cfg["selection"]["size"] * min(p["example_tokens"], cfg["finetune"].get("max_length") or 2048)
-        return tokens * epochs / p["finetune_tokens_per_gpu_s"] / 3600
-    if stage == "generate":  # one generated answer per judge call
-        tokens = sum(evaluation(ev).judge_calls().values()) * p["answer_tokens"]
-        return tokens / p["generate_tokens_per_gpu_s"] / 3600
-    return 0.0
-
-
 def _configured_tokens(ev: Evaluation, calls: dict[str, int], assumed: dict[str, Any]) -> tuple[float, float]:
     """Mean (input, output) tokens of one judge call, weighted by each judged evaluator's calls, from what the
     evaluators estimate from their files and ``plan:``."""
@@ -86,11 +69,12 @@ def _configured_tokens(ev: Evaluation, calls: dict[str, int], assumed: dict[str,
     return (sum(calls[b] * parts[b][0] for b in parts) / n, sum(calls[b] * parts[b][1] for b in parts) / n)
 
 
-def plan_table(cfg: dict[str, Any], entries: list[dict], stages: tuple[str, ...], stage_status: dict[tuple, str],
-               eval_files: list[Path], shared_stages: tuple[str, ...] = ("pool", "embed", "signals")) -> pd.DataFrame:
-    """The plan: one row per (subset, seed, stage). ``stage_status`` maps (label, seed, stage) to its status;
-    ``eval_files`` are the entries' eval rows (finished ones carry measured token counts); ``shared_stages`` are
-    built once per study (costed on the first subset's rows)."""
+def plan_table(cfg: dict[str, Any], entries: list[dict], stages: tuple[Stage, ...], stage_status: dict[tuple, str],
+               eval_files: list[Path]) -> pd.DataFrame:
+    """The plan: one row per (subset, seed, stage). ``stage_status`` maps (label, seed, train seed, stage) to its
+    status; ``eval_files`` are the entries' judged rows (finished ones carry measured token counts). What each
+    stage costs comes from its declaration: ``gpu_hours`` (a GPU stage), ``judged``, and ``per_subset`` (a shared
+    stage is costed on the first subset's rows)."""
     measured_h = _measured_hours(cfg["results_dir"])
     on_gpu = str(cfg.get("device", "cpu")).startswith("cuda")
     ev = evaluation(cfg["eval"])
@@ -107,12 +91,13 @@ def plan_table(cfg: dict[str, Any], entries: list[dict], stages: tuple[str, ...]
             per_call, source = _configured_tokens(ev, calls, cfg["plan"]), "config"
     rows = []
     for k, entry in enumerate(entries):
-        for stage in stages:
-            shared = stage in shared_stages and k > 0
+        for s in stages:
+            stage = s.name
+            shared = not s.per_subset and k > 0
             hours = 0.0
-            if on_gpu and stage in GPU_STAGES and not shared:
-                hours = measured_h.get(stage, _config_hours(cfg, stage))
-            n_calls = sum(calls.values()) if stage == "eval" else 0
+            if on_gpu and s.gpu_hours is not None and not shared:
+                hours = measured_h.get(stage, s.gpu_hours(cfg))
+            n_calls = sum(calls.values()) if s.judged else 0
             inp, out = n_calls * per_call[0], n_calls * per_call[1]
             usd = (None if price is None else
                    (inp * price["input_usd_per_mtok"] + out * price["output_usd_per_mtok"]) / 1e6)

@@ -11,10 +11,9 @@ and a finished artifact is never replaced; a lock held longer than ``lock_timeou
 
 Verified reads: before a stage uses an artifact, :meth:`ArtifactStore.ready` checks each file against the marker
 (sizes always; hashes through a stat-keyed cache, so an unchanged file is not re-read). A damaged artifact of a
-cheap stage (``REBUILT``: pool, subset, metrics; seconds to redo) is removed with a warning naming its folder and
-rebuilt; one of a costly stage (embeddings, pool signals (a kNN over the whole pool), fine-tuning, generation,
-judging: GPU hours or paid judge calls) is
-refused with :class:`CorruptArtifactError` naming the folder and how to rebuild it, never silently redone.
+cheap stage (``cheap=True``: the stage's cost class, ``Stage.cost``; seconds to redo) is removed with a warning
+naming its folder and rebuilt; one of a costly stage (GPU hours or paid judge calls) is refused with
+:class:`CorruptArtifactError` naming the folder and how to rebuild it, never silently redone.
 Markers written before verification existed (no file list) are trusted as they are. Temporary folders carry their
 host and process id (``divcore.io``); :func:`remove_stale_temps` removes those whose process is gone.
 """
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 MARKER = "_complete.json"
 SCHEMA = 1  # bump when a stage's output format or semantics change: old artifacts then miss, never mislead
 LOCK_TIMEOUT_S = 48 * 3600.0  # longer than any one stage (a full 8B fine-tuning); `cache_lock_timeout_s` overrides
-REBUILT = frozenset({"pool", "subset", "metrics"})  # cheap stages: a damaged artifact is rebuilt with a warning
 HASHES = ".hashes.json"  # remembered file hashes (experiments.engine.fingerprint), beside the stages
 
 
@@ -96,16 +94,16 @@ class ArtifactStore:
             return "to run"
         return "corrupt" if self.damage(stage, spec) else "done"
 
-    def ready(self, stage: str, spec: Any) -> bool:
+    def ready(self, stage: str, spec: Any, *, cheap: bool = False) -> bool:
         """True when a finished, verified artifact exists. A damaged one is removed and reported missing for a
-        cheap stage (so it is rebuilt), or refused with :class:`CorruptArtifactError` for a costly one."""
+        ``cheap`` stage (so it is rebuilt), or refused with :class:`CorruptArtifactError` for a costly one."""
         if not self.is_complete(stage, spec):
             return False
         problem = self.damage(stage, spec)
         if problem is None:
             return True
         folder = self.path(stage, spec)
-        if stage not in REBUILT:
+        if not cheap:
             raise CorruptArtifactError(
                 f"cached {stage} artifact {folder} is damaged: {problem}. It is costly to redo, so it is not "
                 f"rebuilt silently: remove it (rm -rf {folder}) and re-run the same command to rebuild it")
@@ -114,7 +112,7 @@ class ArtifactStore:
         return False
 
     @contextmanager
-    def build(self, stage: str, spec: Any) -> Iterator[Path | None]:
+    def build(self, stage: str, spec: Any, *, cheap: bool = False) -> Iterator[Path | None]:
         """Under the artifact's lock: yield None when the artifact is (or, after waiting for a twin, has become)
         complete and verified; else a fresh temporary directory, which on success becomes the artifact (its
         marker listing every file's size and hash) and on failure is removed. Compute inside the block, so that
@@ -122,7 +120,7 @@ class ArtifactStore:
         final = self.path(stage, spec)
         with hold_lock(self.lock_path(stage, spec), self.lock_timeout_s, f"{stage} artifact {final}",
                        "or raise cache_lock_timeout_s"):
-            if self.ready(stage, spec):  # a damaged cheap artifact is removed here and rebuilt below
+            if self.ready(stage, spec, cheap=cheap):  # a damaged cheap artifact is removed here and rebuilt below
                 yield None
                 return
             # under the lock, an existing directory without a marker can only be a killed run's leftover: replaced
