@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -17,3 +18,9 @@ def stable_hash(spec: Any) -> str:
     """
     blob = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def texts_sha256(texts: Sequence[str]) -> str:
+    """SHA-256 (hex) of a sequence of texts, boundaries included (JSON list encoding): what a resumable embedding
+    records of the text it embedded."""
+    return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode()).hexdigest()

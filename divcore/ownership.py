@@ -156,11 +156,24 @@ def check_output_dir(out: str | Path, key: str = "out", *, legacy: Sequence[str]
                          f"it did not write: give {key}=<a new or empty folder>, or move those files out")
 
 
-def write_manifest(folder: str | Path, files: Iterable[str], command: str) -> None:
-    """List ``files`` (relative to ``folder``) in its manifest, atomically."""
-    doc = {"written_by": "divbench", "command": command,
-           "files": sorted(f for f in set(files) if f.rsplit("/", 1)[-1] != MANIFEST)}
-    atomic_write(Path(folder) / MANIFEST, json.dumps(doc, indent=1) + "\n")
+def write_manifest(folder: str | Path, files: Iterable[str], command: str,
+                   provenance: Mapping[str, object] | None = None) -> None:
+    """List ``files`` (relative to ``folder``) in its manifest, atomically; ``provenance``: {file: what it was made
+    from}, for outputs a re-run resumes (:func:`read_provenance`)."""
+    doc: dict[str, object] = {"written_by": "divbench", "command": command,
+                              "files": sorted(f for f in set(files) if f.rsplit("/", 1)[-1] != MANIFEST)}
+    if provenance:
+        doc["provenance"] = dict(provenance)
+    atomic_write(Path(folder) / MANIFEST, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def read_provenance(folder: str | Path) -> dict[str, object]:
+    """{file: provenance} recorded in ``folder``'s manifest (empty without one)."""
+    try:
+        doc = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        return dict(doc.get("provenance") or {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
 
 
 def write_owned(folder: str | Path, files: Mapping[str, str | bytes], command: str, *,

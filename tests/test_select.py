@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from divcore.errors import InputError
+from divcore.ownership import MANIFEST
 from experiments.cli.select import params_as_additions
 from experiments.embedding.backends import VLLM_PARAMS, register_backend
 from experiments.engine.config import CONFIG_DIR, PROJECT_ROOT
@@ -219,13 +220,13 @@ def test_embed_round_trip_through_the_authors_layout(tmp_path):
                                                f"cache_dir={tmp_path}/cache"])
     cfg = OmegaConf.to_container(cfg, resolve=True)
     embed_pool(cfg)
-    assert sorted(p.name for p in out.iterdir()) == ["0.json", "1.json", "2.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "0.json", "1.json", "2.json"]
     counts = [len(json.loads((out / f"{i}.json").read_text())) for i in range(3)]
     assert counts == list(FILE_ROWS)
-    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
     (out / "2.json").unlink()  # a run killed before the last file: only that file is redone
     embed_pool(cfg)
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "2.json"} == \
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.json") if p.name != "2.json"} == \
         {k: v for k, v in stamps.items() if k != "2.json"}
     vecs = np.concatenate([np.asarray(json.loads((out / f"{i}.json").read_text())) for i in range(3)])
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)

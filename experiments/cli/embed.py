@@ -1,8 +1,10 @@
 """Hydra entry point ``divbench-embed``: a pool -> embeddings, the authors' ``embedding.py`` as a command.
 
 * ``out=<dir>``: the authors' layout, one JSON list of vectors per pool file with the pool file's name
-  (``0.json, 1.json, ...`` for their numbered text directory; ``<stem>.json`` for a single file). A file whose
-  output already holds as many vectors as it has records is skipped, so a killed run resumes per file.
+  (``0.json, 1.json, ...`` for their numbered text directory; ``<stem>.json`` for a single file). The folder's
+  manifest records each file's provenance (model, settings, SHA-256 of its texts); a re-run keeps a finished file
+  only when they match and redoes the rest. ``out`` may not be the pool folder, nor hold files divbench did not
+  write.
 * ``out=<file>.npy``: one matrix.
 
 Both run the engine's pool and embed stages (``experiments.engine.embed_pool``), with every embed option the study
@@ -32,8 +34,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """``divbench-embed``: secrets and the config are checked before Hydra writes its run folder."""
     from experiments.cli.command import preflight
+    from experiments.engine.embed_pool import check_embed_pool_config
 
-    preflight("embed_pool")
+    preflight("embed_pool", validate=check_embed_pool_config)
     _hydra_main()
 
 

@@ -38,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from divcore.errors import InputError
+from divcore.hashing import stable_hash, texts_sha256
 from divcore.io import atomic_write
 from divcore.params import POSITIVE_INT, Param, flag, mapping, number, optional, text
 from divcore.registry import Registry
@@ -184,12 +185,14 @@ def _sentence_transformers(model_path: str, *, max_length: int, batch_size: int,
 
 
 def embed_chunked(texts: Sequence[str], encode: Encoder, work_dir: str | Path, *,
-                  chunk_size: int = DEFAULT_CHUNK) -> Path:
+                  chunk_size: int = DEFAULT_CHUNK, identity: Mapping[str, Any] | None = None) -> Path:
     """Embed ``texts`` into ``<work_dir>/embeddings.npy`` chunk by chunk; returns its path once every row is in.
 
     The ``.npy`` is allocated (float32, rows x dim) when the first chunk's width is known and written through a
-    memory map; ``progress.json`` records the finished rows after each chunk is flushed, so a re-run with the
-    same ``work_dir`` starts at the first unfinished row. Only one chunk's vectors are ever held in memory.
+    memory map; ``progress.json`` records after each flushed chunk the finished rows, the encoder's ``identity``
+    (model, settings) and the SHA-256 of each finished chunk's texts. A re-run with the same ``work_dir`` keeps the
+    leading chunks whose model, settings and text match and redoes the rest, saying which. Only one chunk's
+    vectors are ever held in memory.
     """
     if chunk_size < 1:
         raise InputError(f"embed.chunk_size must be >= 1, got {chunk_size}")
@@ -197,12 +200,10 @@ def embed_chunked(texts: Sequence[str], encode: Encoder, work_dir: str | Path, *
     work_dir.mkdir(parents=True, exist_ok=True)
     data, progress = work_dir / "embeddings.npy", work_dir / "progress.json"
     n = len(texts)
-    done = json.loads(progress.read_text())["rows_done"] if progress.exists() else 0
+    ident = dict(identity or {})
+    hashes = [texts_sha256(texts[s:s + chunk_size]) for s in range(0, n, chunk_size)]
+    done = _resumable_rows(progress, data, ident, hashes, n, chunk_size)
     out = np.lib.format.open_memmap(data, mode="r+") if done else None
-    if out is not None and out.shape[0] != n:
-        raise InputError(f"{work_dir} holds a partial embedding of {out.shape[0]} rows, not {n}: delete it")
-    if done:
-        log.info("resuming the embedding at row %d of %d (%s)", done, n, work_dir)
     with tqdm(total=n, initial=done, desc="embed", unit="text") as bar:
         for start in range(done, n, chunk_size):
             vecs = np.asarray(encode(texts[start:start + chunk_size]), dtype=np.float32)
@@ -210,10 +211,81 @@ def embed_chunked(texts: Sequence[str], encode: Encoder, work_dir: str | Path, *
                 out = np.lib.format.open_memmap(data, mode="w+", dtype=np.float32, shape=(n, vecs.shape[1]))
             out[start:start + len(vecs)] = vecs
             out.flush()
-            atomic_write(progress, json.dumps({"rows_done": start + len(vecs), "rows": n}))
+            finished = start // chunk_size + 1
+            atomic_write(progress, json.dumps({"rows_done": start + len(vecs), "rows": n, "chunk_size": chunk_size,
+                                               "identity": ident, "chunk_sha256": hashes[:finished]}))
             bar.update(len(vecs))
     del out
     return data
+
+
+def _resumable_rows(progress: Path, data: Path, ident: dict[str, Any], hashes: list[str], n: int,
+                    chunk_size: int) -> int:
+    """How many leading rows of a partial embedding in ``data`` may be kept: those of finished chunks embedded by
+    the same model and settings from the same texts (logged: kept and redone)."""
+    if not progress.exists():
+        return 0
+    try:
+        state = json.loads(progress.read_text())
+        rows_done = int(state["rows_done"])
+        shape = np.lib.format.open_memmap(data, mode="r").shape if data.exists() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("%s: unreadable resume state; embedding every row again", progress.parent)
+        return 0
+    reason = redo_reason(state.get("identity"), ident) if "identity" in state else \
+        "no provenance recorded (written by an older divbench)"
+    if reason is None and (state.get("chunk_size") != chunk_size or shape is None or shape[0] != n):
+        reason = "the text changed since it was embedded" if shape is not None and shape[0] != n else \
+            "another chunk size or a missing vector file"
+    kept = 0
+    if reason is None:
+        recorded = list(state.get("chunk_sha256") or [])
+        while kept < min(len(recorded), len(hashes)) and recorded[kept] == hashes[kept]:
+            kept += 1
+        rows = min(rows_done, kept * chunk_size, n)
+        if kept < len(recorded):
+            log.warning("%s: chunk %d onward changed text since it was embedded: kept rows 0-%d, redoing the "
+                        "rest", progress.parent, kept, rows)
+        if rows:
+            log.info("resuming the embedding at row %d of %d (%s): the finished rows match the model, settings "
+                     "and text", rows, n, progress.parent)
+        return rows
+    log.warning("%s: the partial embedding cannot be kept (%s): embedding all %d rows again", progress.parent,
+                reason, n)
+    return 0
+
+
+def model_identity(model: str) -> dict[str, Any]:
+    """What names a model's vectors: its spec, and for a local checkpoint folder a hash of its config and weight
+    file sizes (another model copied to the same path is another model)."""
+    path = Path(model)
+    ident: dict[str, Any] = {"model": model}
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
+        ident["files"] = stable_hash([(p.name, p.stat().st_size) for p in files]
+                                     + [(path / "config.json").read_text(errors="replace")
+                                        if (path / "config.json").is_file() else ""])
+    return ident
+
+
+def embedding_identity(embed_cfg: Mapping[str, Any], texts: Sequence[str]) -> dict[str, Any]:
+    """The provenance a resumable embedding records and a resume must match: the model, the settings that change
+    the vectors (backend, max_length) and the SHA-256 of the texts embedded."""
+    return {**model_identity(str(embed_cfg["model"])), "backend": embed_cfg["backend"],
+            "max_length": int(embed_cfg["max_length"]), "rows": len(texts), "text_sha256": texts_sha256(texts)}
+
+
+def redo_reason(recorded: Any, wanted: Mapping[str, Any]) -> str | None:
+    """Why finished vectors recorded with ``recorded`` provenance cannot be kept for ``wanted`` (None: keep)."""
+    if not isinstance(recorded, Mapping):
+        return "no provenance recorded (written by an older divbench or another tool)"
+    changed = [k for k in wanted if recorded.get(k) != wanted[k]]
+    if not changed:
+        return None
+    if "text_sha256" in changed or "rows" in changed:
+        return "the text changed since it was embedded"
+    return "embedded with other settings (" + ", ".join(f"{k}: {recorded.get(k)!r} -> {wanted[k]!r}"
+                                                       for k in changed) + ")"
 
 
 def check_rows_kept(pool_cfg: dict, purpose: str) -> None:
@@ -284,7 +356,9 @@ def embed_texts(texts: Sequence[str], model_path: str, backend: str = "hf_causal
     try:
         if work_dir is None:
             return np.concatenate([encode(texts[s:s + chunk_size]) for s in range(0, len(texts), chunk_size)])
-        return np.load(embed_chunked(texts, encode, work_dir, chunk_size=chunk_size), mmap_mode="r")
+        identity = {**model_identity(model_path), "backend": backend, "max_length": int(max_length)}
+        return np.load(embed_chunked(texts, encode, work_dir, chunk_size=chunk_size, identity=identity),
+                       mmap_mode="r")
     finally:
         if hasattr(encode, "close"):
             encode.close()
