@@ -50,6 +50,23 @@ def make_temp_dir(parent: str | Path, name: str) -> Path:
     return tmp
 
 
+def honour_umask(root: str | Path) -> None:
+    """Give every file under ``root`` the umask's permissions (``0o666 & ~umask``, folders ``0o777 & ~umask``).
+
+    safetensors (``save_pretrained`` of a model or a LoRA adapter) and ``mkstemp`` create owner-only (0600) files,
+    which would leave weights in a shared cache unreadable to the group; a finished folder is fixed before it is
+    renamed into place."""
+    file_mode, dir_mode = umask_mode(0o666), umask_mode(0o777)
+    for base, dirs, files in os.walk(root):
+        for name in files:
+            p = Path(base) / name
+            if not p.is_symlink():
+                p.chmod(file_mode | (p.stat().st_mode & umask_mode(0o111)))  # executable bits kept
+        for name in dirs:
+            if not (Path(base) / name).is_symlink():
+                (Path(base) / name).chmod(dir_mode)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -117,6 +134,7 @@ def atomic_dir(dest: str | Path, *, replace: bool = True) -> Iterator[Path]:
     tmp = make_temp_dir(dest.parent, dest.name)
     try:
         yield tmp
+        honour_umask(tmp)
         if replace and dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -209,9 +227,25 @@ def writing(path: str | Path, key: str = "out") -> Iterator[None]:
     :class:`InputError` naming ``key``, the path and the fix, instead of a traceback."""
     try:
         yield
-    except OSError as e:
-        if e.errno not in WRITE_ERRORS:
+    except Exception as e:
+        if isinstance(e, OSError) and e.errno in WRITE_ERRORS:
+            why, where = f"{WRITE_ERRORS[e.errno]} ({e.strerror})", e.filename or path
+        elif disk_full(e):  # wrapped by a library (safetensors, arrow)
+            why, where = "no space left on the device", path
+        else:
             raise
-        where = e.filename or path
-        raise InputError(f"{key}={path}: cannot write {where}: {WRITE_ERRORS[e.errno]} ({e.strerror}); free space or "
-                         f"fix the permissions there, or choose another {key}") from None
+        raise InputError(f"{key}={path}: cannot write {where}: {why}; free space or fix the permissions there, or "
+                         f"choose another {key}") from None
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a full disk or quota, also when a library wraps it in
+    its own error type (safetensors: "No space left on device (os error 28)")."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

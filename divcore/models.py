@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from divcore.errors import InputError
-from divcore.io import atomic_dir
+from divcore.io import atomic_dir, disk_full
 from divcore.locks import hold_lock
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,15 @@ def _convert_gguf(src_dir: Path, gguf_file: str, dest: Path) -> None:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(model.state_dict())
-    with atomic_dir(dest) as tmp:
-        plain.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+    try:
+        with atomic_dir(dest) as tmp:
+            plain.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        raise InputError(f"no space left on the device of {dest.parent} while converting {gguf_file} (about 0.6 GB "
+                         "needed): free space there or set cache_dir to a disk with room, then run again") from None
 
 
 def resolve_model(spec: str, cache_dir: str | Path) -> str:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from divcore.errors import InputError
-from divcore.io import _TEMP, atomic_write, temp_tag
+from divcore.io import _TEMP, atomic_write, honour_umask, temp_tag
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,7 @@ def publish_dir(new: str | Path, out: str | Path, command: str, *, legacy: Seque
     into ``out`` (or, on a name clash, left in a folder named in a warning); nothing else is deleted."""
     new, out = Path(new), Path(out)
     write_manifest(new, _rel_files(new), command)
+    honour_umask(new)
     if not out.exists():
         new.rename(out)
         return

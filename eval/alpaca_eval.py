@@ -116,9 +116,9 @@ def check_model_outputs(outputs: Sequence[dict[str, Any]], reference: Sequence[d
     empty = [i for i, o in enumerate(outputs) if not isinstance(o["output"], str) or not o["output"].strip()]
     if empty:  # a null or a number is no answer either: str(None) would be judged as the answer "None"
         first = outputs[empty[0]]["output"]
-        raise InputError(f"{source}: {len(empty)} empty, null or non-text output(s), first at record {empty[0]} "
-                         f"({want[empty[0]][:60]!r}: output {first!r:.40}); an answer must be non-empty text to be "
-                         "judged; regenerate it")
+        raise InputError(f"{source}: {len(empty)} empty output(s) (empty, null or not text), first at record "
+                         f"{empty[0]} ({want[empty[0]][:60]!r}: output {first!r:.40}); an answer must be non-empty "
+                         "text to be judged; regenerate it")
 
 
 def read_model_outputs(path: str | Path, reference: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

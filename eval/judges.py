@@ -98,6 +98,8 @@ class JudgeConfig:
     timeout_s: float = 60.0
     max_retries: int = 3
     backoff_s: float = 1.0
+    # worst case of one request: timeout_s x max_retries plus the backoffs (worst_case_s); the shipped configs keep
+    # it within minutes (120 s x 3: 6 min), not the half hour of 300 s x 6
     smoke_test: bool = False
     device: str = "cpu"
     concurrency: int | None = None  # None: 8 for an HTTP judge, 1 for a local model
@@ -126,6 +128,10 @@ class JudgeConfig:
         if kind.check is not None:
             kind.check(judge, check_key)
         return judge
+
+    def worst_case_s(self) -> float:
+        """The longest one request can take before it fails: every attempt timing out, plus the backoffs."""
+        return self.timeout_s * self.max_retries + sum(self.backoff_s * 2 ** a for a in range(self.max_retries - 1))
 
     def check_endpoint(self, check_key: bool = True) -> None:
         if not self.base_url:
@@ -233,6 +239,8 @@ class EndpointJudge:
         # The client retries transport faults itself, honouring Retry-After; max_retries counts attempts.
         self.client = openai.OpenAI(base_url=config.base_url, api_key=os.environ[config.api_key_env],
                                     timeout=config.timeout_s, max_retries=config.max_retries - 1)
+        log.info("judge %s at %s: %.0f s per request, %d attempts: a request fails after at most %.1f min",
+                 config.model, config.base_url, config.timeout_s, config.max_retries, config.worst_case_s() / 60)
 
     def _once(self, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -310,6 +318,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+WAITING_LINE_S = 30.0  # a progress line when no judgment came back for this long
+
+
 def judge_many(fn: Callable[[T], R], items: Sequence[T], concurrency: int, *, desc: str = "judging",
                on_result: Callable[[int, R], None] | None = None) -> list[R]:
     """``[fn(x) for x in items]`` on ``concurrency`` threads, in input order.
@@ -333,8 +344,14 @@ def judge_many(fn: Callable[[T], R], items: Sequence[T], concurrency: int, *, de
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge") as pool:
         futures: dict[Future, int] = {pool.submit(fn, item): i for i, item in enumerate(items)}
         pending, error = set(futures), None
+        last, started = time.monotonic(), time.monotonic()
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, timeout=WAITING_LINE_S, return_when=FIRST_COMPLETED)
+            if done:
+                last = time.monotonic()
+            elif time.monotonic() - last >= WAITING_LINE_S:  # a slow or hung judge shows, not a frozen screen
+                log.info("%s: waiting for the judge, %d of %d answered, no answer for %.0f s (%.0f s in all)", desc,
+                         len(items) - len(pending), len(items), time.monotonic() - last, time.monotonic() - started)
             for fut in done:
                 if fut.cancelled():
                     continue

@@ -18,7 +18,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from divcore.errors import InputError
-from divcore.io import atomic_write
+from divcore.io import atomic_write, honour_umask
 from finetune.models import load_tokenizer, release_gpu_memory
 
 log = logging.getLogger(__name__)
@@ -237,6 +237,7 @@ def train_sft(conversations: list[dict[str, Any]], model_path: str, output_dir: 
         atomic_write(Path(output_dir) / "training_setup.json", json.dumps(setup, indent=2))
         # the loss curve stays with the model, with or without W&B (one entry per logging_steps)
         atomic_write(Path(output_dir) / LOG_HISTORY, json.dumps(trainer.state.log_history, indent=1))
+        honour_umask(output_dir)  # safetensors writes the weights 0600; a shared cache needs the umask's mode
     del trainer  # the next GPU stage (vLLM generation) in this process needs the memory back
     release_gpu_memory()
     return {"train_loss": float(result.training_loss), "train_samples": len(dataset),

@@ -163,8 +163,9 @@ def check_judge_out(out: Path, source: str) -> None:
 def judge_outputs(cfg: dict[str, Any]) -> dict[str, Any]:
     """Judge the configured answers / outputs; returns the summary (also written to ``<out>/summary.json``)."""
     from divcore.errors import InputError
-    from experiments.engine.tracking import log_tables
+    from experiments.engine.tracking import check_logger_config, log_tables
 
+    check_logger_config(cfg["logger"])
     bench = cfg.get("benchmark")
     if bench not in BENCHMARKS:
         raise InputError(f"benchmark must be one of {BENCHMARKS}, got {bench!r}")

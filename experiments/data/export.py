@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from divcore.errors import InputError
-from divcore.io import make_temp_dir, temp_tag
+from divcore.io import make_temp_dir, temp_tag, writing
 from divcore.ownership import adopt, check_output_dir, publish_dir
 
 log = logging.getLogger(__name__)
@@ -148,15 +148,40 @@ def write_hf(dest: Path, rows: list[dict], card: str) -> None:
     (dest / "README.md").write_text(card)
 
 
+HUB_LOGIN = "log in with `hf auth login` (or `huggingface-cli login`), or export HF_TOKEN with a write token"
+
+
+def check_hub_token(repo_id: str) -> None:
+    """push_to_hub needs a Hugging Face token: refused before any work when none is configured."""
+    from huggingface_hub import get_token
+
+    if get_token() is None:
+        raise InputError(f"push_to_hub={repo_id}: no Hugging Face token is configured; {HUB_LOGIN}, or leave "
+                         "push_to_hub out and upload <out>/hf yourself")
+
+
 def push_to_hub(hf_dir: Path, repo_id: str, private: bool = True) -> None:
-    """Upload ``hf_dir`` (the dataset, then its card as the repo's README) to the Hugging Face hub."""
+    """Upload ``hf_dir`` (the dataset, then its card as the repo's README) to the Hugging Face hub. A missing or
+    refused token, or no network, is an input error that says to log in or go online; the export stays."""
     import datasets
     from huggingface_hub import HfApi
 
-    ds = datasets.load_from_disk(str(hf_dir))
-    ds.push_to_hub(repo_id, private=private)
-    HfApi().upload_file(path_or_fileobj=str(hf_dir / "README.md"), path_in_repo="README.md", repo_id=repo_id,
-                        repo_type="dataset")
+    transport: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError)
+    try:
+        import httpx  # huggingface_hub >= 1.0 talks through httpx, whose errors are not OSErrors
+
+        transport += (httpx.HTTPError,)
+    except ImportError:
+        pass
+    try:
+        ds = datasets.load_from_disk(str(hf_dir))
+        ds.push_to_hub(repo_id, private=private)
+        HfApi().upload_file(path_or_fileobj=str(hf_dir / "README.md"), path_in_repo="README.md", repo_id=repo_id,
+                            repo_type="dataset")
+    except transport as e:
+        raise InputError(f"push_to_hub={repo_id}: the upload failed ({type(e).__name__}: {str(e).strip()[:200]}); "
+                         f"the export in {hf_dir.parent} is complete. Check the network and the token ({HUB_LOGIN}) "
+                         "and that you may write to the repo, then run again (the selection is cached)") from None
     log.info("pushed %s to https://huggingface.co/datasets/%s", hf_dir, repo_id)
 
 
@@ -166,6 +191,15 @@ def export_subset(out: Path, convs: list[dict], indices: list[int], provenance: 
     """Write every export file of one subset into ``out`` (see the module docstring); returns ``out``."""
     check_out_dir(out, provenance, overwrite)
     rows = selected_rows(convs, indices)
+    with writing(out, "out"):
+        _build_export(out, convs, indices, provenance, metrics_row, rows, scores, name)
+    log.info("exported %d rows to %s", len(indices), out)
+    return out
+
+
+def _build_export(out: Path, convs: list[dict], indices: list[int], provenance: dict[str, Any],
+                  metrics_row: dict[str, Any], rows: list[dict], scores: dict[str, Any] | None,
+                  name: str | None) -> None:
     tmp = make_temp_dir(out.parent, out.name)
     try:
         (tmp / "indices.json").write_text(json.dumps([int(i) for i in indices]))
@@ -182,8 +216,6 @@ def export_subset(out: Path, convs: list[dict], indices: list[int], provenance: 
         publish_dir(tmp, out, "export", legacy=EXPORT_FILES)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported %d rows to %s", len(indices), out)
-    return out
 
 
 def write_map(path: Path, convs: list[dict], emb: np.ndarray, subsets: dict[str, list[int]]) -> Path:

@@ -170,6 +170,10 @@ def numbered_json_files(directory: Path) -> list[Path]:
     """The authors' ``0.json, 1.json, ...`` of a directory in numeric order. A gap (``1.json`` missing) or a
     foreign ``*.json`` (``backup.json``) is an error, not a silently different pool."""
     files = list(directory.glob("*.json"))
+    broken = sorted(p.name for p in files if p.is_symlink() and not p.exists())  # dangling, or a loop
+    if broken:
+        raise InputError(f"{directory}: {broken[:5]} are symbolic links that lead nowhere (a dangling link, or a "
+                         "loop); fix or remove them")
     foreign = sorted(p.name for p in files if not p.stem.isdigit())
     if foreign:
         raise InputError(f"{directory}: {foreign[:5]} are not numbered like the authors' 0.json, 1.json, ...; "

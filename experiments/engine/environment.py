@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -160,8 +161,126 @@ def diagnose(cfg: dict[str, Any]) -> list[Check]:
     return checks
 
 
-def check_environment(cfg: dict[str, Any], stop_after: str | None = None) -> None:
-    """The fatal checks a study runs before writing anything; raises InputError naming every problem."""
+EVAL_STAGES = ("generate", "eval")  # the stages that read benchmark data and ask the judge
+
+
+def benchmark_files(cfg: dict[str, Any]) -> list[tuple[str, Path]]:
+    """(config key, file) of every benchmark file the enabled evaluation reads: each ``reference_path`` and the
+    MT-Bench files of each ``data_dir`` (questions, judge prompts, the chosen reference answers)."""
+    found: list[tuple[str, Path]] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if not isinstance(node, dict) or node.get("enabled") is False:
+            return
+        for k, v in node.items():
+            key = f"{prefix}.{k}"
+            if k == "reference_path" and isinstance(v, str):
+                found.append((key, Path(v)))
+            elif k == "data_dir" and isinstance(v, str):
+                found.extend((key, Path(v) / rel) for rel in ("question.jsonl", "judge_prompts.jsonl",
+                                                           f"reference_answer/{node.get('reference', 'gpt-4')}.jsonl"))
+            elif k != "judge":
+                walk(v, key)
+
+    walk(cfg.get("eval") or {}, "eval")
+    return found
+
+
+def missing_benchmark_files(cfg: dict[str, Any]) -> list[str]:
+    """One line per benchmark file the evaluation needs and cannot find."""
+    from experiments.data.benchmark_files import FETCH_HINT
+
+    missing = [(key, path) for key, path in benchmark_files(cfg) if not path.is_file()]
+    if not missing:
+        return []
+    return [f"benchmark data missing: {', '.join(f'{k} -> {p}' for k, p in missing)}; {FETCH_HINT} (DIVBENCH_SHARED "
+            f"is {os.environ.get('DIVBENCH_SHARED', 'unset')!r})"]
+
+
+def model_size_gib(spec: str) -> float:
+    """A model's size on disk: a local folder's files; a hub id by its parameter count in the name (bf16), else
+    1 GiB; the packaged SmolLM2 about 0.6 GiB."""
+    path = Path(spec)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**30
+    if spec.startswith("packaged:"):
+        return 0.6
+    m = re.search(r"(\d+(?:\.\d+)?)\s*([bBmM])\b", spec.replace("-", " ").replace("_", " "))
+    if not m:
+        return 1.0
+    params = float(m.group(1)) * (1e9 if m.group(2) in "bB" else 1e6)
+    return 2 * params / 2**30
+
+
+def disk_estimate_gib(cfg: dict[str, Any], n_models: int) -> float:
+    """Space the fine-tuned models will take: a full copy of the base model each (about 5% of it with LoRA),
+    plus 1 GiB for pool, embeddings, generations and judgments."""
+    ft = cfg.get("finetune") or {}
+    per = model_size_gib(str(ft.get("base_model", ""))) * (0.05 if ft.get("lora") else 1.0)
+    return n_models * per + 1.0
+
+
+def space_problems(cfg: dict[str, Any], n_models: int) -> list[str]:
+    """cache_dir (and results_dir) writable, with room for the estimate."""
+    from divcore.io import check_writable
+
+    problems = []
+    for key in ("cache_dir", "results_dir"):
+        if cfg.get(key):
+            try:
+                check_writable(cfg[key], key)
+            except InputError as e:
+                problems.append(str(e))
+    if cfg.get("cache_dir"):
+        need = disk_estimate_gib(cfg, n_models)
+        path = Path(cfg["cache_dir"]).expanduser().absolute()
+        while not path.exists() and path.parent != path:
+            path = path.parent
+        free = shutil.disk_usage(path).free / 2**30
+        if free < need:
+            problems.append(f"cache_dir={cfg['cache_dir']}: {free:.1f} GiB free under {path}, about {need:.1f} GiB "
+                            f"needed ({n_models} fine-tuned model(s) of {cfg.get('finetune', {}).get('base_model')}); "
+                            "free space or set cache_dir to a larger disk (cache_dir=/scratch/$USER/divbench)")
+    return problems
+
+
+def model_problems(cfg: dict[str, Any]) -> list[str]:
+    """Model specs that are local paths (absolute, ./, ../, ~) but are not there (a hub id is checked when it
+    loads)."""
+    problems = []
+    for key, spec in (("embed.model", (cfg.get("embed") or {}).get("model")),
+                      ("finetune.base_model", (cfg.get("finetune") or {}).get("base_model"))):
+        local = isinstance(spec, str) and spec.startswith(("/", "./", "../", "~"))  # a hub id is org/name
+        if local and not Path(spec).expanduser().exists():
+            problems.append(f"{key}={spec}: no such model folder; point it at a checkpoint folder or a hub id")
+    return problems
+
+
+def judge_problems(cfg: dict[str, Any]) -> list[str]:
+    """A judge served on this machine (base_url on localhost) that nothing answers on: found in a second, not
+    after the first model is fine-tuned. Remote judges are not probed (that would cost a request)."""
+    import socket
+    from urllib.parse import urlparse
+
+    judge = (cfg.get("eval") or {}).get("judge") or {}
+    url = judge.get("base_url")
+    if not isinstance(url, str) or not url:
+        return []
+    parsed = urlparse(url)
+    if parsed.hostname not in ("localhost", "127.0.0.1", "::1"):
+        return []
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=1.0).close()
+    except OSError:
+        return [f"eval.judge.base_url={parsed.scheme}://{parsed.hostname}:{port}{parsed.path}: nothing answers there; "
+                "start the judge server (vllm serve <model> --port ...) or point base_url at it"]
+    return []
+
+
+def environment_problems(cfg: dict[str, Any], stop_after: str | None = None, n_models: int = 1) -> list[str]:
+    """Every problem a run would hit, found before the first stage: CUDA, gated models without a token, model
+    folders, benchmark data and a local judge when the run evaluates, writable output and cache with room."""
     import torch
 
     problems = []
@@ -172,5 +291,18 @@ def check_environment(cfg: dict[str, Any], stop_after: str | None = None) -> Non
     if gated and not hf_token():
         problems.append(f"{gated} are gated on the Hugging Face hub and no token is set: accept the licence on the "
                         "model page, then `huggingface-cli login` or export HF_TOKEN")
+    problems += model_problems(cfg)
+    evaluates = stop_after is None or stop_after in EVAL_STAGES
+    if evaluates:
+        problems += missing_benchmark_files(cfg)
+        problems += judge_problems(cfg)
+    problems += space_problems(cfg, n_models if stop_after is None or stop_after not in ("pool", "embed", "signals",
+                                                                                         "subset", "metrics") else 0)
+    return problems
+
+
+def check_environment(cfg: dict[str, Any], stop_after: str | None = None, n_models: int = 1) -> None:
+    """The fatal checks a study runs before writing anything; raises InputError naming every problem."""
+    problems = environment_problems(cfg, stop_after, n_models)
     if problems:
         raise InputError("; ".join(problems) + " (divbench-doctor lists everything this machine lacks)")

@@ -45,11 +45,11 @@ from experiments.engine.dag import (
     stage_specs,
     subset_plan,
 )
-from experiments.engine.environment import check_environment
+from experiments.engine.environment import check_environment, environment_problems
 from experiments.engine.plan import plan_table, plan_totals
 from experiments.engine.stages import Call, Checked, Stage, stages_until
 from experiments.engine.store import LOCK_TIMEOUT_S, ArtifactStore
-from experiments.engine.tracking import wandb_run
+from experiments.engine.tracking import check_logger_config, wandb_run
 from experiments.report.tables import RUNS_SCHEMA, aggregate_replicates, check_out_dir, metric_columns, write_report
 from finetune.models import resolve_model
 from finetune.sft import check_finetune_config
@@ -135,6 +135,7 @@ class Engine:
         self.logger = (cfg.get("logger") or {}) if self.procs.main else {"enabled": False}
         self.memo: dict[str, Any] = {}
         self._environment_checked = False
+        self.n_models = 1  # models this run fine-tunes (run() sets it): the disk estimate
 
     def obtain(self, stage: Stage, entry: dict[str, Any] | None, specs: dict[str, dict], done: dict[str, Any]) -> Any:
         """The stage's output for ``entry``: read from the store, or built (then stored) when missing."""
@@ -162,7 +163,7 @@ class Engine:
         """What this machine must have (a GPU where configured, a token for gated models), checked before the
         first artifact is built: a run that only reads finished artifacts needs neither."""
         if not self._environment_checked:
-            check_environment(self.cfg, self.until)
+            check_environment(self.cfg, self.until, self.n_models)
             self._environment_checked = True
 
     def _build_here(self, call: Call) -> float | None:
@@ -236,9 +237,12 @@ def run(cfg: dict[str, Any], until: str | None = None, entries: Iterable[dict[st
     shared_specs = shared_keys(cfg, entry_specs, dag)
     outcome = Outcome()
     if cfg.get("dry_run"):
+        for problem in environment_problems(cfg, until, len(entries)):  # said, not fatal: nothing runs
+            log.warning("dry run: a real run would stop here: %s", problem)
         outcome.plan = dry_run(cfg, entries, stages, entry_specs)
         return outcome
     engine = Engine(cfg, until, outcome)
+    engine.n_models = max(1, len(entries))  # the disk estimate counts the models fine-tuned
     if engine.procs.main:
         remove_stale_temps(cfg["cache_dir"])
     defined = set(shared_specs).union(*entry_specs)
@@ -406,6 +410,7 @@ def check_study_config(cfg: dict[str, Any]) -> None:
     check_embed_config(cfg["embed"])
     check_pool_config(cfg["pool"])  # last: a plugin's bad value is named even when the pool is also wrong
     check_writable(cfg["cache_dir"], "cache_dir")
+    check_logger_config(cfg.get("logger", {}))
     if cfg.get("logger", {}).get("enabled") and cfg["logger"].get("dir"):
         check_writable(cfg["logger"]["dir"], "logger.dir")
     if not cfg.get("dry_run"):

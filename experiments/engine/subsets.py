@@ -19,7 +19,14 @@ import pandas as pd
 
 import selection
 from divcore.errors import InputError
-from experiments.data.export import check_export_out, check_out_dir, export_subset, push_to_hub, write_map
+from experiments.data.export import (
+    check_export_out,
+    check_hub_token,
+    check_out_dir,
+    export_subset,
+    push_to_hub,
+    write_map,
+)
 from experiments.data.pools import check_format_config
 from experiments.embedding.backends import check_embed_config
 from experiments.engine.dag import replicate_entries, stage_specs, subset_plan
@@ -68,6 +75,8 @@ def select_one(cfg: dict[str, Any]) -> Path:
     """Select (or read back) one subset and export it to ``cfg['out']``."""
     entry = subset_entry(cfg)
     check_export_out(cfg)
+    if cfg.get("push_to_hub"):
+        check_hub_token(cfg["push_to_hub"])
     check_metric_configs(list(cfg["metrics"]["compute"]))
     check_format_config(cfg["pool"])
     check_embed_config(cfg["embed"])

@@ -10,6 +10,17 @@ from contextlib import contextmanager
 from typing import Any
 
 log = logging.getLogger(__name__)
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "shared")  # what wandb.init(mode=...) accepts
+
+
+def check_logger_config(cfg: dict[str, Any]) -> None:
+    """An enabled logger's mode (``logger.mode``, from ``WANDB_MODE``) is one W&B accepts: checked before any work,
+    not found by ``wandb.init`` after it."""
+    from divcore.errors import InputError
+
+    if cfg.get("enabled") and cfg.get("mode", "offline") not in WANDB_MODES:
+        raise InputError(f"logger.mode={cfg.get('mode')!r} (from WANDB_MODE or the command line) is not a W&B mode; "
+                         f"use one of {list(WANDB_MODES)} (export WANDB_MODE=offline), or logger=none")
 
 
 @contextmanager
@@ -20,6 +31,7 @@ def wandb_run(cfg: dict[str, Any], *, name: str, job_type: str, config: dict[str
     if not cfg.get("enabled", False):
         yield None
         return
+    check_logger_config(cfg)
     import wandb
 
     os.makedirs(cfg["dir"], exist_ok=True)

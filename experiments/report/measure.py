@@ -38,6 +38,19 @@ def check_measure_config(cfg: dict) -> None:
     check_writable(cfg["out"], "out")
 
 
+def check_reference_size(configs: list[dict], n_rows: int, where: str) -> None:
+    """A metric whose k-means fit on the reference needs more rows than the reference has: named with its key, not
+    as a need of "the pool" (measure searches neighbours itself, so only the k-means fits are the reference's)."""
+    for i, c in enumerate(configs):
+        needs = metric_needs([c]).resolved(False)
+        fits = sorted(n for n, _ in needs.kmeans | needs.partitions if n > n_rows)
+        if fits:
+            raise InputError(f"metrics.compute[{i}] ({c['name']}) fits {fits[-1]} k-means clusters on the reference, "
+                             f"which has {n_rows} rows (reference={where}): set "
+                             f"metrics.compute[{i}].params.n_clusters to at most {n_rows}, drop {c['name']} from "
+                             "metrics.compute, or give a larger reference")
+
+
 def measure(cfg: dict) -> pd.DataFrame:
     """Every metric of ``metrics.compute`` on every subset, against the reference (or itself): ``measure.csv`` and
     ``measure.md`` in ``out``."""
@@ -47,6 +60,8 @@ def measure(cfg: dict) -> pd.DataFrame:
     rows = []
     subsets = load_subsets(cfg["subsets"])  # every file is read and checked before the first metric runs
     signals = None
+    if reference is not None:
+        check_reference_size(configs, len(reference), cfg["reference"])
     if reference is not None:  # the reference's k-means fits once for every subset; the subsets' rows are not
         # known to be reference rows, so NovelSum searches their neighbours itself (no kNN signal)
         signals = pool_signals(reference, replace(metric_needs(configs), knn_k=0))
