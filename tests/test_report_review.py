@@ -282,3 +282,23 @@ def test_report_html_renders_in_headless_chromium(tmp_path):
     result = json.loads(re.search(r"<title>CHECK (.*?)</title>", done.stdout).group(1).replace("&quot;", '"'))
     assert result["errors"] == [] and not re.search(r":CONSOLE", done.stderr)
     assert len(result["imgs"]) == page.count("<img") and min(result["imgs"]) > 0  # every image decoded
+
+
+def test_subset_profile_script_adds_columns_and_refuses_other_subsets():
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("subset_profile", ROOT / "scripts" / "subset_profile.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    runs = pd.DataFrame({"subset": ["a", "b"], "seed": [0, 0], "mean_response_chars": [10.0, 20.0],
+                         "performance": [1.0, 2.0]})
+    profile = pd.DataFrame({"subset": ["b", "a"], "seed": [0, 0], "mean_response_chars": [20.0, 10.0],
+                            "supervised_tokens": [7, 5], "code_share": [0.5, 0.0], "multi_turn_share": [1.0, 0.0]})
+    out = script.add_columns(runs, profile)
+    assert list(out.columns) == ["subset", "seed", "mean_response_chars", "supervised_tokens", "code_share",
+                                 "multi_turn_share", "performance"]
+    assert list(out["supervised_tokens"]) == [5, 7]
+    with pytest.raises(InputError, match="not the same subsets"):
+        script.add_columns(runs, profile.assign(mean_response_chars=[21.0, 10.0]))

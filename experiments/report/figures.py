@@ -91,7 +91,7 @@ def scatter(runs: pd.DataFrame, metric: str, rows: pd.DataFrame, path: Path, tar
         _draw_points(ax, part, metric, target, selectors)
         _draw_fits(ax, part, metric, target, band=show_ci)
         if untuned is not None and np.isfinite(untuned):
-            ax.axhline(untuned, color="0.35", ls=":", lw=1, label="untuned base model")
+            ax.axhline(untuned, color="0.35", ls=":", lw=1, label=f"untuned base model ({untuned:.4g})")
         row = rows[rows["base_model"] == ("all" if model is None else model)].iloc[0]
         name = (model_names or {}).get(model, model)
         ax.set_title(f"{'' if model is None else f'{name}: '}{short_name(metric)}\n"

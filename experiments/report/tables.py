@@ -581,7 +581,9 @@ def report_page(runs: pd.DataFrame, table: pd.DataFrame, floor: dict, sensitivit
     partial = [c for c in rows if c.startswith("pearson_partial_") and rows[c].notna().any()]
     if not covariates.empty:
         sections.append(("Covariates", hr.paragraph("Each covariate's own correlation with performance:")
-                         + hr.frame_html(covariates) + hr.paragraph("Partial Pearson r of each metric:")
+                         + hr.frame_html(covariates.assign(base_model=covariates["base_model"].map(
+                             lambda m: names.get(m, m))))
+                         + hr.paragraph("Partial Pearson r of each metric:")
                          + hr.frame_html(rows[["base_model", "metric", "pearson_r", *partial]])))
     sections.append(("Leave one block out", sensitivity_html(sensitivity, rows)))
     sections.append(("Noise floor", f"<pre>{hr.html.escape(json.dumps(floor, indent=2))}</pre>"))
@@ -591,7 +593,10 @@ def report_page(runs: pd.DataFrame, table: pd.DataFrame, floor: dict, sensitivit
     sections.append(("Statistics", hr.paragraph(notes["statistics"])))
     sections.append(("Full table", "<details><summary>every column of table.csv</summary>"
                      + hr.frame_html(table) + "</details>"))
-    sections.append(("Configuration", hr.config_html(settings.config or settings.as_dict())))
+    study_config = ("<details><summary>the study's resolved configuration (study_config.json)</summary>"
+                    + hr.config_html(settings.config) + "</details>") if settings.config else ""
+    sections.append(("Configuration", hr.paragraph("This report (report config group):")
+                     + hr.config_html(settings.as_dict()) + study_config))
     study = json.loads(settings.config).get("study", "") if settings.config else ""
     return hr.render(f"divbench report{f': {study}' if study else ''}", sections)
 
