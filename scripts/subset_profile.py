@@ -26,16 +26,8 @@ from omegaconf import OmegaConf
 from divcore.errors import InputError
 from divcore.io import atomic_write
 from experiments.engine.config import CONFIG_DIR
-from experiments.engine.pipeline import (
-    SHARED_STAGES,
-    SHARED_STEPS,
-    SubsetRunner,
-    selected_entries,
-    stage_specs,
-    subset_plan,
-    subset_profile,
-)
-from experiments.engine.store import ArtifactStore
+from experiments.engine.dag import subset_plan
+from experiments.engine.pipeline import run, selected_entries, subset_profile, supervised_tokens_of
 from experiments.report.tables import metric_columns
 
 log = logging.getLogger("divbench.subset_profile")
@@ -44,24 +36,19 @@ ADDED = ("supervised_tokens", "code_share", "multi_turn_share")
 
 def profiles(cfg: dict, runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (subset, seed): the profile of the subset the study's config selects, checked against runs."""
-    store = ArtifactStore(cfg["cache_dir"])
-    specs, shared = stage_specs(cfg), {}
-    for name in SHARED_STAGES:
-        shared[name] = SHARED_STEPS[name](store, specs, cfg, shared)
-    runner = SubsetRunner(cfg, store, shared["pool"], shared["embed"], {}, shared["signals"])
-    columns = metric_columns(runs)
-    rows = []
-    for entry in selected_entries(subset_plan(cfg["selection"]), None):
-        entry_specs = stage_specs(cfg, entry)
-        indices, sub = runner.subset_rows(entry, entry_specs)
-        measured = runner.metrics_row(entry, entry_specs, indices, sub)
+    entries = selected_entries(subset_plan(cfg["selection"]), None)
+    outcome = run(cfg, until="metrics", entries=entries)  # pool, embeddings, signals, subsets, metrics: no training
+    columns, memo, rows = metric_columns(runs), {}, []
+    for entry, done in zip(entries, outcome.outputs, strict=True):
+        indices = done["subset"]
+        sub = [done["pool"][i] for i in indices]
         row = runs[(runs["subset"] == entry["label"]) & (runs["seed"] == entry["seed"])]
         if len(row) != 1:
             raise InputError(f"runs.csv has {len(row)} rows for {entry['label']} seed {entry['seed']}: the config "
                              "is not the study's")
-        _check_same_subset(entry, row.iloc[0], measured, len(set(indices)), columns)
+        _check_same_subset(entry, row.iloc[0], done["metrics"], len(set(indices)), columns)
         rows.append({"subset": entry["label"], "seed": entry["seed"]} | subset_profile(sub)
-                    | {"supervised_tokens": runner.supervised_tokens(entry, sub)})
+                    | {"supervised_tokens": supervised_tokens_of(cfg, entry, sub, memo)})
     return pd.DataFrame(rows)
 
 
