@@ -27,6 +27,7 @@ from eval import alpaca_eval as ae
 from eval import mt_bench as mt
 from eval.evaluators import EvalModel, Scoring, evaluation, register
 from eval.generation import MT_BENCH_TEMPERATURES
+from eval.precision import eval_precision
 from eval.reference_nll import load_reference, read_reference, reference_nll, sample_positions
 
 log = logging.getLogger(__name__)
@@ -202,16 +203,19 @@ def reference_nll_config(ev: dict[str, Any]) -> dict[str, Any]:
 
 def _reference_nll_generate(model: EvalModel, cfg: dict[str, Any], out_dir: Path) -> None:
     result = reference_nll(model.path, reference_examples(cfg), adapter=model.adapter,
-                           max_length=int(cfg.get("max_length", 512)), device=cfg.get("device", "cpu"))
+                           max_length=int(cfg.get("max_length", 512)), device=cfg.get("device", "cpu"),
+                           precision=eval_precision(cfg), batch_size=int(cfg.get("batch_size") or 8))
     atomic_write(out_dir / NLL, json.dumps(result, indent=2))
 
 
 def _reference_nll_in_suite(ev: dict[str, Any]) -> dict[str, Any]:
-    """In the suite it reads AlpacaEval's reference file and sample seed, and the generator's device."""
+    """In the suite it reads AlpacaEval's reference file and sample seed, the generator's device and the
+    evaluation's precision."""
     nll, ae_cfg = ev["reference_nll"], ev["alpaca_eval"]
     return {"reference_path": ae_cfg["reference_path"], "seed": ae_cfg.get("seed", 0),
             "n_examples": nll.get("n_examples"), "max_length": nll["max_length"],
-            "device": ev["generation"].get("device", "cpu")}
+            "device": ev["generation"].get("device", "cpu"), "precision": ev.get("precision"),
+            "batch_size": nll.get("batch_size") or ev["generation"].get("batch_size", 8)}
 
 
 @register("reference_nll", generate=_reference_nll_generate, performance_column="neg_reference_nll",

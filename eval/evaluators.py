@@ -38,6 +38,8 @@ from divcore.registry import Registry, did_you_mean
 from eval.combined import combine_performance
 from eval.generation import Generator, check_generation_config, make_generator
 from eval.judges import Judge, make_judge
+from eval.precision import eval_precision
+from finetune.precision import keyed_precision
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +154,11 @@ class Evaluation:
         """What the generate artifact depends on: every candidate member's node but its score-only fields (the
         suite hashes its disabled members' nodes too) and the generator settings; the evaluated model enters
         through the fine-tuning's key, and ``eval.adapter=false`` (the base model instead) by name."""
-        ev = self.cfg
+        ev = keyed_precision(self.cfg, "eval.precision")  # bf16 keyed, fp32 as before the setting existed
         if self.combined:
             key = {"generation": ev["generation"]} | {
                 name: _generated_part(EVALUATORS.get(name), ev.get(name) or {}) for name in SUITE}
+            key |= {"precision": ev["precision"]} if "precision" in ev else {}
         else:
             key = {ev["name"]: _generated_part(self.members[0].evaluator, ev)}
         return key if ev.get("adapter", True) else key | {"adapter": False}
@@ -163,7 +166,8 @@ class Evaluation:
     def score_key(self) -> dict[str, Any]:
         """What the eval artifact's own config is: all of ``eval`` but the generator (in the generate key) and the
         study-level combination of columns (applied across models, not part of a model's row)."""
-        return {k: v for k, v in self.cfg.items() if k not in ("generation", "performance")}
+        ev = keyed_precision(self.cfg, "eval.precision")
+        return {k: v for k, v in ev.items() if k not in ("generation", "performance")}
 
     def check(self, check_key: bool = True) -> None:
         """Every check that needs no model: the judge (its key unless ``check_key`` is false: a dry run calls no
@@ -183,7 +187,8 @@ class Evaluation:
 
     def generate(self, model_path: str, adapter: str | None, out_dir: Path, generator_name: str) -> None:
         """Every member's generate half into ``out_dir``."""
-        model = EvalModel(model_path, adapter, dict(self.cfg.get("generation") or {}), generator_name)
+        generation = dict(self.cfg.get("generation") or {}) | {"precision": eval_precision(self.cfg)}
+        model = EvalModel(model_path, adapter, generation, generator_name)
         try:
             for m in self.members:
                 if not m.evaluator.uses_generator:

@@ -34,13 +34,20 @@ def finetuned(output_dir: str | Path, base_model: str) -> tuple[str, str | None]
     raise InputError(f"{output_dir} holds neither a PEFT adapter nor a model: the fine-tuning output is incomplete")
 
 
-def load_causal_lm(path: str, *, dtype: str = "float32", device: str = "cpu",
-                   adapter: str | None = None) -> PreTrainedModel:
-    """A causal LM in eval mode, with a PEFT adapter merged in when ``adapter`` is given."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+def load_causal_lm(path: str, *, dtype: str = "float32", device: str = "cpu", adapter: str | None = None,
+                   merge_dtype: str | None = None) -> PreTrainedModel:
+    """A causal LM in eval mode, with a PEFT adapter merged in when ``adapter`` is given.
+
+    ``merge_dtype``: the dtype the base is loaded and the adapter merged in before the model is cast to ``dtype``
+    (default: ``dtype`` itself). ``merge_dtype="float32"`` with ``dtype="bfloat16"`` rounds the merged weights to
+    bfloat16 once, instead of adding the small LoRA delta to weights already rounded (finetune.precision)."""
+    load = merge_dtype if adapter and merge_dtype else dtype
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, load))
     if adapter:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    if load != dtype:
+        model = model.to(getattr(torch, dtype))
     return model.to(device).eval()
 
 

@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from divcore.errors import InputError
 from divcore.io import atomic_write, honour_umask
 from finetune.models import load_tokenizer, release_gpu_memory
+from finetune.precision import TORCH_DTYPES, check_precision_config, finetune_precision, padding_free
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ def check_finetune_config(cfg: dict[str, Any]) -> None:
     length = cfg.get("max_length")
     if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
         raise InputError(f"finetune.max_length must be a positive integer, got {length!r}")
+    check_precision_config(cfg)
     _check_fields(dict(cfg.get("args") or {}))  # names the replacement of a removed argument
     for key, known in (("args", SFTConfig), ("lora", LoraConfig)):
         names = {f.name for f in fields(known)}
@@ -164,6 +166,9 @@ def sft_config(finetune_cfg: dict[str, Any], output_dir: str | Path, *, processe
       doubles the memory of a 7-8B bf16 model.
     * ``global_batch_size``: gradient accumulation = global / (processes x per-device batch), so the effective
       batch stays the same on 1, 4 or 8 GPUs (``processes`` defaults to ``WORLD_SIZE``).
+    * ``precision`` (:mod:`finetune.precision`): bf16 loads the base model in bfloat16 (the LoRA weights stay
+      float32); ``padding_free``: TRL's padding-free batches (one row per batch, examples kept apart by their
+      ``position_ids``), with ``max_length`` left to :func:`build_dataset`, which has already truncated.
     Under distributed training the model is never loaded with ``device_map`` (each rank holds its own copy or
     shard, placed by accelerate).
     """
@@ -178,14 +183,18 @@ def sft_config(finetune_cfg: dict[str, Any], output_dir: str | Path, *, processe
     init = dict(args.pop("model_init_kwargs", None) or {})
     if finetune_cfg.get("dtype") is not None:
         init["dtype"] = finetune_cfg["dtype"]
+    if finetune_precision(finetune_cfg) == "bf16":
+        init["dtype"] = TORCH_DTYPES["bf16"]
+    max_length: int | None = int(finetune_cfg["max_length"])
+    if padding_free(finetune_cfg):
+        args["padding_free"], max_length = True, None  # TRL refuses max_length without packing; data is cut already
     if processes > 1:
         if init.get("device_map") not in (None,):
             raise InputError(f"finetune.args.model_init_kwargs.device_map={init['device_map']!r} under {processes}-"
                              "process training: accelerate places each rank's model; remove device_map")
         init["device_map"] = None
     defaults = {"report_to": [], "save_strategy": "steps", "output_dir": str(output_dir)}
-    return SFTConfig(**(defaults | args | {"max_length": int(finetune_cfg["max_length"]),
-                                            "model_init_kwargs": init or None}))
+    return SFTConfig(**(defaults | args | {"max_length": max_length, "model_init_kwargs": init or None}))
 
 
 def training_setup(trainer: Any) -> dict[str, Any]:
@@ -242,4 +251,5 @@ def train_sft(conversations: list[dict[str, Any]], model_path: str, output_dir: 
     release_gpu_memory()
     return {"train_loss": float(result.training_loss), "train_samples": len(dataset),
             "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)), "global_step": result.global_step,
-            "resumed_from": Path(resume).name if resume else None} | setup
+            "resumed_from": Path(resume).name if resume else None, "precision": finetune_precision(cfg),
+            "padding_free": padding_free(cfg)} | setup

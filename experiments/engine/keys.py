@@ -12,8 +12,12 @@ One rule for every config group, applied before any stage key is built, instead 
   nowhere else: a stage's key never subtracts a list of its own.
 * in ``finetune.args`` (TRL ``SFTConfig`` / ``TrainingArguments``, a third-party schema that has no runtime node):
   the fields that only observe or checkpoint a training: ``logging_*``, ``save_*``, ``report_to``, ``run_name``,
-  ``disable_tqdm``, ``output_dir``, ``use_cpu``. None of them changes the trained weights (the trainer's RNG is seeded
-  from ``seed`` / ``data_seed``).
+  ``disable_tqdm``, ``output_dir``, ``use_cpu``, and ``activation_checkpointing`` (``gradient_checkpointing``
+  before transformers 5: memory for a second forward, which recomputes the activations bit for bit). None of them changes the trained weights (the trainer's RNG
+  is seeded from ``seed`` / ``data_seed``).
+
+``finetune.precision``, ``finetune.padding_free`` and ``eval.precision`` change results: they enter the keys resolved
+(``auto`` -> this machine's choice) and only where they leave the float32 path (``eval.precision.keyed_precisions``).
 
 A knob that does not change results therefore never invalidates a cached artifact
 (``tests/test_cache_keys.py``).
@@ -24,8 +28,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from eval.precision import keyed_precisions
+
 RUNTIME_KEYS = frozenset({"device", "batch_size", "runtime"})
-TRAINER_RUNTIME_KEYS = frozenset({"report_to", "run_name", "disable_tqdm", "output_dir", "use_cpu"})
+TRAINER_RUNTIME_KEYS = frozenset({"report_to", "run_name", "disable_tqdm", "output_dir", "use_cpu",
+                                  "activation_checkpointing", "gradient_checkpointing"})  # tests/test_throughput.py
 TRAINER_RUNTIME_PREFIXES = ("logging_", "save_")
 # (path of a config node, its runtime fields): how a stage runs, not what it produces
 GROUP_RUNTIME: tuple[tuple[tuple[str, ...], frozenset[str]], ...] = (
@@ -71,6 +78,7 @@ def result_config(cfg: dict[str, Any], groups: Iterable[str]) -> dict[str, Any]:
     >>> result_config(cfg, ["finetune", "eval"])
     {'finetune': {'lora': None, 'args': {'seed': 1}}, 'eval': {'judge': {'model': 'j'}}}
     """
+    cfg = keyed_precisions(cfg)  # auto resolved; fp32 keyed as before the setting existed (eval.precision)
     out = dict(cfg) | {g: result_part(cfg[g]) for g in groups if g in cfg}
     if isinstance((out.get("finetune") or {}).get("args"), dict):
         out["finetune"] = out["finetune"] | {"args": _trainer_result_args(out["finetune"]["args"])}
