@@ -54,7 +54,8 @@ def test_gradient_checkpointing_changes_no_bit(tiny_model, tmp_path):
 
 def _nll_alone(model, tok, example: dict, max_length: int) -> tuple[float, int]:
     """The reference NLL as scored before batching: one answer, full logits, one cross-entropy."""
-    messages = [{"role": "user", "content": example["instruction"]}, {"role": "assistant", "content": example["output"]}]
+    messages = [{"role": "user", "content": example["instruction"]},
+                {"role": "assistant", "content": example["output"]}]
     enc = tokenize_with_assistant_mask(tok, messages, max_length)
     ids = torch.tensor([enc["input_ids"]])
     labels = ids.clone()

@@ -13,8 +13,8 @@ One rule for every config group, applied before any stage key is built, instead 
 * in ``finetune.args`` (TRL ``SFTConfig`` / ``TrainingArguments``, a third-party schema that has no runtime node):
   the fields that only observe or checkpoint a training: ``logging_*``, ``save_*``, ``report_to``, ``run_name``,
   ``disable_tqdm``, ``output_dir``, ``use_cpu``, and ``activation_checkpointing`` (``gradient_checkpointing``
-  before transformers 5: memory for a second forward, which recomputes the activations bit for bit). None of them changes the trained weights (the trainer's RNG
-  is seeded from ``seed`` / ``data_seed``).
+  before transformers 5: memory for a second forward, which recomputes the activations bit for bit). None of them
+  changes the trained weights (the trainer's RNG is seeded from ``seed`` / ``data_seed``).
 
 ``finetune.precision``, ``finetune.padding_free`` and ``eval.precision`` change results: they enter the keys resolved
 (``auto`` -> this machine's choice) and only where they leave the float32 path (``eval.precision.keyed_precisions``).
