@@ -68,3 +68,9 @@ def test_bf16_changes_the_model_stages_keys_and_fp32_none(monkeypatch, base, leg
     assert {k.split("/")[1] for k in before if before[k] != only_eval[k]} == {"generate", "eval"}
     monkeypatch.setattr(precision, "this_cpu_has_bf16", lambda: True)
     assert _keys(base + ["++eval.precision=auto"]) == bf16  # auto where the CPU has bf16
+
+
+def test_checkpointing_switched_off_keys_as_trl_default():
+    # TRL checkpoints activations unless told not to; off recomputes nothing and trains the same bits
+    # (tests/test_throughput.py), so the CPU preset's `activation_checkpointing: false` keeps the keys it had without it
+    assert _keys(["debug=tiny"]) == _keys(["debug=tiny", "~finetune.args.activation_checkpointing"])

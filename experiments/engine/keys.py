@@ -12,9 +12,10 @@ One rule for every config group, applied before any stage key is built, instead 
   nowhere else: a stage's key never subtracts a list of its own.
 * in ``finetune.args`` (TRL ``SFTConfig`` / ``TrainingArguments``, a third-party schema that has no runtime node):
   the fields that only observe or checkpoint a training: ``logging_*``, ``save_*``, ``report_to``, ``run_name``,
-  ``disable_tqdm``, ``output_dir``, ``use_cpu``, and ``activation_checkpointing`` (``gradient_checkpointing``
-  before transformers 5: memory for a second forward, which recomputes the activations bit for bit). None of them
-  changes the trained weights (the trainer's RNG is seeded from ``seed`` / ``data_seed``).
+  ``disable_tqdm``, ``output_dir``, ``use_cpu``, and ``activation_checkpointing`` / ``gradient_checkpointing`` when
+  switched off (``TRAINER_OFF_KEYS``: the checkpointed second forward recomputes the activations bit for bit, so off
+  keys as TRL's default, on, did; a config that switches it on keeps the key it had). None of them changes the
+  trained weights (the trainer's RNG is seeded from ``seed`` / ``data_seed``).
 
 ``finetune.precision``, ``finetune.padding_free`` and ``eval.precision`` change results: they enter the keys resolved
 (``auto`` -> this machine's choice) and only where they leave the float32 path (``eval.precision.keyed_precisions``).
@@ -31,8 +32,8 @@ from typing import Any
 from eval.precision import keyed_precisions
 
 RUNTIME_KEYS = frozenset({"device", "batch_size", "runtime"})
-TRAINER_RUNTIME_KEYS = frozenset({"report_to", "run_name", "disable_tqdm", "output_dir", "use_cpu",
-                                  "activation_checkpointing", "gradient_checkpointing"})  # tests/test_throughput.py
+TRAINER_RUNTIME_KEYS = frozenset({"report_to", "run_name", "disable_tqdm", "output_dir", "use_cpu"})
+TRAINER_OFF_KEYS = frozenset({"activation_checkpointing", "gradient_checkpointing"})  # tests/test_throughput.py
 TRAINER_RUNTIME_PREFIXES = ("logging_", "save_")
 # (path of a config node, its runtime fields): how a stage runs, not what it produces
 GROUP_RUNTIME: tuple[tuple[tuple[str, ...], frozenset[str]], ...] = (
@@ -42,8 +43,8 @@ GROUP_RUNTIME: tuple[tuple[tuple[str, ...], frozenset[str]], ...] = (
 
 
 def _trainer_result_args(args: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in args.items()
-            if k not in TRAINER_RUNTIME_KEYS and not k.startswith(TRAINER_RUNTIME_PREFIXES)}
+    return {k: v for k, v in args.items() if k not in TRAINER_RUNTIME_KEYS
+            and not k.startswith(TRAINER_RUNTIME_PREFIXES) and not (k in TRAINER_OFF_KEYS and v is False)}
 
 
 def result_part(node: Any) -> Any:
