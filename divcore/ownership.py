@@ -260,9 +260,9 @@ def check_output_file(path: str | Path, key: str, *, inputs: Mapping[str, str | 
     from divcore.io import check_writable
 
     path = Path(path)
-    check_not_input(path, key, inputs or {})
     if path.is_dir():
         raise InputError(f"{key}={path} is a folder; give {key}=<a file path> for the {what}")
+    check_not_input(path, key, inputs or {})
     if path.exists() and ours is not None and not ours(path):
         raise InputError(f"{key}={path} exists and is not a divbench {what}; divbench never replaces files it did "
                          f"not write: give {key}=<a new file>, or move that file away")

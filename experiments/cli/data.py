@@ -31,9 +31,17 @@ def main(argv: list[str] | None = None) -> None:
             found = resolve_data(relative, shared)
             log.info("%-40s %s%s", relative, found, "" if Path(found).exists() else "  (missing)")
         return
+    from divcore.errors import InputError
+    from divcore.io import check_writable, writing
+
     try:
-        fetch(args.dest, hf_endpoint=args.hf_endpoint, github_raw=args.github_raw, force=args.force)
-    except RuntimeError as e:
+        dest = args.dest or str(user_data_dir())
+        if Path(dest).exists() and not Path(dest).is_dir():
+            raise InputError(f"--dest {dest} is a file, not a folder: give --dest <a folder>")
+        check_writable(dest, "--dest")
+        with writing(dest, "--dest"):
+            fetch(args.dest, hf_endpoint=args.hf_endpoint, github_raw=args.github_raw, force=args.force)
+    except (RuntimeError, InputError) as e:
         log.error("%s", e)
         sys.exit(2)
 

@@ -31,12 +31,23 @@ def report(checks: list[Check]) -> int:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="study")
-def main(cfg: DictConfig) -> None:
-    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+def _hydra_main(cfg: DictConfig) -> None:
+    from experiments.cli.command import guard
+
+    resolved = guard(lambda: OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     log.info("divbench-doctor: study %s", resolved["study"])
     code = report(diagnose(resolved))
     if code:
         sys.exit(code)
+
+
+def main() -> None:
+    """``divbench-doctor``: secrets, composition errors and missing keys are reported (exit 2) before Hydra writes
+    anything."""
+    from experiments.cli.command import preflight
+
+    preflight("study")
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -91,8 +91,11 @@ def fetch(dest: str | Path | None = None, *, hf_endpoint: str | None = None, git
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:
                 blob = resp.read()
-        except (urllib.error.URLError, TimeoutError) as e:
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
             raise RuntimeError(f"could not download {url} ({e}); check the connection and retry") from None
+        except ValueError as e:  # urllib: "unknown url type" for a host given without http(s)://
+            raise RuntimeError(f"cannot download {url} ({e}): give --hf-endpoint / --github-raw as http(s)://host"
+                               ) from None
         _check_content(relative, blob, url)
         atomic_write(target, blob)
         written.append(target)

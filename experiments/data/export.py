@@ -161,25 +161,29 @@ def check_hub_token(repo_id: str) -> None:
                     "refused; %s (the export itself is written either way)", repo_id, HUB_LOGIN)
 
 
+NETWORK_PACKAGES = ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3", "huggingface_hub")
+
+
+def _hub_failure(e: BaseException) -> bool:
+    """A network, credential or hub refusal: the hub client's errors (httpx / requests / huggingface_hub, which do
+    not all derive from OSError) or an OSError."""
+    return isinstance(e, OSError) or type(e).__module__.split(".")[0] in NETWORK_PACKAGES
+
+
 def push_to_hub(hf_dir: Path, repo_id: str, private: bool = True) -> None:
     """Upload ``hf_dir`` (the dataset, then its card as the repo's README) to the Hugging Face hub. A missing or
     refused token, or no network, is an input error that says to log in or go online; the export stays."""
     import datasets
     from huggingface_hub import HfApi
 
-    transport: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError)
-    try:
-        import httpx  # huggingface_hub >= 1.0 talks through httpx, whose errors are not OSErrors
-
-        transport += (httpx.HTTPError,)
-    except ImportError:
-        pass
     try:
         ds = datasets.load_from_disk(str(hf_dir))
         ds.push_to_hub(repo_id, private=private)
         HfApi().upload_file(path_or_fileobj=str(hf_dir / "README.md"), path_in_repo="README.md", repo_id=repo_id,
                             repo_type="dataset")
-    except transport as e:
+    except Exception as e:
+        if not _hub_failure(e):
+            raise
         raise InputError(f"push_to_hub={repo_id}: the upload failed ({type(e).__name__}: {str(e).strip()[:200]}); "
                          f"the export in {hf_dir.parent} is complete. Check the network and the token ({HUB_LOGIN}) "
                          "and that you may write to the repo, then run again (the selection is cached)") from None

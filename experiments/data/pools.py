@@ -172,7 +172,7 @@ def numbered_json_files(directory: Path) -> list[Path]:
     files = list(directory.glob("*.json"))
     broken = sorted(p.name for p in files if p.is_symlink() and not p.exists())  # dangling, or a loop
     if broken:
-        raise InputError(f"{directory}: {broken[:5]} are symbolic links that lead nowhere (a dangling link, or a "
+        raise InputError(f"{directory}: {broken[:5]}: each is a symbolic link that leads nowhere (dangling, or a "
                          "loop); fix or remove them")
     foreign = sorted(p.name for p in files if not p.stem.isdigit())
     if foreign:

@@ -158,7 +158,22 @@ def diagnose(cfg: dict[str, Any]) -> list[Check]:
         checks.append(Check("judge key", f"{key} {'set' if os.environ.get(key) else 'not set'}",
                             ok=bool(os.environ.get(key)), fix=f"export {key}=... (the judge's API key)"))
     checks.append(disk_check(cfg["cache_dir"], cuda))
+    checks += [Check(name, "problem", ok=False, fix=problem) for name, problem in run_problems(cfg)]
     return checks
+
+
+def run_problems(cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """(check name, problem) of what a run of ``cfg`` needs beyond installed packages: model folders, benchmark
+    data, a local judge, writable output and cache with room, a valid W&B mode."""
+    from experiments.engine.tracking import check_logger_config
+
+    found = [("model", p) for p in model_problems(cfg)] + [("benchmark data", p) for p in missing_benchmark_files(cfg)]
+    found += [("judge", p) for p in judge_problems(cfg)] + [("output space", p) for p in space_problems(cfg, 1)]
+    try:
+        check_logger_config(cfg.get("logger") or {})
+    except InputError as e:
+        found.append(("W&B", str(e)))
+    return found
 
 
 EVAL_STAGES = ("generate", "eval")  # the stages that read benchmark data and ask the judge
@@ -200,6 +215,8 @@ def missing_benchmark_files(cfg: dict[str, Any]) -> list[str]:
 def model_size_gib(spec: str) -> float:
     """A model's size on disk: a local folder's files; a hub id by its parameter count in the name (bf16), else
     1 GiB; the packaged SmolLM2 about 0.6 GiB."""
+    if not spec:
+        return 0.0
     path = Path(spec)
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**30

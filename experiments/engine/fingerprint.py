@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from divcore.errors import InputError
+
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
@@ -80,6 +82,9 @@ class HashCache:
             return self.file_hash(path)
         h = hashlib.sha256()
         for f in iter_files(path):
+            if f.is_symlink() and not f.exists():
+                raise InputError(f"{f}: a symbolic link that leads nowhere (a dangling link, or a loop) in {path}; "
+                                 "fix or remove it")
             h.update(f"{f.relative_to(path).as_posix()}\0{self.file_hash(f)}\n".encode())
         return h.hexdigest()
 

@@ -679,8 +679,8 @@ def check_report_config(cfg: dict) -> None:
 
     runs, paths = read_runs(cfg["runs"])
     out = Path(cfg["out"]) if cfg.get("out") else default_out(paths)
-    check_writable(out, "out")
     check_out_dir(out, inputs=report_inputs(paths, out))
+    check_writable(out, "out")
     if not metric_columns(runs):
         raise InputError(f"runs={cfg['runs']} holds no metric column: nothing to correlate")
     exclude_selectors(runs, list(cfg.get("exclude_selectors") or []), out, paths)
