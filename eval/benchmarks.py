@@ -52,7 +52,7 @@ def _tokens(text: str) -> float:
 
 def alpaca_eval_reference(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The (sampled) reference rows, each carrying its index among the 805 for the length-controlled GLM."""
-    rows = read_reference(cfg["reference_path"])
+    rows = read_reference(cfg["reference_path"], cfg.get("reference_key", "eval.alpaca_eval.reference_path"))
     return [rows[i] | {"index": i} for i in sample_positions(len(rows), cfg.get("n_examples"), int(cfg.get("seed", 0)))]
 
 
@@ -73,7 +73,7 @@ def _alpaca_eval_tokens(cfg: dict[str, Any], assumed: dict[str, Any]) -> tuple[f
     ann = yaml.safe_load(cfg_file.read_text())[cfg["annotator"]]
     template = _tokens((Path(constants.EVALUATORS_CONFIG_DIR) / ann["prompt_template"]).read_text())
     try:
-        ref = read_reference(cfg["reference_path"])
+        ref = read_reference(cfg["reference_path"], cfg.get("reference_key", "eval.alpaca_eval.reference_path"))
         per = sum(_tokens(r["instruction"]) + _tokens(r["output"]) for r in ref) / len(ref)
     except (InputError, OSError) as e:  # planning must not need the data: the configured assumption stands in
         log.warning("plan: %s; assuming plan.alpaca_eval_prompt_tokens per AlpacaEval judge call", e)
@@ -193,7 +193,8 @@ def _mt_bench_score(gen_dir: Path, cfg: dict[str, Any], scoring: Scoring) -> dic
 
 def reference_examples(cfg: dict[str, Any]) -> list[dict[str, str]]:
     """The fixed seeded sample of reference answers that the reference-NLL evaluator config ``cfg`` scores."""
-    return load_reference(cfg["reference_path"], cfg.get("n_examples"), int(cfg.get("seed", 0)))
+    return load_reference(cfg["reference_path"], cfg.get("n_examples"), int(cfg.get("seed", 0)),
+                          cfg.get("reference_key", "eval.reference_path"))
 
 
 def reference_nll_config(ev: dict[str, Any]) -> dict[str, Any]:
@@ -212,7 +213,8 @@ def _reference_nll_in_suite(ev: dict[str, Any]) -> dict[str, Any]:
     """In the suite it reads AlpacaEval's reference file and sample seed, the generator's device and the
     evaluation's precision."""
     nll, ae_cfg = ev["reference_nll"], ev["alpaca_eval"]
-    return {"reference_path": ae_cfg["reference_path"], "seed": ae_cfg.get("seed", 0),
+    return {"reference_path": ae_cfg["reference_path"], "reference_key": "eval.alpaca_eval.reference_path",
+            "seed": ae_cfg.get("seed", 0),
             "n_examples": nll.get("n_examples"), "max_length": nll["max_length"],
             "device": ev["generation"].get("device", "cpu"), "precision": ev.get("precision"),
             "batch_size": nll.get("batch_size") or ev["generation"].get("batch_size", 8)}

@@ -26,12 +26,13 @@ from finetune.sft import tokenize_with_assistant_mask
 log = logging.getLogger(__name__)
 
 
-def read_reference(path: str | Path) -> list[dict[str, str]]:
-    """Every row of an AlpacaEval reference file (``instruction``, ``output``, ...), validated."""
+def read_reference(path: str | Path, key: str = "eval.reference_path") -> list[dict[str, str]]:
+    """Every row of an AlpacaEval reference file (``instruction``, ``output``, ...), validated. ``key`` is the
+    composed config's key that names the file (``eval.alpaca_eval.reference_path`` in the judged suite)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"AlpacaEval reference file {path} not found: run `divbench-data fetch` (needs "
-                         "internet), set DIVBENCH_DATA to a directory holding alpaca_eval/, or set eval.reference_path")
+                         f"internet), set DIVBENCH_DATA to a directory holding alpaca_eval/, or set {key}=<file>")
     rows = json.loads(path.read_text())
     if not isinstance(rows, list) or not rows or not all({"instruction", "output"} <= set(r) for r in rows):
         raise InputError(f"{path}: expected a JSON list of records with 'instruction' and 'output'")
@@ -45,9 +46,10 @@ def sample_positions(n_rows: int, n: int | None, seed: int) -> list[int]:
     return [int(i) for i in np.sort(np.random.default_rng(seed).choice(n_rows, size=n, replace=False))]
 
 
-def load_reference(path: str | Path, n: int | None, seed: int) -> list[dict[str, str]]:
+def load_reference(path: str | Path, n: int | None, seed: int, key: str = "eval.reference_path"
+                   ) -> list[dict[str, str]]:
     """A seeded sample of ``n`` (instruction, output) rows of an AlpacaEval reference file, in file order."""
-    rows = read_reference(path)
+    rows = read_reference(path, key)
     return [rows[i] for i in sample_positions(len(rows), n, seed)]
 
 

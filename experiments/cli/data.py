@@ -8,10 +8,35 @@ import os
 import sys
 from pathlib import Path
 
-from experiments.data.benchmark_files import GITHUB_RAW, SOURCES, fetch, resolve_data, user_data_dir
+from experiments.data.benchmark_files import (
+    FETCH_HINT,
+    GITHUB_RAW,
+    SOURCES,
+    data_roots,
+    fetch,
+    resolve_data,
+    user_data_dir,
+)
 from experiments.engine.config import PROJECT_ROOT
 
 log = logging.getLogger("divbench.data")
+
+
+def where() -> int:
+    """Log the roots searched (in order) and where each file is found; 2 when any file is missing."""
+    shared = Path(os.environ.get("DIVBENCH_SHARED", PROJECT_ROOT.parent / "shared"))
+    log.info("searched, first match wins: %s", "; ".join(str(r) for r in data_roots(shared)))
+    missing = []
+    for relative in SOURCES:
+        found = resolve_data(relative, shared)
+        if not Path(found).exists():
+            missing.append(relative)
+        log.info("%-40s %s%s", relative, found if Path(found).exists() else "-", "" if Path(found).exists()
+                 else "  (missing)")
+    if missing:
+        log.error("%d of %d files missing (%s): %s", len(missing), len(SOURCES), ", ".join(missing), FETCH_HINT)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,15 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--hf-endpoint", default=None, help="Hugging Face hub endpoint (default: $HF_ENDPOINT or hub)")
     f.add_argument("--github-raw", default=None, help=f"raw GitHub host (default: {GITHUB_RAW})")
     f.add_argument("--force", action="store_true", help="download files that are already present again")
-    sub.add_parser("where", help="print where each file is found")
+    sub.add_parser("where", help="print the roots searched and where each file is found (exit 2 if one is missing)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "where":
-        shared = Path(os.environ.get("DIVBENCH_SHARED", PROJECT_ROOT.parent / "shared"))
-        for relative in SOURCES:
-            found = resolve_data(relative, shared)
-            log.info("%-40s %s%s", relative, found, "" if Path(found).exists() else "  (missing)")
-        return
+        sys.exit(where())
     from divcore.errors import InputError
     from divcore.io import check_writable, writing
 

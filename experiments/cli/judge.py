@@ -122,7 +122,8 @@ def judge_alpaca_eval(cfg: dict[str, Any], out: Path) -> tuple[dict[str, Any], d
     from eval.reference_nll import read_reference
 
     ae_cfg = cfg["eval"]["alpaca_eval"]
-    reference = [r | {"index": i} for i, r in enumerate(read_reference(ae_cfg["reference_path"]))]
+    rows = read_reference(ae_cfg["reference_path"], "eval.alpaca_eval.reference_path")
+    reference = [r | {"index": i} for i, r in enumerate(rows)]
     outputs = ae.read_model_outputs(cfg["outputs"], reference)
     generators = {o.get("generator") for o in outputs}
     if len(generators) != 1 or None in generators:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -101,12 +102,45 @@ def write_authors_files(dest: Path, convs: list[dict], indices: list[int], size:
     (dest / f"{stem}_indices.json").write_text(json.dumps([int(i) for i in indices], indent=2))
 
 
+def _portable(value: Any) -> Any:
+    """A value fit for a published card: an absolute local path becomes its file name (a reader has no such
+    folder, and the path tells them the exporter's user name and layout)."""
+    if isinstance(value, str) and (value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value)):
+        return Path(value).name or value
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v) for v in value]
+    return value
+
+
+SMOKE_CAVEAT = ("**Smoke test, not a benchmark result.** These scores come from divbench's smoke-test judge (a "
+                "small local model that exercises the AlpacaEval / MT-Bench code path but gives no valid score); do "
+                "not compare them with published numbers. Only judge-free scores (reference NLL) are meaningful.")
+# Score keys a smoke-test judge produced (judge verdicts); judge-free keys (``*nll*``) are kept unmarked.
+JUDGED_KEYS = ("win_rate", "mt_bench", "alpaca", "judge", "performance")
+
+
 def _table(rows: dict[str, Any]) -> str:
     lines = ["| key | value |", "|---|---|"]
     for k, v in rows.items():
+        v = _portable(v)
         shown = f"{v:.6g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (dict, list)) else v
         lines.append(f"| `{k}` | {shown} |")
     return "\n".join(lines)
+
+
+def _judged(key: str) -> bool:
+    return "nll" not in key.lower() and any(j in key.lower() for j in JUDGED_KEYS)
+
+
+def smoke_test_scores(provenance: dict[str, Any], scores: dict[str, Any]) -> bool:
+    """Whether the study's judged scores came from a smoke-test judge: eval.json's ``judge_smoke_test`` flag, or a
+    study evaluated with the smoke judge (``eval: smoke_judge`` / a judge labelled smoke)."""
+    if scores.get("judge_smoke_test"):
+        return True
+    text = json.dumps(provenance.get("eval", "")) + json.dumps(provenance.get("judge", ""))
+    return "smoke" in text.lower()
 
 
 def dataset_card(name: str, provenance: dict[str, Any], metrics_row: dict[str, Any],
@@ -115,7 +149,7 @@ def dataset_card(name: str, provenance: dict[str, Any], metrics_row: dict[str, A
     n = provenance["size"]
     size_cat = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "n>100K"
     pool = provenance.get("pool", {})
-    source = pool.get("path") or pool.get("format")
+    source = _portable(pool.get("path") or pool.get("format"))
     parts = [
         "---", "license: other", f"pretty_name: {name}", "tags:", "- divbench", "- data-selection",
         f"- {provenance['selector']}", "size_categories:", f"- {size_cat}", "---", "",
@@ -131,8 +165,12 @@ def dataset_card(name: str, provenance: dict[str, Any], metrics_row: dict[str, A
         _table(metrics_row) if metrics_row else "(no metrics computed)", "",
     ]
     if scores:
+        smoke = smoke_test_scores(provenance, scores)
+        shown = {f"{k} (smoke test)" if smoke and _judged(k) else k: v for k, v in scores.items()}
         parts += ["## Fine-tuned model", "", "Scores of the model fine-tuned on this subset in the divbench study "
-                  f"`{provenance.get('study')}`:", "", _table(scores), ""]
+                  f"`{_portable(provenance.get('study'))}`:", ""]
+        parts += [SMOKE_CAVEAT, ""] if smoke else []
+        parts += [_table(shown), ""]
     parts += ["## Licence", "", f"This subset is a selection of rows of `{source}`; it carries that source's "
               "licence and terms of use (for example ShareGPT conversations follow OpenAI's terms, UltraChat is "
               "MIT, WizardLM's evol-instruct data is non-commercial). Check them before you redistribute or train on "

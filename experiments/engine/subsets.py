@@ -97,8 +97,10 @@ def _replicate_scores(results: Path, rep: dict[str, Any], eval_json: Path) -> di
     """One fine-tuned model's numeric scores: eval.json's, plus the study-wide combined performance."""
     scores = {}
     if eval_json.exists():
-        scores = {k: v for k, v in json.loads(eval_json.read_text()).items()
-                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        row = json.loads(eval_json.read_text())
+        scores = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if row.get("judge_smoke_test"):  # the dataset card marks the judged scores as a smoke test
+            scores["judge_smoke_test"] = 1.0
     runs_csv = results / "runs.csv"
     if runs_csv.exists():
         runs = pd.read_csv(runs_csv)

@@ -1,0 +1,114 @@
+"""A newcomer's first contact (issue 25): messages that name keys of the composed config, ``divbench-data where``
+without the data, dataset cards that mark smoke-test numbers and carry no local paths."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from divcore.errors import InputError
+from eval.benchmarks import alpaca_eval_reference, reference_examples, reference_nll_config
+from eval.reference_nll import read_reference
+from experiments.cli import data as data_cli
+from experiments.data.export import SMOKE_CAVEAT, dataset_card
+from experiments.engine.config import CONFIG_DIR
+from experiments.engine.environment import benchmark_files, missing_benchmark_files
+
+
+def _demo(tmp_path, extra: list[str] = ()) -> dict:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("study", overrides=["experiment=demo", f"shared_dir={tmp_path}/no-shared", *extra])
+    return cfg
+
+
+def _key_exists(cfg, key: str) -> bool:
+    return OmegaConf.select(cfg, key, throw_on_missing=False) is not None
+
+
+def test_doctor_names_keys_that_exist_in_the_demo(tmp_path, monkeypatch):
+    monkeypatch.delenv("DIVBENCH_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = _demo(tmp_path)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    files = benchmark_files(resolved)
+    assert files, "the demo reads no benchmark file"
+    for key, _ in files:
+        assert _key_exists(cfg, key), f"{key} is not a key of the composed demo config"
+    problems = missing_benchmark_files(resolved)
+    assert problems and all(key in problems[0] for key, _ in files)
+
+
+def test_reference_errors_name_the_composed_key(tmp_path):
+    with pytest.raises(InputError, match=r"eval\.alpaca_eval\.reference_path=<file>"):
+        alpaca_eval_reference({"reference_path": str(tmp_path / "none.json")})
+    suite = {"name": "suite", "alpaca_eval": {"reference_path": str(tmp_path / "none.json")},
+             "reference_nll": {"max_length": 64}, "generation": {}}
+    with pytest.raises(InputError, match=r"eval\.alpaca_eval\.reference_path=<file>"):
+        reference_examples(reference_nll_config(suite))
+    with pytest.raises(InputError, match=r"set eval\.reference_path=<file>"):
+        read_reference(tmp_path / "none.json")
+
+
+def test_demo_key_in_message_can_be_overridden(tmp_path):
+    """The key the message names is one a user can set on the command line."""
+    cfg = _demo(tmp_path, [f"eval.alpaca_eval.reference_path={tmp_path}/x.json"])
+    assert cfg.eval.alpaca_eval.reference_path == f"{tmp_path}/x.json"
+
+
+def test_data_where_lists_roots_and_fails_when_missing(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("DIVBENCH_DATA", raising=False)
+    monkeypatch.setenv("DIVBENCH_SHARED", str(tmp_path / "empty"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "home" / "data"))
+    with caplog.at_level(logging.INFO, logger="divbench.data"), pytest.raises(SystemExit) as exit_:
+        data_cli.main(["where"])
+    assert exit_.value.code == 2
+    assert str(tmp_path / "empty" / "data") in caplog.text and "searched" in caplog.text
+    assert "missing" in caplog.text and "divbench-data fetch" in caplog.text
+
+
+def test_data_where_succeeds_when_every_file_is_found(tmp_path, monkeypatch, caplog):
+    for relative in data_cli.SOURCES:
+        (tmp_path / "data" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / relative).write_text("[]")
+    monkeypatch.setenv("DIVBENCH_DATA", str(tmp_path / "data"))
+    with caplog.at_level(logging.INFO, logger="divbench.data"), pytest.raises(SystemExit) as exit_:
+        data_cli.main(["where"])
+    assert exit_.value.code == 0 and "(missing)" not in caplog.text
+
+
+PROVENANCE = {"size": 4, "selector": "novelselect", "pool_size": 10, "study": "/home/someone/divbench/results/demo",
+              "pool": {"path": "/home/someone/shared/pool.jsonl", "format": "sharegpt"},
+              "embed": {"path": "/home/someone/cache/emb.npy", "model": "BAAI/bge-small-en-v1.5"},
+              "params": {"density_power": 0.5}}
+
+
+def test_dataset_card_marks_smoke_scores_and_has_no_local_paths():
+    scores = {"alpaca_eval_win_rate": 36.9, "mt_bench_score": 1.2, "neg_reference_nll": -1.5,
+              "judge_smoke_test": 1.0}
+    card = dataset_card("demo", PROVENANCE, {"novelsum": 0.5}, scores)
+    assert SMOKE_CAVEAT in card
+    assert "`alpaca_eval_win_rate (smoke test)`" in card and "`mt_bench_score (smoke test)`" in card
+    assert "`neg_reference_nll` |" in card  # judge-free: no caveat on the key
+    assert "/home/someone" not in card and "pool.jsonl" in card
+
+
+def test_dataset_card_without_smoke_judge_has_no_caveat():
+    card = dataset_card("demo", PROVENANCE, {}, {"alpaca_eval_win_rate": 36.9})
+    assert SMOKE_CAVEAT not in card and "(smoke test)" not in card
+
+
+def test_study_scores_carry_the_smoke_flag(tmp_path):
+    import json
+
+    from experiments.engine.subsets import _replicate_scores
+
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(json.dumps({"alpaca_eval_win_rate": 30.0, "judge_smoke_test": True, "judge": "x"}))
+    scores = _replicate_scores(tmp_path, {"label": "a", "seed": 0, "train_seed": 0}, eval_json)
+    assert scores == {"alpaca_eval_win_rate": 30.0, "judge_smoke_test": 1.0}
+
+
