@@ -112,3 +112,48 @@ def test_study_scores_carry_the_smoke_flag(tmp_path):
     assert scores == {"alpaca_eval_win_rate": 30.0, "judge_smoke_test": 1.0}
 
 
+
+
+@pytest.mark.slow
+def test_built_wheel_ships_the_configs_and_writes_outside_the_source_tree(tmp_path):
+    """A non-editable install: the wheel carries configs/ as package data, CONFIG_DIR finds it, and the demo's
+    dry run composes and writes its plan under the working directory (not site-packages, not the clone)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"  # a copy of the tracked files: the build writes build/ and *.egg-info into its tree
+    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.split()
+    for rel in tracked:
+        if rel.startswith(("results/", "notebooks/", "tests/golden")) or not (root / rel).is_file():
+            continue
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, src / rel)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], check=True, cwd=tmp_path)
+    wheel = next((tmp_path / "dist").glob("divbench-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    prefix = "experiments/engine/configs/"
+    shipped = {n.removeprefix(prefix) for n in names if n.startswith(prefix)}
+    in_tree = {str(p.relative_to(root / "configs")) for p in (root / "configs").rglob("*") if p.is_file()
+               and "__pycache__" not in p.parts}
+    assert in_tree and in_tree <= shipped
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "-q", "--target", str(site),
+                    str(wheel)], check=True)
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("DIVBENCH_DATA",)}
+    env |= {"PYTHONPATH": str(site), "DIVBENCH_SHARED": str(tmp_path / "no-shared"), "HF_HUB_OFFLINE": "1"}
+    probe = subprocess.run([sys.executable, "-c", "from experiments.engine.config import CONFIG_DIR as c; print(c)"],
+                           cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == str(site / "experiments" / "engine" / "configs")
+    run = subprocess.run([sys.executable, "-m", "experiments.cli.study", "experiment=demo", "dry_run=true"],
+                         cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert (cwd / "results" / "demo" / "plan.csv").exists(), run.stdout[-2000:] + run.stderr[-2000:]
+    assert not (site / "results").exists()

@@ -9,7 +9,19 @@ from omegaconf import OmegaConf
 from experiments.data.benchmark_files import resolve_data
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = str(PROJECT_ROOT / "configs")
-OmegaConf.register_new_resolver("divbench_root", lambda: str(PROJECT_ROOT), replace=True)
+# A wheel (``pip install .``, non-editable) carries the top-level configs/ here as package data (setup.py).
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+# The source tree (a clone, an editable install): configs/ beside pyproject.toml.
+SOURCE_TREE = (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "configs").is_dir()
+CONFIG_DIR = str(PROJECT_ROOT / "configs" if SOURCE_TREE else PACKAGED_CONFIGS)
+
+
+def output_root() -> Path:
+    """Where ``${divbench_root:}`` puts cache, results and outputs: the clone in a source tree; the working
+    directory for an installed wheel (never site-packages)."""
+    return PROJECT_ROOT if SOURCE_TREE else Path.cwd()
+
+
+OmegaConf.register_new_resolver("divbench_root", lambda: str(output_root()), replace=True)
 # ${divbench_data:<shared_dir>,<relative path>}: $DIVBENCH_DATA, then <shared_dir>/data, then the user data dir.
 OmegaConf.register_new_resolver("divbench_data", lambda shared, rel: resolve_data(rel, shared), replace=True)
