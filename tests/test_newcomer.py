@@ -157,3 +157,26 @@ def test_built_wheel_ships_the_configs_and_writes_outside_the_source_tree(tmp_pa
                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert (cwd / "results" / "demo" / "plan.csv").exists(), run.stdout[-2000:] + run.stderr[-2000:]
     assert not (site / "results").exists()
+
+
+@pytest.mark.slow
+def test_embedding_progress_advances_per_batch(tiny_model, tmp_path, monkeypatch):
+    """One chunk of 7 texts in batches of 2: the bar moves 2, 2, 2, 1 (not once by 7 at the chunk's end), and the
+    vectors are those of the encoder called directly."""
+    import numpy as np
+
+    from experiments.embedding import backends
+
+    updates: list[int] = []
+
+    class Recording(backends.tqdm):
+        def update(self, n=1):
+            updates.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(backends, "tqdm", Recording)
+    texts = [f"text number {i} " * (i + 1) for i in range(7)]
+    encoder = backends.LastTokenEncoder(tiny_model, max_length=16, batch_size=2)
+    path = backends.embed_chunked(texts, encoder, tmp_path / "w", chunk_size=100)
+    assert updates == [2, 2, 2, 1] and encoder.on_batch is None
+    np.testing.assert_array_equal(np.load(path), encoder(texts))

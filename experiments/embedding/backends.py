@@ -110,6 +110,7 @@ class LastTokenEncoder:
         self.tok.padding_side = "right"
         self.model = load_causal_lm(model_path, device=device)
         self.max_length, self.batch_size, self.device = max_length, batch_size, device
+        self.on_batch: Callable[[int], Any] | None = None  # embed_chunked's progress bar: texts done per batch
 
     @torch.inference_mode()
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
@@ -123,6 +124,8 @@ class LastTokenEncoder:
             hidden = self.model(**enc, output_hidden_states=True).hidden_states[-1]
             last = enc["attention_mask"].sum(dim=1) - 1  # right padding: the last real token
             out[rows] = hidden[torch.arange(len(rows), device=self.device), last].float().cpu().numpy()
+            if self.on_batch is not None:
+                self.on_batch(len(rows))
         return unit_rows(out)
 
 
@@ -204,17 +207,27 @@ def embed_chunked(texts: Sequence[str], encode: Encoder, work_dir: str | Path, *
     hashes = [texts_sha256(texts[s:s + chunk_size]) for s in range(0, n, chunk_size)]
     done = _resumable_rows(progress, data, ident, hashes, n, chunk_size)
     out = np.lib.format.open_memmap(data, mode="r+") if done else None
+    # An encoder with an ``on_batch`` hook (the transformers one) advances the bar per batch, not per chunk: a
+    # chunk is 8,192 texts, minutes on a CPU.
+    per_batch = hasattr(encode, "on_batch")
     with tqdm(total=n, initial=done, desc="embed", unit="text") as bar:
-        for start in range(done, n, chunk_size):
-            vecs = np.asarray(encode(texts[start:start + chunk_size]), dtype=np.float32)
-            if out is None:
-                out = np.lib.format.open_memmap(data, mode="w+", dtype=np.float32, shape=(n, vecs.shape[1]))
-            out[start:start + len(vecs)] = vecs
-            out.flush()
-            finished = start // chunk_size + 1
-            atomic_write(progress, json.dumps({"rows_done": start + len(vecs), "rows": n, "chunk_size": chunk_size,
-                                               "identity": ident, "chunk_sha256": hashes[:finished]}))
-            bar.update(len(vecs))
+        if per_batch:
+            encode.on_batch = bar.update
+        try:
+            for start in range(done, n, chunk_size):
+                vecs = np.asarray(encode(texts[start:start + chunk_size]), dtype=np.float32)
+                if out is None:
+                    out = np.lib.format.open_memmap(data, mode="w+", dtype=np.float32, shape=(n, vecs.shape[1]))
+                out[start:start + len(vecs)] = vecs
+                out.flush()
+                finished = start // chunk_size + 1
+                atomic_write(progress, json.dumps({"rows_done": start + len(vecs), "rows": n, "chunk_size": chunk_size,
+                                                   "identity": ident, "chunk_sha256": hashes[:finished]}))
+                if not per_batch:
+                    bar.update(len(vecs))
+        finally:
+            if per_batch:
+                encode.on_batch = None
     del out
     return data
 
