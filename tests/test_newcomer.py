@@ -180,3 +180,22 @@ def test_embedding_progress_advances_per_batch(tiny_model, tmp_path, monkeypatch
     path = backends.embed_chunked(texts, encoder, tmp_path / "w", chunk_size=100)
     assert updates == [2, 2, 2, 1] and encoder.on_batch is None
     np.testing.assert_array_equal(np.load(path), encoder(texts))
+
+
+def test_from_study_searches_the_current_cache_and_names_it(tmp_path):
+    """A study folder copied from another machine (its study_config.json names the developer's cache): the export
+    searches this machine's cache_dir, and the error names that cache, the study's own and the missing subsets."""
+    import json
+
+    from experiments.engine.subsets import run_select
+
+    cfg = OmegaConf.to_container(_demo(tmp_path), resolve=True)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "study_config.json").write_text(json.dumps(cfg | {"cache_dir": "/home/developer/.cache/divbench"}))
+    here = tmp_path / "my-cache"
+    with pytest.raises(InputError) as err:
+        run_select({"from_study": str(results), "out": str(tmp_path / "export"), "cache_dir": str(here)})
+    message = str(err.value)
+    assert f"searched the cache {here}" in message and "cache_dir=/home/developer/.cache/divbench" in message
+    assert "novelselect" in message or "random" in message

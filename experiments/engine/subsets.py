@@ -142,13 +142,21 @@ def finished_study(cfg: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
 def export_study(cfg: dict[str, Any]) -> Path:
     """Export every subset of the finished study at ``cfg['from_study']`` to ``<out>/<label>-s<seed>/``."""
     results, study = finished_study(cfg)
+    # This machine's cache (cache_dir=), not the one the study ran with: study_config.json of a committed or copied
+    # study names another machine's folder.
+    ran_with = study.get("cache_dir")
+    study = study | {"cache_dir": cfg.get("cache_dir") or ran_with}
     store = ArtifactStore(study["cache_dir"])
     plan = subset_plan(study["selection"])
     missing = [f"{e['label']} (seed {e['seed']})" for e in plan
                if not store.is_complete("subset", stage_specs(study, e)["subset"])]
     if missing:
-        raise InputError(f"from_study={results}: the study has not selected {', '.join(missing)} yet; finish it with "
-                         "divbench-study, then export")
+        elsewhere = (f"; the study ran with cache_dir={ran_with}: pass cache_dir={ran_with} if that folder is here"
+                     if ran_with and ran_with != study["cache_dir"] else "")
+        raise InputError(f"from_study={results}: searched the cache {study['cache_dir']} (cache_dir) and found no "
+                         f"selected subset for {', '.join(missing)}{elsewhere}; or run divbench-study with that "
+                         f"study's settings and cache_dir={study['cache_dir']} (cached stages are reused), then "
+                         "export")
     done = run(study, until="metrics", entries=plan)
     convs = done.shared["pool"]
     out = Path(cfg["out"])
