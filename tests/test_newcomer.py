@@ -199,3 +199,25 @@ def test_from_study_searches_the_current_cache_and_names_it(tmp_path):
     message = str(err.value)
     assert f"searched the cache {here}" in message and "cache_dir=/home/developer/.cache/divbench" in message
     assert "novelselect" in message or "random" in message
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".json"])
+def test_measure_nan_error_names_the_subset_file(tmp_path, suffix):
+    import json
+
+    import numpy as np
+
+    from experiments.data.embedding_sets import load_subsets
+
+    subsets = tmp_path / "subsets"
+    subsets.mkdir()
+    np.save(subsets / "good.npy", np.ones((3, 4), dtype=np.float32))
+    bad = np.ones((3, 4), dtype=np.float32)
+    bad[1, 2] = np.nan
+    target = subsets / f"broken{suffix}"
+    if suffix == ".npy":
+        np.save(target, bad)
+    else:
+        target.write_text(json.dumps([[1.0] * 4, [1.0, 1.0, None, 1.0], [1.0] * 4]))
+    with pytest.raises(InputError, match=rf"{target}: NaN or inf in 1 rows \(first: \[1\]\) of its 3 vectors"):
+        load_subsets(subsets)

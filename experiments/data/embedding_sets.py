@@ -23,6 +23,16 @@ def _real_matrix(arr: np.ndarray, path: Path) -> np.ndarray:
     return arr
 
 
+def _finite_rows(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Refuse NaN / inf vectors here, where the file is known, rather than deep inside a metric."""
+    bad = ~np.isfinite(arr).all(axis=1) if arr.size else np.zeros(len(arr), dtype=bool)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise InputError(f"{path}: NaN or inf in {int(bad.sum())} rows (first: {rows}) of its {len(arr)} vectors; "
+                         "re-embed those rows or drop them from this file")
+    return arr
+
+
 def load_matrix(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
@@ -42,12 +52,15 @@ def load_matrix(path: str | Path) -> np.ndarray:
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
             raise InputError(f"{path}: not a readable .npy array ({e}); re-save it with numpy.save") from None
-        return _real_matrix(arr, path)
+        return _finite_rows(_real_matrix(arr, path), path)
     if path.suffix == ".json":
         try:
-            return _real_matrix(np.asarray(json.loads(read_text(path)), dtype=np.float32), path)
+            arr = _real_matrix(np.asarray(json.loads(read_text(path)), dtype=np.float32), path)
+        except InputError:
+            raise
         except (json.JSONDecodeError, ValueError, TypeError) as e:
             raise InputError(f"{path}: not a JSON list of equal-length vectors ({e})") from None
+        return _finite_rows(arr, path)
     raise InputError(f"{path}: unsupported embedding file type; use .npy, .json or a directory of numbered .json")
 
 
