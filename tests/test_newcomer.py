@@ -221,3 +221,27 @@ def test_measure_nan_error_names_the_subset_file(tmp_path, suffix):
         target.write_text(json.dumps([[1.0] * 4, [1.0, 1.0, None, 1.0], [1.0] * 4]))
     with pytest.raises(InputError, match=rf"{target}: NaN or inf in 1 rows \(first: \[1\]\) of its 3 vectors"):
         load_subsets(subsets)
+
+
+def test_job_name_keeps_what_the_job_studies():
+    from experiments.cli.study import job_name
+
+    assert job_name(["experiment=demo", "metrics.compute.0.params.density_power=0.5", "results_dir=/x",
+                     "selection.size=4"]) == "metrics.compute.0.params.density_power=0.5,selection.size=4"
+    assert job_name(["experiment=demo", "eval=reference_nll", "+finetune/x=y"]) == "eval=reference_nll,finetune_x=y"
+    assert job_name(["experiment=demo"]) == "default"
+
+
+@pytest.mark.slow
+def test_sweep_jobs_write_their_own_results(tmp_path):
+    """``divbench-study -m ... selection.size=4,6`` (dry runs): one plan.csv per job, in a folder named by it."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"DIVBENCH_SHARED": str(tmp_path / "no-shared")}
+    subprocess.run([sys.executable, "-m", "experiments.cli.study", "-m", "debug=tiny", "dry_run=true",
+                    "selection.size=4,6", f"results_dir={tmp_path}/r", f"hydra.sweep.dir={tmp_path}/h"],
+                   check=True, env=env, capture_output=True, timeout=600)
+    assert sorted(p.parent.name for p in (tmp_path / "r").glob("*/plan.csv")) == ["selection.size=4",
+                                                                                   "selection.size=6"]

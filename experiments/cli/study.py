@@ -13,11 +13,38 @@ from experiments.engine.config import CONFIG_DIR
 log = logging.getLogger("divbench")
 
 
+# Overrides that say where or how a job runs, not what it studies: left out of a sweep job's folder name.
+NOT_IN_JOB_NAME = ("experiment", "debug", "results_dir", "cache_dir", "shared_dir", "dry_run", "hydra", "logger",
+                   "device")
+
+
+def job_name(overrides: list[str]) -> str:
+    """A sweep job's folder name from its command-line overrides (``key=value``, comma-joined, ``/`` -> ``_``),
+    leaving out where/how it runs (:data:`NOT_IN_JOB_NAME`)."""
+    kept = [o.lstrip("+~") for o in overrides
+            if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0] not in NOT_IN_JOB_NAME]
+    return ",".join(sorted(kept)).replace("/", "_") or "default"
+
+
+def per_job_results(cfg: DictConfig) -> None:
+    """Under ``-m`` each job writes ``<results_dir>/<its overrides>/`` (see :func:`job_name`), so jobs of a sweep
+    never overwrite each other; ``divbench-report runs=[...]`` combines them."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    name = job_name(list(HydraConfig.get().overrides.task))
+    cfg.results_dir = f"{cfg.results_dir}/{name}"
+    log.info("sweep job %s: results in %s", name, cfg.results_dir)
+
+
 def run(cfg: DictConfig) -> dict:
     """Resolve the config and run the study; shared by the CLI and the tests."""
     from experiments.engine.pipeline import run_study
 
     os.environ.setdefault("WANDB_SILENT", "true")
+    per_job_results(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     result = run_study(resolved)
     for stage, t in result.get("timings", {}).items():
