@@ -245,3 +245,26 @@ def test_sweep_jobs_write_their_own_results(tmp_path):
                    check=True, env=env, capture_output=True, timeout=600)
     assert sorted(p.parent.name for p in (tmp_path / "r").glob("*/plan.csv")) == ["selection.size=4",
                                                                                    "selection.size=6"]
+
+
+def test_sweep_job_study_run_carries_its_variant(tmp_path, monkeypatch):
+    """The study's W&B run (real, offline) of a sweep job: its overrides in the run's name, group and config."""
+    import pandas as pd
+
+    from experiments.engine import pipeline
+
+    seen = []
+    real = pipeline.wandb_run
+
+    def recording(cfg, **kw):
+        seen.append((cfg, kw))
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(pipeline, "wandb_run", recording)
+    logger = {"enabled": True, "project": "divbench-test", "mode": "offline", "dir": str(tmp_path),
+              "group": "demo/selection.size=4"}
+    pipeline._log_study({"logger": logger, "study": "demo", "variant": "selection.size=4"},
+                        pd.DataFrame({"subset": ["a"], "performance": [1.0]}), {})
+    (cfg, kw), = seen
+    assert kw["name"] == "study-demo[selection.size=4]" and kw["config"]["variant"] == "selection.size=4"
+    assert cfg["group"] == "demo/selection.size=4"

@@ -26,17 +26,18 @@ def job_name(overrides: list[str]) -> str:
     return ",".join(sorted(kept)).replace("/", "_") or "default"
 
 
-def per_job_results(cfg: DictConfig) -> None:
+def per_job_results(cfg: DictConfig) -> str | None:
     """Under ``-m`` each job writes ``<results_dir>/<its overrides>/`` (see :func:`job_name`), so jobs of a sweep
     never overwrite each other; ``divbench-report runs=[...]`` combines them."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return
+        return None
     name = job_name(list(HydraConfig.get().overrides.task))
     cfg.results_dir = f"{cfg.results_dir}/{name}"
     log.info("sweep job %s: results in %s", name, cfg.results_dir)
+    return name
 
 
 def run(cfg: DictConfig) -> dict:
@@ -44,8 +45,12 @@ def run(cfg: DictConfig) -> dict:
     from experiments.engine.pipeline import run_study
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    per_job_results(cfg)
+    variant = per_job_results(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    if variant:  # W&B: the study run's name, group and config carry the job's overrides
+        resolved["variant"] = variant
+        logger = resolved.get("logger") or {}
+        logger["group"] = f"{logger.get('group') or resolved['study']}/{variant}"
     result = run_study(resolved)
     for stage, t in result.get("timings", {}).items():
         log.info("stage %-9s wall %7.1f s   peak RSS %.2f GiB", stage, t["wall_s"], t["peak_rss_gib"])

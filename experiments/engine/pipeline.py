@@ -456,8 +456,11 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _log_study(cfg: dict[str, Any], runs: pd.DataFrame, paths: dict[str, Path]) -> None:
-    with wandb_run(cfg["logger"], name=f"study-{cfg['study']}", job_type="study",
-                   config={"study": cfg["study"], "subsets": len(runs)}) as run:
+    variant = cfg.get("variant")  # a sweep job's overrides (experiments.cli.study.job_name)
+    name = f"study-{cfg['study']}" + (f"[{variant}]" if variant else "")
+    with wandb_run(cfg["logger"], name=name, job_type="study",
+                   config={"study": cfg["study"], "subsets": len(runs)} | ({"variant": variant} if variant else {})
+                   ) as run:
         if run is None:
             return
         import wandb
