@@ -268,3 +268,21 @@ def test_sweep_job_study_run_carries_its_variant(tmp_path, monkeypatch):
     (cfg, kw), = seen
     assert kw["name"] == "study-demo[selection.size=4]" and kw["config"]["variant"] == "selection.size=4"
     assert cfg["group"] == "demo/selection.size=4"
+
+
+def test_headline_table_from_a_study_table():
+    """The end of a study: per metric r [CI], rho, q, n and the paper's value, strongest |r| first."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from experiments.cli.study import headline
+
+    table = Path(__file__).resolve().parents[1] / "results" / "demo" / "table.csv"
+    text = headline(str(table))
+    lines = text.splitlines()
+    assert lines[1].split() == ["metric", "r", "[95%", "CI]", "rho", "q", "n", "paper"]
+    t = pd.read_csv(table)
+    top = t.loc[t["pearson_r"].abs().idxmax()]
+    assert lines[2].split()[0] == top["metric"] and f"{top['pearson_r']:.2f}" in lines[2]
+    assert any(line.split()[0] == "novelsum" for line in lines[2:])

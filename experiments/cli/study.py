@@ -55,8 +55,33 @@ def run(cfg: DictConfig) -> dict:
     for stage, t in result.get("timings", {}).items():
         log.info("stage %-9s wall %7.1f s   peak RSS %.2f GiB", stage, t["wall_s"], t["peak_rss_gib"])
     if result.get("paths"):
-        log.info("results in %s", resolved["results_dir"])
+        table = result["paths"].get("table_csv")
+        if table and os.path.exists(table):
+            log.info("%s", headline(table))
+        log.info("results in %s (%s)", resolved["results_dir"],
+                 ", ".join(sorted(os.path.basename(str(p)) for p in result["paths"].values())))
     return result
+
+
+def _num(value: object) -> str:
+    return f"{value:6.2f}" if isinstance(value, float) else str(value)
+
+
+def headline(table_csv: str) -> str:
+    """The study's answer in a few lines: per metric Pearson r [95% CI], Spearman rho, q (BH), n and the paper's
+    value, strongest r first."""
+    import pandas as pd
+
+    t = pd.read_csv(table_csv)
+    t = t[t.get("base_model", "all") == "all"] if "base_model" in t and (t["base_model"] == "all").any() else t
+    t = t.sort_values("pearson_r", ascending=False, key=lambda r: r.abs())
+    rows = [f"{'metric':<20} {'r [95% CI]':<24} {'rho':>6} {'q':>6} {'n':>3} {'paper':>6}"]
+    for r in t.itertuples():
+        paper = getattr(r, "paper_reported", float("nan"))
+        rows.append(f"{r.metric:<20} {r.pearson_r:6.2f} [{r.pearson_ci_low:5.2f}, {r.pearson_ci_high:5.2f}]    "
+                    f"{r.spearman_rho:6.2f} {getattr(r, 'pearson_q', float('nan')):6.2f} {int(r.n):>3} "
+                    f"{'' if pd.isna(paper) else _num(paper)}")
+    return "correlation with the study's target:\n" + "\n".join(rows)
 
 
 def check_config(cfg: dict) -> None:
