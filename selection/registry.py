@@ -45,8 +45,13 @@ class Selector:
 
 @dataclass
 class Selection:
+    """``indices`` in pick order (the last is the lowest-ranked pick); ``strata``: optionally one stratum id per pool
+    row (-1: never eligible), so that a study-level swap (:mod:`selection.design`) replaces a pick only by an
+    unselected row of the same stratum (a k-means cluster, a pool half) and keeps what the selector controlled."""
+
     indices: list[int]
     provenance: dict[str, Any] = field(default_factory=dict)
+    strata: np.ndarray | None = field(default=None, repr=False)
 
 
 SELECTORS: Registry[Selector] = Registry("selector")
@@ -129,4 +134,4 @@ def select(name: str, pool: PoolInputs, n: int, seed: int, **params: Any) -> Sel
     provenance = {"selector": name, "params": params, "seed": int(seed), "n": n,
                   "pool_size": pool.size, "pool_fingerprint": pool.fingerprint,
                   "unique_rows": len(set(indices))} | extra
-    return Selection(indices, provenance)
+    return Selection(indices, provenance, result.strata if isinstance(result, Selection) else None)

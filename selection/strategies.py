@@ -11,7 +11,7 @@ import torch
 from divcore.errors import InputError
 from divcore.params import COSINE, NON_NEGATIVE, POSITIVE_INT, SEED, UNIT_INTERVAL, number, one_of, optional
 from metrics.knn import unit_rows
-from metrics.labels import LABEL_SOURCE, PoolLabels, kmeans_labels, tag_labels
+from metrics.labels import LABEL_SOURCE, PoolLabels, kmeans_labels, spherical_kmeans, tag_labels
 from metrics.mig import PHI_A, PHI_B, InformationModel
 from metrics.signals import SignalNeeds, mig_label_needs
 from selection.registry import PoolInputs, Selection, register
@@ -23,14 +23,20 @@ QUALITY_SOURCE = one_of("data", "proxy", "auto")
 log = logging.getLogger(__name__)
 
 
+def pool_clusters(pool: PoolInputs, n_clusters: int, seed: int) -> np.ndarray:
+    """Each pool row's spherical k-means cluster (the pool signals' fit when given, else fitted here)."""
+    fit = (pool.signals.clustering("kmeans", n_clusters, seed) if pool.signals is not None
+           else spherical_kmeans(pool.embeddings, n_clusters, seed))
+    return np.asarray(fit.ids, dtype=np.int64)
+
+
 @register("kmeans", needs=("embeddings",), params={"n_clusters": POSITIVE_INT},
           signals=lambda p, seed: SignalNeeds(kmeans=frozenset({(p["n_clusters"], seed)})))
-def kmeans_subset(pool: PoolInputs, n: int, seed: int, n_clusters: int = 10) -> list[int]:
+def kmeans_subset(pool: PoolInputs, n: int, seed: int, n_clusters: int = 10) -> Selection:
     """k-means (faiss, cosine; the subset seed seeds it) on the pool, then an equal share drawn uniformly from every
     cluster; the share a small cluster cannot fill goes to the others, largest remaining first."""
-    labels = (pool.signals.clustering("kmeans", n_clusters, seed).labels() if pool.signals is not None
-              else kmeans_labels(pool.embeddings, n_clusters, seed)).labels
-    members = [np.flatnonzero(np.array([lab[0] for lab in labels]) == c) for c in range(n_clusters)]
+    ids = pool_clusters(pool, n_clusters, seed)
+    members = [np.flatnonzero(ids == c) for c in range(n_clusters)]
     quota = np.zeros(n_clusters, dtype=int)
     remaining = n
     while remaining:
@@ -44,7 +50,36 @@ def kmeans_subset(pool: PoolInputs, n: int, seed: int, n_clusters: int = 10) -> 
                 break
     rng = np.random.default_rng(seed)
     picks = [rng.choice(members[c], size=quota[c], replace=False) for c in range(n_clusters) if quota[c]]
-    return np.concatenate(picks).tolist()
+    return Selection(np.concatenate(picks).tolist(), strata=ids)
+
+
+@register("cluster_random", needs=("embeddings",),
+          params={"c": POSITIVE_INT, "n_clusters": POSITIVE_INT, "kmeans_seed": SEED},
+          signals=lambda p, seed: SignalNeeds(kmeans=frozenset({(p["n_clusters"], p["kmeans_seed"])})))
+def cluster_random_subset(pool: PoolInputs, n: int, seed: int, c: int = 1, n_clusters: int = 32,
+                          kmeans_seed: int = 0) -> Selection:
+    """Cluster-restricted random: ``c`` of the pool's ``n_clusters`` spherical k-means clusters drawn uniformly
+    (among those that can give their share), then an equal share of the n rows drawn uniformly without replacement
+    from each (shares differ by at most one). Graded semantic diversity without duplicates: c = 1 is one topic,
+    c = n_clusters approaches random. One k-means fit (``kmeans_seed``) serves every seed; the seed draws the
+    clusters and the rows."""
+    if c > n_clusters:
+        raise InputError(f"cluster_random: c={c} clusters of n_clusters={n_clusters}: c must be <= n_clusters")
+    if c > n:
+        raise InputError(f"cluster_random: c={c} clusters cannot each give a row of n={n}: lower c")
+    ids = pool_clusters(pool, n_clusters, kmeans_seed)
+    sizes = np.bincount(ids, minlength=n_clusters)
+    shares = np.full(c, n // c) + (np.arange(c) < n % c)  # the larger shares first
+    open_ = np.flatnonzero(sizes >= shares[0])
+    if len(open_) < c:
+        raise InputError(f"cluster_random: only {len(open_)} of {n_clusters} clusters hold {shares[0]} rows "
+                         f"(n={n} over c={c}); lower n or n_clusters, or raise c")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(open_, size=c, replace=False)
+    picks = [rng.choice(np.flatnonzero(ids == k), size=share, replace=False) for k, share in zip(chosen, shares,
+                                                                                               strict=True)]
+    strata = np.where(np.isin(ids, chosen), ids, -1)  # swaps stay inside the chosen cluster of the swapped row
+    return Selection(np.concatenate(picks).tolist(), {"clusters": sorted(int(k) for k in chosen)}, strata)
 
 
 FARTHEST_BLOCK = 16384
