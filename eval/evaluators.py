@@ -56,6 +56,7 @@ class EvalModel:
     adapter: str | None
     generation: dict[str, Any]
     name: str  # the generator's name in the answer files (alpaca_eval's ``generator``, FastChat's ``model_id``)
+    data: dict[str, Path] = field(default_factory=dict)  # study files a half reads, e.g. the pool's held-out rows
     _generator: Generator | None = None
 
     def generator(self) -> Generator:
@@ -185,10 +186,12 @@ class Evaluation:
         for m in self.members:
             m.evaluator.check(m.node, judge)
 
-    def generate(self, model_path: str, adapter: str | None, out_dir: Path, generator_name: str) -> None:
-        """Every member's generate half into ``out_dir``."""
+    def generate(self, model_path: str, adapter: str | None, out_dir: Path, generator_name: str,
+                 data: dict[str, Path] | None = None) -> None:
+        """Every member's generate half into ``out_dir``; ``data``: study files the halves may read
+        (:attr:`EvalModel.data`)."""
         generation = dict(self.cfg.get("generation") or {}) | {"precision": eval_precision(self.cfg)}
-        model = EvalModel(model_path, adapter, generation, generator_name)
+        model = EvalModel(model_path, adapter, generation, generator_name, dict(data or {}))
         try:
             for m in self.members:
                 if not m.evaluator.uses_generator:

@@ -82,16 +82,17 @@ def scored_nll(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -
 
 
 @torch.inference_mode()
-def example_nlls(model: Any, tok: Any, examples: list[dict[str, str]], *, max_length: int = 512,
-                 device: str = "cpu", batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def example_nlls(model: Any, tok: Any, examples: list[dict[str, str]] | list[list[dict[str, str]]], *,
+                 max_length: int = 512, device: str = "cpu", batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Per reference answer: (sum of its assistant-token NLL, its number of assistant tokens), each example
-    rendered with ``tok``'s chat template exactly as in training (``tokenize_with_assistant_mask``).
+    rendered with ``tok``'s chat template exactly as in training (``tokenize_with_assistant_mask``). An example is
+    an (``instruction``, ``output``) record or a whole conversation (a message list: every assistant turn scored).
 
     Answers of equal token length run as one batch of up to ``batch_size`` (:func:`length_batches`; answers cut at
     ``max_length`` share that length), and the LM head runs only on positions whose next token is scored
     (``logits_to_keep``): the per-answer sums are those of scoring each answer alone over its full logits."""
-    encs = [tokenize_with_assistant_mask(tok, [{"role": "user", "content": ex["instruction"]},
-                                               {"role": "assistant", "content": ex["output"]}], max_length)
+    encs = [tokenize_with_assistant_mask(tok, ex if isinstance(ex, list) else [
+        {"role": "user", "content": ex["instruction"]}, {"role": "assistant", "content": ex["output"]}], max_length)
             for ex in examples]
     sums, counts = np.zeros(len(examples)), np.zeros(len(examples), dtype=np.int64)
     batches = length_batches([len(e["input_ids"]) for e in encs], batch_size)

@@ -23,8 +23,12 @@ CHATML = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-TEMPLATES = {"llama3": LLAMA3, "chatml": CHATML}
-END_OF_TURN = {"llama3": "<|eot_id|>", "chatml": "<|im_end|>"}
+# ChatML after the tokenizer's BOS: for base models trained with a BOS at the start of every document (Gemma-3),
+# whose vocabulary has no ChatML tokens (the markers are then plain text the fine-tune learns).
+CHATML_BOS = "{{ bos_token }}" + CHATML
+
+TEMPLATES = {"llama3": LLAMA3, "chatml": CHATML, "chatml_bos": CHATML_BOS}
+END_OF_TURN = {"llama3": "<|eot_id|>", "chatml": "<|im_end|>", "chatml_bos": "<|im_end|>"}
 
 
 def set_chat_template(tok: PreTrainedTokenizerBase, template: str | None) -> None:

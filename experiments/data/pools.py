@@ -327,7 +327,7 @@ def check_pool_config(cfg: dict[str, Any]) -> None:
                              "directory")
     if cfg.get("on_invalid", "error") not in ("error", "skip"):
         raise InputError(f"pool.on_invalid must be 'error' or 'skip', got {cfg.get('on_invalid')!r}")
-    for key in ("size", "max_prompt_chars"):
+    for key in ("size", "max_prompt_chars", "holdout"):
         value = cfg.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             hint = " (an empty pool cannot be studied)" if value == 0 else ""
@@ -371,6 +371,22 @@ def sample_pool(convs: list[Conversation], size: int | None, seed: int) -> list[
         return list(convs)
     rows = np.sort(np.random.default_rng(seed).choice(len(convs), size=size, replace=False))
     return [convs[i] for i in rows]
+
+
+def split_holdout(convs: list[Conversation], size: int | None, holdout: int | None,
+                  seed: int) -> tuple[list[Conversation], list[Conversation]]:
+    """(pool, held out): without ``holdout``, :func:`sample_pool` and nothing held out; with it, one seeded draw of
+    ``size + holdout`` conversations, the first ``size`` the pool and the rest held out (an in-distribution
+    evaluation set no subset can select), each in source order."""
+    if not holdout:
+        return sample_pool(convs, size, seed), []
+    if size is None:
+        raise InputError("pool.holdout needs pool.size: the held-out rows are drawn with the pool")
+    if size + holdout > len(convs):
+        raise InputError(f"pool.size={size} + pool.holdout={holdout} but the source holds only {len(convs)} usable "
+                         "conversations")
+    rows = np.random.default_rng(seed).choice(len(convs), size=size + holdout, replace=False)
+    return [convs[i] for i in np.sort(rows[:size])], [convs[i] for i in np.sort(rows[size:])]
 
 
 def embedding_text(conv: Conversation) -> str:

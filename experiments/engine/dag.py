@@ -25,7 +25,7 @@ import metrics
 import selection
 from divcore.errors import InputError
 from eval.evaluators import evaluation
-from experiments.data.pools import embedding_text, filter_prompt_length, load_conversations, sample_pool
+from experiments.data.pools import embedding_text, filter_prompt_length, load_conversations, split_holdout
 from experiments.embedding.backends import (
     DEFAULT_CHUNK,
     check_precomputed,
@@ -33,6 +33,7 @@ from experiments.embedding.backends import (
     finish_embedding,
     precomputed_embeddings,
 )
+from experiments.engine.design import StudyDesign, design_key, make_design, select_entry, subset_fields
 from experiments.engine.fingerprint import content_keys
 from experiments.engine.keys import result_config, result_part
 from experiments.engine.stages import (
@@ -47,6 +48,7 @@ from experiments.engine.stages import (
     KeyInputs,
     MetricsRow,
     PoolRows,
+    PoolSample,
     Signals,
     Stage,
     Subset,
@@ -72,13 +74,14 @@ def subset_plan(sel_cfg: dict[str, Any]) -> list[dict[str, Any]]:
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise InputError(f"selection.size must be a positive integer, got {size!r}")
     plan = []
-    for item in sel_cfg["subsets"]:
+    for i, item in enumerate(sel_cfg["subsets"]):
         spec = selection.get_selector(item["selector"])
         params = dict(item.get("params") or {})
         check_params(spec, params)
+        extra = _entry_options(item, f"selection.subsets.{i}")
         for seed in item.get("seeds", sel_cfg["seeds"]):
             plan.append({"label": item.get("label", item["selector"]), "selector": item["selector"],
-                         "params": params, "seed": int(seed), "size": int(sel_cfg["size"])})
+                         "params": params, "seed": int(seed), "size": int(sel_cfg["size"])} | extra)
     labels = [(p["label"], p["seed"]) for p in plan]
     if len(set(labels)) != len(labels):
         twice = sorted({f"{label} (seed {seed})" for label, seed in labels if labels.count((label, seed)) > 1})
@@ -87,15 +90,31 @@ def subset_plan(sel_cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return plan
 
 
-def train_seeds(ft_cfg: dict[str, Any]) -> list[int]:
+def _entry_options(item: dict[str, Any], where: str) -> dict[str, Any]:
+    """A subset item's optional keys: ``pool_fraction`` (select on the seeded random fraction of the pool, the seed
+    choosing it: a deterministic selector made replicable) and ``train_seeds`` (this item's training replicates,
+    in place of ``finetune.seeds``: a second seed on part of the study). Absent keys stay absent, so the entries
+    (and cache keys) of studies that use neither are unchanged."""
+    out: dict[str, Any] = {}
+    fraction = item.get("pool_fraction")
+    if fraction is not None:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise InputError(f"{where}.pool_fraction must be in (0, 1] (0.5: a seeded random half), got {fraction!r}")
+        out["pool_fraction"] = float(fraction)
+    if item.get("train_seeds") is not None:
+        out["train_seeds"] = train_seeds({"seeds": item["train_seeds"]}, f"{where}.train_seeds")
+    return out
+
+
+def train_seeds(ft_cfg: dict[str, Any], where: str = "finetune.seeds") -> list[int]:
     """The training replicates of every subset: ``finetune.seeds``, or the one ``finetune.args.seed``."""
     seeds = ft_cfg.get("seeds")
     if seeds is None:
         return [int(ft_cfg["args"]["seed"])]
     if isinstance(seeds, (int, str)) or not seeds or len(set(seeds)) != len(seeds) or \
             not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
-        raise InputError(f"finetune.seeds must be a non-empty list of distinct integers (training replicates), "
-                         f"got {seeds!r}; e.g. finetune.seeds=[1,2,3], or null for one run with finetune.args.seed")
+        raise InputError(f"{where} must be a non-empty list of distinct integers (training replicates), "
+                         f"got {seeds!r}; e.g. {where}=[1,2,3], or null for one run with finetune.args.seed")
     return [int(v) for v in seeds]
 
 
@@ -111,8 +130,9 @@ def finetune_config(cfg: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any
 
 def replicate_entries(entries: list[dict[str, Any]], cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Each (subset, seed) entry once per training seed; subset and metrics artifacts are shared by them."""
-    replicated = cfg["finetune"].get("seeds") is not None
-    return [e | {"train_seed": t, "replicated": replicated} for e in entries for t in train_seeds(cfg["finetune"])]
+    replicated = cfg["finetune"].get("seeds") is not None or any("train_seeds" in e for e in entries)
+    return [e | {"train_seed": t, "replicated": replicated} for e in entries
+            for t in e.get("train_seeds") or train_seeds(cfg["finetune"])]
 
 
 def replicate_name(entry: dict[str, Any]) -> str:
@@ -163,7 +183,9 @@ def read_pool(call: Call) -> list[dict]:
     config)."""
     cfg = call.cfg["pool"]
     convs = load_conversations(cfg.get("path"), cfg["format"], cfg["on_invalid"], cfg.get("sources"))
-    return sample_pool(filter_prompt_length(convs, cfg.get("max_prompt_chars")), cfg.get("size"), int(cfg["seed"]))
+    pool, heldout = split_holdout(filter_prompt_length(convs, cfg.get("max_prompt_chars")), cfg.get("size"),
+                                  cfg.get("holdout"), int(cfg["seed"]))
+    return PoolSample(pool, heldout) if heldout else pool
 
 
 # ------------------------------------------------------------------ embed ---------------------------------------
@@ -218,10 +240,27 @@ def pool_signals_of(call: Call) -> PoolSignals:
 
 
 # ------------------------------------------------------------------ subset --------------------------------------
+# ------------------------------------------------------------------ design --------------------------------------
+def _design_key(k: KeyInputs) -> dict[str, Any] | None:
+    """The study design's key part (experiments.engine.design); None (no such stage) without a design."""
+    if "selection" not in k.result:
+        return None
+    return design_key(k.result["selection"], subset_plan(k.result["selection"]))
+
+
+def design_of(call: Call) -> StudyDesign:
+    """Every entry of the plan selected, overlap-capped and token-matched together (experiments.engine.design)."""
+    return make_design(subset_plan(call.cfg["selection"]), call.cfg["selection"], pool_inputs(call),
+                       call.inputs["pool"], call.cfg["cache_dir"])
+
+
+# ------------------------------------------------------------------ subset --------------------------------------
 def _subset_key(k: KeyInputs) -> dict[str, Any] | None:
+    """The entry's selection; under a study design (selection.match_tokens / max_overlap) also the design's key,
+    since its rows then depend on the whole plan."""
     if k.entry is None:
         return None
-    return {"subset": result_part({f: k.entry[f] for f in ("selector", "params", "seed", "size")})}
+    return {"subset": result_part(subset_fields(k.entry))} | (_design_key(k) or {})
 
 
 def check_subset_size(c: Checked) -> None:
@@ -244,8 +283,11 @@ def pool_inputs(call: Call) -> selection.PoolInputs:
 
 
 def select_rows(call: Call) -> selection.Selection:
-    e = call.entry
-    return selection.select(e["selector"], pool_inputs(call), e["size"], e["seed"], **e["params"])
+    """The entry's selection: from the study design when there is one, else selected here (on its pool fraction
+    when it names one)."""
+    if "design" in call.specs:
+        return selection.Selection(*call.inputs["design"].rows(call.entry))
+    return select_entry(pool_inputs(call), call.entry)
 
 
 def warn_if_selected_before(call: Call, indices: list[int]) -> None:
@@ -346,7 +388,14 @@ def generate(call: Call) -> None:
     """The evaluators' generate halves on the evaluated model, writing their own files into the artifact."""
     model_path, adapter = evaluated_model(call)
     evaluation(call.cfg["eval"]).generate(model_path, adapter, call.out,
-                                          generator_name=f"{call.cfg['study']}-{replicate_name(call.entry)}")
+                                          generator_name=f"{call.cfg['study']}-{replicate_name(call.entry)}",
+                                          data=study_files(call))
+
+
+def study_files(call: Call) -> dict[str, Path]:
+    """Study files an evaluator may read: the pool's held-out conversations (``pool.holdout``)."""
+    heldout = call.store.path("pool", call.specs["pool"]) / PoolRows.HELDOUT
+    return {"heldout": heldout} if heldout.exists() else {}
 
 
 def generate_gpu_hours(cfg: dict[str, Any]) -> float:
@@ -384,8 +433,11 @@ DAG = check_dag((
           gpu_hours=embed_gpu_hours),
     Stage("signals", ("embed",), Signals, _signals_key, build=pool_signals_of, per_subset=False, reads=("pool",),
           checks=(Check("pool", check_signal_needs),)),
-    Stage("subset", ("embed",), Subset, _subset_key, build=select_rows, cost=CHEAP, reads=("pool", "signals"),
-          finish=warn_if_selected_before, checks=(Check("pool", check_subset_size),)),
+    Stage("design", ("signals",), StudyDesign, _design_key, build=design_of, cost=CHEAP, per_subset=False,
+          reads=("pool", "embed")),
+    Stage("subset", ("embed",), Subset, _subset_key, build=select_rows, cost=CHEAP,
+          reads=("pool", "signals", "design"), finish=warn_if_selected_before,
+          checks=(Check("pool", check_subset_size),)),
     Stage("metrics", ("subset",), MetricsRow, _metrics_key, build=subset_metrics, cost=CHEAP,
           reads=("pool", "embed", "signals"), config="metrics"),
     Stage("finetune", ("subset",), FinetuneOutput, _finetune_key, build=train, reads=("pool",), config="finetune",

@@ -32,6 +32,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from divcore.errors import InputError
 from divcore.io import atomic_write, check_writable, remove_stale_temps
+from divcore.ownership import check_output_dir, owned_files, read_manifest, write_manifest
 from eval.evaluators import evaluation
 from experiments.data.pools import check_pool_config
 from experiments.embedding.backends import check_embed_config
@@ -45,12 +46,20 @@ from experiments.engine.dag import (
     stage_specs,
     subset_plan,
 )
+from experiments.engine.design import StudyDesign
 from experiments.engine.environment import check_environment, environment_problems
 from experiments.engine.plan import plan_table, plan_totals
 from experiments.engine.stages import Call, Checked, Stage, stages_until
 from experiments.engine.store import LOCK_TIMEOUT_S, ArtifactStore
 from experiments.engine.tracking import check_logger_config, wandb_run
-from experiments.report.tables import RUNS_SCHEMA, aggregate_replicates, check_out_dir, metric_columns, write_report
+from experiments.report.tables import (
+    RESULTS_FILES,
+    RUNS_SCHEMA,
+    aggregate_replicates,
+    check_out_dir,
+    metric_columns,
+    write_report,
+)
 from finetune.models import resolve_model
 from finetune.sft import check_finetune_config
 from metrics.registry import check_config
@@ -298,10 +307,11 @@ def dry_run(cfg: dict[str, Any], entries: list[dict], stages: tuple[Stage, ...],
     wide = table.pivot(index=["subset", "seed", "train_seed"], columns="stage", values="status")[names]
     log.info("dry run (nothing executed); plan in %s:\n%s", Path(cfg["results_dir"]) / "plan.csv", wide.to_string())
     for scope, t in plan_totals(table).items():
-        log.info("plan totals (%s): %d judge calls, %.1f GPU hours, %.3g judge input tokens, %.3g output tokens, "
-                 "USD %s", scope.replace("_", " "), t["judge_calls"], t["est_gpu_hours"], t["est_judge_input_tokens"],
-                 t["est_judge_output_tokens"], "unknown (no eval.judge.price)" if np.isnan(t["est_usd"])
-                 else f"{t['est_usd']:.2f}")
+        log.info("plan totals (%s): %d judge calls, %.1f GPU hours, %.1f CPU hours (measured on this study's "
+                 "chunks, <results_dir>/timings; 0 before any), %.3g judge input tokens, %.3g output tokens, USD %s",
+                 scope.replace("_", " "), t["judge_calls"], t["est_gpu_hours"], t["est_cpu_hours"],
+                 t["est_judge_input_tokens"], t["est_judge_output_tokens"],
+                 "unknown (no eval.judge.price)" if np.isnan(t["est_usd"]) else f"{t['est_usd']:.2f}")
     return table
 
 
@@ -336,8 +346,19 @@ def study_row(cfg: dict[str, Any], entry: dict[str, Any], done: dict[str, Any], 
     sub = [done["pool"][i] for i in indices]
     return {"subset": entry["label"], "selector": entry["selector"], "seed": entry["seed"],
             "train_seed": entry.get("train_seed"), "size": entry["size"], "unique_rows": len(set(indices)),
-            "base_model": cfg["finetune"]["base_model"]} | subset_profile(sub) | {
+            "base_model": cfg["finetune"]["base_model"]} | design_columns(entry, done) | subset_profile(sub) | {
                 "supervised_tokens": supervised_tokens_of(cfg, entry, sub, memo)} | done["metrics"] | done["eval"]
+
+
+def design_columns(entry: dict[str, Any], done: dict[str, Any]) -> dict[str, Any]:
+    """Under a study design (experiments.engine.design): the subset's pool fraction, whether its supervised tokens
+    were matched (else they are a covariate), whether its overlaps are under the cap, and the swaps made."""
+    if "design" not in done:
+        return {}
+    prov = done["design"].rows(entry)[1]
+    return {"pool_fraction": entry.get("pool_fraction", 1.0), "token_matched": prov.get("token_matched"),
+            "token_swaps": prov.get("token_swaps", 0), "overlap_capped": prov.get("overlap_capped", True),
+            "overlap_swaps": prov.get("overlap_swaps", 0)}
 
 
 def supervised_tokens_of(cfg: dict[str, Any], entry: dict[str, Any], sub: list[dict], memo: dict[str, Any]) -> int:
@@ -439,7 +460,8 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     if len(entries) < n_planned:
         log.info("selection.only: %d of %d subsets done; run without selection.only to gather the report",
                  len(entries), n_planned)
-        return {"paths": {}, "timings": timings, "runs": runs}
+        chunk = write_chunk_timings(cfg, entries, timings)
+        return {"paths": {"chunk_timings": chunk} if chunk else {}, "timings": timings, "runs": runs}
     runs["performance"] = evaluation(cfg["eval"]).performance(runs)
     runs = aggregate_replicates(runs.assign(performance_source=performance_source(cfg)))
     runs = runs.astype({c: float for c in runs if runs[c].isna().all()})  # all-missing reads back as float
@@ -447,12 +469,42 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     # Written with the report (inside its folder swap), so a run failing on bad input or a partial
     # (selection.only) job writes no results.
     study_config = json.dumps(cfg, indent=2, default=str)
+    extra = {"timings.json": json.dumps(timings, indent=2), STUDY_CONFIG: study_config}
+    if "design" in done.shared:  # the subsets' pairwise Jaccard overlap beside the results
+        extra[StudyDesign.OVERLAP] = done.shared["design"].overlap.to_csv(float_format="%.4f")
     with timed("report", timings):
         paths = write_report(runs, metric_columns(runs), cfg["results_dir"], **cfg.get("report", {}),
-                             extra={"timings.json": json.dumps(timings, indent=2), STUDY_CONFIG: study_config},
-                             key="results_dir")
+                             extra=extra, key="results_dir")
     _log_study(cfg, runs, paths)
     return {"paths": paths, "timings": timings, "runs": runs}
+
+
+def write_chunk_timings(cfg: dict[str, Any], entries: list[dict], timings: dict[str, Any]) -> Path | None:
+    """A resumable chunk's (``selection.only``) measured stage times, kept in ``<results_dir>/timings/`` (beside the
+    report, which keeps them): what a chunk cost, and what ``dry_run`` estimates the rest from. Nothing is written
+    when nothing was built."""
+    if not any(isinstance(t, dict) and t.get("executed") for t in timings.values()):
+        return None
+    import os
+    import platform
+
+    import torch
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    record = {"study": cfg["study"], "finished": stamp, "labels": sorted({e["label"] for e in entries}),
+              "replicates": len(entries), "base_model": cfg["finetune"]["base_model"], "device": cfg.get("device"),
+              "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "platform": platform.platform(), "finetune_precision": cfg["finetune"].get("precision"),
+                          "eval_precision": cfg["eval"].get("precision")},
+              "timings": timings}
+    folder = Path(cfg["results_dir"])
+    check_output_dir(folder, "results_dir", legacy=RESULTS_FILES)
+    if read_manifest(folder) is None:  # the folder becomes divbench's, so that the report keeps these records
+        write_manifest(folder, owned_files(folder, RESULTS_FILES), "divbench-study")
+    path = folder / "timings" / f"chunk-{stamp}.json"
+    atomic_write(path, json.dumps(record, indent=2))  # a record, like a README: not listed, so every report keeps it
+    log.info("chunk timings in %s", path)
+    return path
 
 
 def _log_study(cfg: dict[str, Any], runs: pd.DataFrame, paths: dict[str, Path]) -> None:

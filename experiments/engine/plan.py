@@ -34,7 +34,8 @@ from experiments.engine.stages import Stage
 log = logging.getLogger(__name__)
 
 PLAN_COLUMNS = ["subset", "seed", "stage", "status", "train_seed", "shared_with_first", "judge_calls", "est_gpu_hours",
-                "est_judge_input_tokens", "est_judge_output_tokens", "est_usd", "estimate_source"]
+                "est_judge_input_tokens", "est_judge_output_tokens", "est_usd", "estimate_source",
+                "est_cpu_hours"]
 
 
 def _measured_tokens(eval_files: list[Path], judged: list[str]) -> tuple[float, float] | None:
@@ -60,6 +61,24 @@ def _measured_hours(results_dir: str | Path) -> dict[str, float]:
             if isinstance(t, dict) and t.get("executed")}
 
 
+def measured_cpu_hours(results_dir: str | Path) -> dict[str, float]:
+    """Wall hours per execution of each stage measured on this study's own runs: the resumable chunks' records
+    (``<results_dir>/timings/*.json``, experiments.engine.pipeline.write_chunk_timings) and a previous full run's
+    timings.json, pooled (total executed wall time over executions)."""
+    folder = Path(results_dir)
+    records = [json.loads(p.read_text())["timings"] for p in sorted((folder / "timings").glob("*.json"))]
+    if (folder / "timings.json").exists():
+        records.append(json.loads((folder / "timings.json").read_text()))
+    total: dict[str, list[float]] = {}
+    for timings in records:
+        for stage, t in timings.items():
+            if isinstance(t, dict) and t.get("executed"):
+                acc = total.setdefault(stage, [0.0, 0.0])
+                acc[0] += t["executed_wall_s"]
+                acc[1] += t["executed"]
+    return {stage: wall / n / 3600 for stage, (wall, n) in total.items()}
+
+
 def _configured_tokens(ev: Evaluation, calls: dict[str, int], assumed: dict[str, Any]) -> tuple[float, float]:
     """Mean (input, output) tokens of one judge call, weighted by each judged evaluator's calls, from what the
     evaluators estimate from their files and ``plan:``."""
@@ -77,6 +96,7 @@ def plan_table(cfg: dict[str, Any], entries: list[dict], stages: tuple[Stage, ..
     stage is costed on the first subset's rows)."""
     measured_h = _measured_hours(cfg["results_dir"])
     on_gpu = str(cfg.get("device", "cpu")).startswith("cuda")
+    cpu_h = {} if on_gpu else measured_cpu_hours(cfg["results_dir"])  # CPU runs: this study's own measurements
     ev = evaluation(cfg["eval"])
     calls = ev.judge_calls()
     per_call, source = (0.0, 0.0), "none"
@@ -109,13 +129,15 @@ def plan_table(cfg: dict[str, Any], entries: list[dict], stages: tuple[Stage, ..
                          "est_judge_input_tokens": round(inp), "est_judge_output_tokens": round(out),
                          "est_usd": None if usd is None else round(usd, 4),
                          "estimate_source": ("measured" if stage in measured_h else "config") if hours else
-                         (source if n_calls else "")})
+                         (source if n_calls else ""),
+                         "est_cpu_hours": 0.0 if shared else round(cpu_h.get(stage, 0.0), 4)})
     return pd.DataFrame(rows, columns=PLAN_COLUMNS)
 
 
 def plan_totals(plan: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Sums of the estimates over the whole plan and over the rows still to run."""
-    cols = ["judge_calls", "est_gpu_hours", "est_judge_input_tokens", "est_judge_output_tokens", "est_usd"]
+    cols = ["judge_calls", "est_gpu_hours", "est_judge_input_tokens", "est_judge_output_tokens", "est_usd",
+            "est_cpu_hours"]
 
     def total(df: pd.DataFrame) -> dict[str, float]:
         out = {c: float(df[c].sum()) for c in cols}

@@ -32,18 +32,29 @@ CHEAP, COSTLY = "cheap", "costly"  # a damaged artifact: rebuilt with a warning 
 
 
 class PoolRows:
-    """The sampled, normalised pool."""
+    """The sampled, normalised pool, and the conversations held out of it (``pool.holdout``: the ``heldout``
+    attribute of what is written, :class:`PoolSample`) when there are any."""
 
-    FILE = "pool.jsonl"
+    FILE, HELDOUT = "pool.jsonl", "heldout.jsonl"
     files = (FILE,)
 
     @classmethod
     def write(cls, folder: Path, convs: list[dict]) -> None:
         write_jsonl(folder / cls.FILE, convs)
+        if getattr(convs, "heldout", None):
+            write_jsonl(folder / cls.HELDOUT, convs.heldout)  # type: ignore[attr-defined]
 
     @classmethod
     def read(cls, folder: Path) -> list[dict]:
         return read_jsonl(folder / cls.FILE)
+
+
+class PoolSample(list):
+    """The pool's conversations (a list) carrying the held-out ones beside them (``heldout``)."""
+
+    def __init__(self, convs: list[dict], heldout: list[dict]) -> None:
+        super().__init__(convs)
+        self.heldout = heldout
 
 
 class Embeddings:
