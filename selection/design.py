@@ -20,7 +20,8 @@ A study compares subsets, so what differs between them besides diversity must be
 * **Overlap cap** (:func:`cap_overlap`). Subsets that share most rows are one data point counted twice. Pairwise
   Jaccard ``J(A, B) = |A & B| / |A | B|`` over distinct rows is capped: in plan order, a subset whose overlap with an
   earlier one exceeds the cap has its lowest-ranked shared picks swapped for unselected rows of their stratum that
-  no earlier subset holds. Token matching then only takes rows that keep every pair under the cap.
+  no earlier subset holds (where the stratum has none left the pair stays over the cap, ``overlap_capped: false``,
+  with a warning). Token matching then only takes rows that keep every pair under the cap.
 
 :func:`design_subsets` applies the three to a study's selections in plan order; :func:`overlap_matrix` is the
 Jaccard matrix written beside the results (``overlap.csv``).
@@ -28,6 +29,7 @@ Jaccard matrix written beside the results (``overlap.csv``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -38,6 +40,8 @@ import pandas as pd
 from divcore.errors import InputError
 from metrics.signals import PoolSignals
 from selection.registry import PoolInputs, Selection, select
+
+log = logging.getLogger(__name__)
 
 
 def fraction_rows(size: int, fraction: float, seed: int) -> np.ndarray:
@@ -159,23 +163,26 @@ class _Subset:
         return [r for r in order if among is None or r in among]
 
 
-def cap_overlap(state: _Subset, rng: np.random.Generator) -> int:
-    """Swap the lowest-ranked picks shared with an over-cap earlier subset until every pair is under the cap;
-    returns the swaps made. Raises :class:`InputError` when a pair cannot be brought under it."""
-    swaps = 0
+def cap_overlap(state: _Subset, rng: np.random.Generator) -> tuple[int, list[int]]:
+    """Swap the lowest-ranked picks shared with an over-cap earlier subset until every pair is under the cap, as
+    far as the strata allow. Returns (swaps made, the earlier subsets still over the cap: its stratum had no
+    unselected row left that no earlier subset holds, e.g. two draws from one small cluster)."""
+    swaps, stuck = 0, []
     while True:
         shared = state.shared()
-        bad = np.flatnonzero(~state.overlap_ok(shared))
-        if not len(bad):
-            return swaps
+        bad = [j for j in np.flatnonzero(~state.overlap_ok(shared)) if j not in stuck]
+        if not bad:
+            return swaps, stuck
         j = int(bad[0])
-        out = next((r for r in state.lowest_ranked(set(np.flatnonzero(state.member[j]).tolist()))), None)
-        cand = np.zeros(0, dtype=np.int64) if out is None else state.candidates(out, keep_cap=False)
-        cand = cand[~state.member[:, cand].any(axis=0)] if len(cand) else cand  # no row an earlier subset holds
-        if out is None or not len(cand):
-            raise InputError(f"overlap cap: a subset shares {int(shared[j])} rows with an earlier one and no "
-                             "unselected row of the same stratum can replace them; raise selection.max_overlap "
-                             "or give the subset another seed or pool_fraction")
+        cand = np.zeros(0, dtype=np.int64)
+        for out in state.lowest_ranked(set(np.flatnonzero(state.member[j]).tolist())):
+            cand = state.candidates(out, keep_cap=False)
+            cand = cand[~state.member[:, cand].any(axis=0)] if len(cand) else cand  # no row an earlier one holds
+            if len(cand):
+                break
+        if not len(cand):
+            stuck.append(j)
+            continue
         state.swap(out, int(rng.choice(cand)))
         swaps += 1
 
@@ -270,8 +277,11 @@ def design_subsets(selections: Sequence[Selection], spec: DesignSpec, pool_size:
         rng = np.random.default_rng([int(seed), 0x70C])
         strata = np.zeros(pool_size, dtype=np.int64) if sel.strata is None else np.asarray(sel.strata)
         state = _Subset(list(sel.indices), strata, member, member.sum(axis=1), spec.max_overlap)
-        overlap_swaps = cap_overlap(state, rng) if spec.max_overlap is not None else 0
-        extra: dict[str, Any] = {"overlap_swaps": overlap_swaps}
+        overlap_swaps, stuck = cap_overlap(state, rng) if spec.max_overlap is not None else (0, [])
+        extra: dict[str, Any] = {"overlap_swaps": overlap_swaps, "overlap_capped": not stuck}
+        if stuck:
+            log.warning("overlap cap: subset %d still shares more than %.2f (Jaccard) with subset(s) %s: their "
+                        "strata have no free row left; kept, see overlap.csv", len(done), spec.max_overlap, stuck)
         if tokens is not None:
             extra["raw_supervised_tokens"] = token_total(sel.indices, tokens)
         if target is not None:

@@ -58,11 +58,13 @@ def kmeans_subset(pool: PoolInputs, n: int, seed: int, n_clusters: int = 10) -> 
           signals=lambda p, seed: SignalNeeds(kmeans=frozenset({(p["n_clusters"], p["kmeans_seed"])})))
 def cluster_random_subset(pool: PoolInputs, n: int, seed: int, c: int = 1, n_clusters: int = 32,
                           kmeans_seed: int = 0) -> Selection:
-    """Cluster-restricted random: ``c`` of the pool's ``n_clusters`` spherical k-means clusters drawn uniformly
-    (among those that can give their share), then an equal share of the n rows drawn uniformly without replacement
-    from each (shares differ by at most one). Graded semantic diversity without duplicates: c = 1 is one topic,
-    c = n_clusters approaches random. One k-means fit (``kmeans_seed``) serves every seed; the seed draws the
-    clusters and the rows."""
+    """Cluster-restricted random: ``c`` of the pool's ``n_clusters`` spherical k-means clusters (among those that
+    can give their share), then an equal share of the n rows drawn uniformly without replacement from each (shares
+    differ by at most one). Graded semantic diversity without duplicates: c = 1 is one topic, c = n_clusters
+    approaches random. One k-means fit (``kmeans_seed``) serves every seed. The clusters are consecutive blocks of
+    one random order of the clusters drawn per (kmeans_seed, c): seed s takes block s (wrapping around), so the
+    seeds of one c use disjoint clusters as long as s * c stays below the clusters available (two seeds in one
+    small cluster would share most rows); the seed draws the rows."""
     if c > n_clusters:
         raise InputError(f"cluster_random: c={c} clusters of n_clusters={n_clusters}: c must be <= n_clusters")
     if c > n:
@@ -74,8 +76,9 @@ def cluster_random_subset(pool: PoolInputs, n: int, seed: int, c: int = 1, n_clu
     if len(open_) < c:
         raise InputError(f"cluster_random: only {len(open_)} of {n_clusters} clusters hold {shares[0]} rows "
                          f"(n={n} over c={c}); lower n or n_clusters, or raise c")
+    order = np.random.default_rng([kmeans_seed, c]).permutation(open_)
+    chosen = order[(seed * c + np.arange(c)) % len(order)]
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(open_, size=c, replace=False)
     picks = [rng.choice(np.flatnonzero(ids == k), size=share, replace=False) for k, share in zip(chosen, shares,
                                                                                                strict=True)]
     strata = np.where(np.isin(ids, chosen), ids, -1)  # swaps stay inside the chosen cluster of the swapped row

@@ -43,6 +43,12 @@ def test_cluster_random_draws_equal_shares_of_c_clusters(c):
     assert set(np.unique(a.strata[a.strata >= 0])) == set(a.provenance["clusters"])  # swaps stay in those clusters
 
 
+def test_cluster_random_seeds_of_one_c_take_disjoint_clusters():
+    pool = _pool()
+    clusters = [set(select("cluster_random", pool, 8, s, c=2, n_clusters=8).provenance["clusters"]) for s in range(4)]
+    assert set().union(*clusters) == set(range(8))  # 4 seeds x 2 clusters: every cluster once
+
+
 def test_cluster_random_refuses_impossible_draws():
     pool = _pool(60)
     with pytest.raises(InputError, match="c must be <= n_clusters"):
@@ -121,6 +127,15 @@ def test_overlap_cap_swaps_shared_rows_and_matrix_is_written():
     m = overlap_matrix({f"s{i}": s.indices for i, s in enumerate(done)})
     assert (np.diag(m) == 1).all() and (m.to_numpy()[~np.eye(3, dtype=bool)] <= 0.3).all()
     assert m.loc["s0", "s1"] == pytest.approx(jaccard(done[0].indices, done[1].indices))
+
+
+def test_overlap_that_the_strata_cannot_lower_is_kept_and_flagged():
+    strata = np.full(100, -1)
+    strata[:20] = 0  # both subsets come from one 20-row stratum: no free row to swap in
+    a, b = Selection(list(range(16)), strata=strata), Selection(list(range(4, 20)), strata=strata)
+    done, _ = design_subsets([a, b], DesignSpec(max_overlap=0.3), 100, None, [0, 1])
+    assert done[1].indices == b.indices and not done[1].provenance["overlap_capped"]
+    assert done[0].provenance["overlap_capped"]
 
 
 def test_token_matching_keeps_the_overlap_cap():
