@@ -26,7 +26,7 @@ def test_dry_run_needs_no_key_and_writes_the_plan(tmp_path, monkeypatch, experim
     on_disk = pd.read_csv(tmp_path / "results" / "plan.csv")
     assert list(on_disk.columns[:4]) == ["subset", "seed", "stage", "status"]
     entries = subset_plan(_compose(overrides).selection)
-    assert len(on_disk) == len(plan) == len(entries) * len(STAGES)
+    assert len(on_disk) == len(plan) == len(entries) * (len(STAGES) - 1)  # every stage but the design (none here)
     assert set(on_disk["status"]) == {"to run"} and not (tmp_path / "cache").exists()
     evals = on_disk[on_disk["stage"] == "eval"]
     if experiment.startswith("paper"):

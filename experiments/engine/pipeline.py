@@ -293,6 +293,7 @@ def dry_run(cfg: dict[str, Any], entries: list[dict], stages: tuple[Stage, ...],
     one row per (subset, seed, stage), the totals logged. A stage is 'done', 'to run' or 'corrupt' (finished but
     failing verification: rebuilt for cheap stages, refused for costly ones)."""
     store = ArtifactStore(cfg["cache_dir"])
+    stages = tuple(s for s in stages if any(s.name in specs for specs in entry_specs))  # e.g. no design: no rows
     status, judged_files = {}, []
     for entry, specs in zip(entries, entry_specs, strict=True):
         for stage in stages:
