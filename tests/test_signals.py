@@ -89,9 +89,10 @@ def test_every_declaration_names_signals_for_its_default_parameters():
     declared = {m.name: m.signals(signature_defaults(m.fn, 1)) for m in METRICS if m.signals is not None}
     declared |= {s.name: s.signals(signature_defaults(s.fn, 3), 0) for s in SELECTORS if s.signals is not None}
     assert set(declared) == {"novelsum", "novelsum_grid", "partition_entropy", "mig_information", "kmeans", "mig",
-                             "novelselect"}
+                             "novelselect", "cluster_random"}
     assert all(isinstance(n, SignalNeeds) and n != SignalNeeds() for n in declared.values())
     assert declared["mig"] == declared["mig_information"]  # the same labels for the selector and the metric
+    assert declared["cluster_random"].kmeans  # its clusters come from the pool signals' k-means fits
 
 
 def test_mig_metric_and_selector_read_the_same_labels_from_the_signals():
