@@ -55,7 +55,9 @@ def test_cli_writes_the_json_or_nothing(tmp_path) -> None:
     assert json.loads(out.read_text())["per_model"]["n"] == 8
     bad = tmp_path / "bad.json"
     runs([[1, 2]], "x").to_csv(tmp_path / "c.csv", index=False)
-    assert main([str(tmp_path / "a.csv"), str(tmp_path / "c.csv"), "--out", str(bad)]) == 2
+    with pytest.raises(SystemExit) as exit_:  # as every command: a failure exits with its code
+        main([str(tmp_path / "a.csv"), str(tmp_path / "c.csv"), "--out", str(bad)])
+    assert exit_.value.code == 2
     assert not bad.exists()
 
 

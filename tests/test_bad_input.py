@@ -210,16 +210,13 @@ def test_every_entry_point_refuses_secrets_before_hydra(entry, tmp_path, capsys)
     assert KEY[3:] not in text
 
 
-def test_secret_in_a_config_file_refused(tmp_path, capsys, monkeypatch):
-    import shutil
-
-    configs = tmp_path / "configs"
-    shutil.copytree(CONFIG_DIR, configs)
-    (configs / "eval" / "judge" / "leaky.yaml").write_text(f"kind: openai\nmodel: m\napi_key: {KEY}\n")
-    monkeypatch.setattr("experiments.engine.config.CONFIG_DIR", str(configs))
-    code, text = invoke(run_study.main, study_args(tmp_path / "run", "eval/judge=leaky"), capsys)
-    assert code == 2 and "config: eval.judge.api_key holds a value" in text and KEY[3:] not in text
-    assert not (tmp_path / "run").exists()
+def test_secret_in_a_config_file_refused(tmp_path, capsys):
+    """A key in a user's own config file (a folder added with Hydra's --config-dir) is refused by role."""
+    leaky = _write(tmp_path / "mine" / "eval" / "judge" / "leaky.yaml", "kind: openai\nmodel: m\napi_key: gsk_x1\n")
+    code, text = invoke(run_study.main, [f"--config-dir={leaky.parents[2]}",
+                                         *study_args(tmp_path / "run", "eval/judge=leaky")], capsys)
+    assert code == 2 and "config: eval.judge.api_key holds a value (gsk... (6 characters))" in text, text
+    assert "gsk_x1" not in text and not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------- measure ------------------------------------

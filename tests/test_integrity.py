@@ -14,7 +14,8 @@ import pytest
 
 from divcore.errors import InputError
 from divcore.io import atomic_write
-from experiments.cli.command import DemoteToDebug, check_argv, mask
+from divcore.secrets import mask
+from experiments.cli.command import KeepOffConsole, check_command_line
 from experiments.engine.fingerprint import HashCache, content_keys
 from experiments.engine.pipeline import stage_specs
 from experiments.engine.store import MARKER, ArtifactStore, CorruptArtifactError
@@ -170,16 +171,6 @@ def test_report_with_gaps_writes_tables_and_keeps_runs_as_given(tmp_path):
     assert "oops" in paths["runs"].read_text()
 
 
-def test_config_folder_secrets_found_when_not_composable(tmp_path):
-    from experiments.cli.command import preflight
-
-    (tmp_path / "mine.yaml").write_text("eval:\n  judge:\n    api_key: abcdef123456\n")
-    with pytest.raises(SystemExit) as e:
-        preflight("study", ["-m", f"--config-dir={tmp_path}", "seed=1,2"])
-    assert e.value.code == 2
-    preflight("study", ["-m", "seed=1,2"])  # the project's own configs hold no secret
-
-
 def test_metrics_refuse_nan_and_complex_input():
     x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     bad = x.copy()
@@ -194,39 +185,54 @@ def test_metrics_refuse_nan_and_complex_input():
 
 @pytest.mark.parametrize("arg", [
     "+eval.judge.api_key=sk-abcdefghijklmnopqrstuv", "eval.judge.api_key_env=sk-abcdefghijklmnopqrstuv",
-    "+x.password=hunter2", "+db.token=abcdef123", "hf=hf_abcdefghijklmnopqrstuvwx"])
+    "+x.password=hunter2", "+db.token=abcdef123", "hf=hf_abcdefghijklmnopqrstuvwx", "+groq_api_key=gsk_x",
+    "eval.judge.base_url=http://user:pw@host/v1", "+a.secret_value=s3cr3t-and-long", "+x.token=abc1,abc2",
+    "+eval.judge={api_key: abc12345}", "hydra.job.env_set.OPENAI_API_KEY=plain-text-key"])
 def test_secret_arguments(arg):
     with pytest.raises(InputError) as e:
-        check_argv([arg])
+        check_command_line([arg])
     assert arg.partition("=")[2][3:] not in str(e.value)
+    assert "pw@" not in str(e.value) and "hunter2" not in str(e.value)
 
 
 @pytest.mark.parametrize("arg", ["eval.judge.api_key_env=OPENAI_API_KEY", "embed.backend=hf_causal",
                                  "eval.mt_bench.judge_max_tokens=16", "+eval.judge.api_key=null",
-                                 "study=sk-learn"])
+                                 "study=sk-learn", "eval.judge.base_url=http://localhost:8000/v1",
+                                 "eval.mt_bench.judge_max_tokens=4", "-m", "seed=1,2"])
 def test_ordinary_arguments_pass(arg):
-    check_argv([arg])
+    check_command_line([arg])
 
 
 def test_mask_keeps_three_characters():
     assert mask("sk-123456") == "sk-... (9 characters)"
 
 
-def test_faiss_loader_lines_are_demoted_to_debug():
-    record = logging.LogRecord("faiss.loader", logging.INFO, __file__, 1, "Could not load library", None, None)
-    assert DemoteToDebug().filter(record) and record.levelno == logging.DEBUG
+@pytest.mark.parametrize("name, level, message, shown", [
+    ("faiss.loader", logging.INFO, "Could not load library with AVX2 support due to:", False),
+    ("httpx", logging.INFO, 'HTTP Request: POST http://127.0.0.1/v1/chat/completions "HTTP/1.1 200 OK"', False),
+    ("py.warnings", logging.WARNING, "x.py:1: FutureWarning: `foo` is deprecated", False),
+    ("faiss.loader", logging.WARNING, "a real faiss problem", True),
+    ("divbench", logging.INFO, "stage pool done", True),
+    ("py.warnings", logging.WARNING, "x.py:1: UserWarning: something to read", True),
+])
+def test_console_keeps_third_party_chatter_out(name, level, message, shown):
+    record = logging.LogRecord(name, level, __file__, 1, "%s", (message,), None)
+    assert KeepOffConsole().filter(record) is shown
     import yaml
 
     from experiments.engine.config import CONFIG_DIR
-    conf = yaml.safe_load(open(f"{CONFIG_DIR}/hydra/job_logging/divbench.yaml"))
-    assert conf["handlers"]["console"]["level"] == "INFO" and conf["handlers"]["file"]["level"] == "DEBUG"
-    assert conf["loggers"]["faiss.loader"] == {"level": "DEBUG", "filters": ["demote"], "propagate": True}
+    for kind in ("job_logging", "hydra_logging"):
+        conf = yaml.safe_load(open(f"{CONFIG_DIR}/hydra/{kind}/divbench.yaml"))
+        assert conf["filters"]["quiet"]["()"] == "experiments.cli.command.KeepOffConsole"
+        assert conf["handlers"]["console"]["filters"] == ["quiet", "secrets"]
+        if kind == "job_logging":  # the log file keeps the chatter, masked like the console
+            assert conf["handlers"]["file"]["filters"] == ["secrets"]
 
 
 @pytest.mark.slow
 def test_cli_console_has_no_loader_noise_and_log_keeps_it(tmp_path):
-    """A real divbench-measure process: faiss's loader lines stay out of the console, in the log at DEBUG; the
-    outputs are group-readable under a 022 umask."""
+    """A real divbench-measure process: faiss's loader lines stay out of the console; the outputs are
+    group-readable under a 022 umask."""
     import subprocess
     import sys
 
@@ -241,5 +247,4 @@ def test_cli_console_has_no_loader_noise_and_log_keeps_it(tmp_path):
         env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)))
     assert proc.returncode == 0, proc.stderr
     assert "faiss" not in proc.stdout + proc.stderr and "ModuleNotFoundError" not in proc.stdout + proc.stderr
-    assert "[faiss.loader][DEBUG]" in next((tmp_path / "h").glob("*.log")).read_text()
     assert stat.S_IMODE((tmp_path / "out" / "measure.csv").stat().st_mode) == 0o644

@@ -1,12 +1,11 @@
-"""``divbench-agreement a.csv b.csv --out F``: rank agreement of two performance targets over the same fine-tuned
-models (:mod:`experiments.report.agreement`)."""
+"""divbench-agreement a.csv b.csv --out F: rank agreement (Spearman with permutation p, Kendall) of two performance
+targets over the same fine-tuned models, per model and per subset mean (:mod:`experiments.report.agreement`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,36 +13,35 @@ import pandas as pd
 from divcore.errors import InputError
 from divcore.io import atomic_write, writing
 from divcore.ownership import check_output_file
+from experiments.cli.command import argparse_command
 from experiments.report.agreement import target_agreement
 
 log = logging.getLogger(__name__)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="divbench-agreement", description=__doc__.split("\n\n")[0])
-    parser.add_argument("a", type=Path, help="runs.csv of the first target (e.g. the proxy)")
-    parser.add_argument("b", type=Path, help="runs.csv of the second target on the same models (e.g. judged)")
-    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    parser.add_argument("--n-perm", type=int, default=9999)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shared-only", action="store_true",
-                        help="compare the models both files hold (else a model in only one file is an error)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        frames = [read_runs_table(path) for path in (args.a, args.b)]
-        check_output_file(args.out, "--out", inputs={"a": args.a, "b": args.b}, ours=is_agreement_file,
-                          what="agreement file")
-        result = target_agreement(*frames, n_perm=args.n_perm, seed=args.seed, where=(str(args.a), str(args.b)),
-                                  shared_only=args.shared_only)
-        with writing(args.out, "--out"):
-            atomic_write(args.out, json.dumps(result, indent=2) + "\n")
-    except InputError as e:
-        log.error("%s", e)
-        return 2
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="divbench-agreement", description=__doc__)
+    p.add_argument("a", type=Path, help="runs.csv of the first target (e.g. the proxy)")
+    p.add_argument("b", type=Path, help="runs.csv of the second target on the same models (e.g. judged)")
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    p.add_argument("--n-perm", type=int, default=9999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shared-only", action="store_true",
+                   help="compare the models both files hold (else a model in only one file is an error)")
+    return p
+
+
+@argparse_command(parser())
+def main(args: argparse.Namespace) -> None:
+    frames = [read_runs_table(path) for path in (args.a, args.b)]
+    check_output_file(args.out, "--out", inputs={"a": args.a, "b": args.b}, ours=is_agreement_file,
+                      what="agreement file")
+    result = target_agreement(*frames, n_perm=args.n_perm, seed=args.seed, where=(str(args.a), str(args.b)),
+                              shared_only=args.shared_only)
+    with writing(args.out, "--out"):
+        atomic_write(args.out, json.dumps(result, indent=2) + "\n")
     log.info("per model: rho=%s (n=%d, permutation p=%s); per subset mean: rho=%s (n=%d, p=%s) -> %s",
              *_shown(result["per_model"]), *_shown(result["per_subset_mean"]), args.out)
-    return 0
 
 
 def _shown(level: dict) -> tuple:
@@ -76,4 +74,4 @@ def is_agreement_file(path: Path) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,21 +1,24 @@
-"""``divbench-doctor [experiment=...]``: can the chosen preset run on this machine? Names each missing thing with
-its fix and exits 2 (checks: :mod:`experiments.engine.environment`). Nothing is downloaded or written."""
+"""divbench-doctor: can the chosen preset run on this machine? Lists torch / CUDA / GPUs, faiss, vLLM, DeepSpeed,
+the Hugging Face token, the judge's key variable and free disk, names each missing thing with its fix and exits 2
+(checks: :mod:`experiments.engine.environment`). Nothing is downloaded or written.
+
+Main keys: the study's (experiment=<preset>, debug=tiny, device, eval/judge=..., cache_dir).
+"""
 
 from __future__ import annotations
 
 import logging
-import sys
+from typing import Any
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from experiments.engine.config import CONFIG_DIR
+from divcore.errors import InputError
+from experiments.cli.command import hydra_command
 from experiments.engine.environment import Check, diagnose
 
 log = logging.getLogger("divbench")
 
 
 def report(checks: list[Check]) -> int:
+    """One line per check, one per missing thing with its fix; returns how many are missing."""
     width = max(len(c.name) for c in checks)
     for c in checks:
         mark = "MISS" if not c.ok else "--  " if c.found.startswith("not installed") else "ok  "
@@ -23,32 +26,20 @@ def report(checks: list[Check]) -> int:
     missing = [c for c in checks if not c.ok]
     for c in missing:
         log.error("missing %s: %s", c.name, c.fix)
-    if missing:
-        log.error("%d thing(s) missing: this preset cannot run here", len(missing))
-    else:
+    if not missing:
         log.info("everything this preset needs is here")
-    return 2 if missing else 0
+    return len(missing)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="study")
-def _hydra_main(cfg: DictConfig) -> None:
-    from experiments.cli.command import guard
-
-    resolved = guard(lambda: OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
-    log.info("divbench-doctor: study %s", resolved["study"])
-    code = report(diagnose(resolved))
-    if code:
-        sys.exit(code)
+def doctor(cfg: dict[str, Any]) -> None:
+    """Diagnose the resolved study config; anything missing is an input error (exit 2)."""
+    log.info("divbench-doctor: study %s", cfg["study"])
+    missing = report(diagnose(cfg))
+    if missing:
+        raise InputError(f"{missing} thing(s) missing: this preset cannot run here")
 
 
-def main() -> None:
-    """``divbench-doctor``: secrets, composition errors and missing keys are reported (exit 2) before Hydra writes
-    anything."""
-    from experiments.cli.command import preflight
-
-    preflight("study")
-    _hydra_main()
-
+main = hydra_command("study")(doctor)
 
 if __name__ == "__main__":
     main()

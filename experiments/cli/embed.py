@@ -1,4 +1,7 @@
-"""Hydra entry point ``divbench-embed``: a pool -> embeddings, the authors' ``embedding.py`` as a command.
+"""divbench-embed: a pool -> embeddings, the authors' ``embedding.py`` as a command.
+
+Main keys: pool.path (or pool=<sharegpt | paper_mix>), embed=<smollm2 | minilm | vllm> (the study's backends) with
+embed.model / embed.max_length, out (a folder or a .npy file), cache_dir.
 
 * ``out=<dir>``: the authors' layout, one JSON list of vectors per pool file with the pool file's name
   (``0.json, 1.json, ...`` for their numbered text directory; ``<stem>.json`` for a single file). The folder's
@@ -13,32 +16,10 @@ passes.
 
 from __future__ import annotations
 
-import logging
+from experiments.cli.command import hydra_command
+from experiments.engine.embed_pool import check_embed_pool_config, embed_pool
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from experiments.engine.config import CONFIG_DIR
-
-log = logging.getLogger("divbench.embed")
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="embed_pool")
-def _hydra_main(cfg: DictConfig) -> None:
-    from experiments.cli.command import guard
-    from experiments.engine.embed_pool import embed_pool
-
-    guard(lambda: embed_pool(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
-
-
-def main() -> None:
-    """``divbench-embed``: secrets and the config are checked before Hydra writes its run folder."""
-    from experiments.cli.command import preflight
-    from experiments.engine.embed_pool import check_embed_pool_config
-
-    preflight("embed_pool", validate=check_embed_pool_config)
-    _hydra_main()
-
+main = hydra_command("embed_pool", validate=check_embed_pool_config)(embed_pool)
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,7 @@
-"""Fine-tuning on several GPUs: ``accelerate launch --config_file configs/accelerate/<ddp|zero3|fsdp>.yaml
+"""divbench-finetune: fine-tune the study's subsets (all, or selection.only=<label>) and publish each model into the
+cache, where divbench-study with the same overrides picks it up; the same config and keys as divbench-study.
+
+Fine-tuning on several GPUs: ``accelerate launch --config_file configs/accelerate/<ddp|zero3|fsdp>.yaml
 -m experiments.cli.finetune experiment=paper_llama3 selection.only=kmeans``.
 
 Every process composes the same study config and runs the engine (``experiments.engine.pipeline.run``) up to the
@@ -22,11 +25,8 @@ import logging
 import os
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from experiments.engine.config import CONFIG_DIR
-from experiments.engine.pipeline import check_study_config as check_config
+from experiments.cli.command import hydra_command
+from experiments.cli.study import check_config  # the same checks as the study
 
 log = logging.getLogger("divbench")
 
@@ -57,21 +57,15 @@ def export_slurm_distributed_env() -> bool:
     return True
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="study")
-def _hydra_main(cfg: DictConfig) -> None:
-    from experiments.cli.command import guard
-
+def finetune(cfg: dict[str, Any]) -> list[str]:
+    """The command's work: join the SLURM tasks' process group (if any), then fine-tune."""
     export_slurm_distributed_env()
-    trained = guard(lambda: finetune_subsets(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
+    trained = finetune_subsets(cfg)
     log.info("fine-tuned %d subset(s): %s", len(trained), trained)
+    return trained
 
 
-def main() -> None:
-    """``divbench-finetune``: the same checks as the study before Hydra writes anything."""
-    from experiments.cli.command import preflight
-
-    preflight("study", validate=check_config)
-    _hydra_main()
+main = hydra_command("study", validate=check_config)(finetune)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""``divbench-judge``: judge existing model outputs with any configured judge (Hydra entry point).
+"""divbench-judge: judge existing model outputs with any configured judge, writing what FastChat and alpaca_eval read.
+
+Main keys: benchmark=<mt_bench | alpaca_eval>, answers / outputs (the file to judge), out, eval/judge=<openai_gpt41 |
+vllm_server | local_smollm2 | ...> with eval.judge.model / base_url / api_key_env (the NAME of the variable holding
+the key), cache_dir.
 
 - ``benchmark=mt_bench answers=<FastChat model_answer .jsonl>``: single-answer grading of all 80 questions, both
   turns, with FastChat's prompts (byte-identical: :func:`eval.mt_bench.judge_prompt`); writes
@@ -23,10 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from experiments.engine.config import CONFIG_DIR
+from experiments.cli.command import hydra_command
 
 log = logging.getLogger("divbench")
 BENCHMARKS = ("mt_bench", "alpaca_eval")
@@ -186,22 +187,7 @@ def judge_outputs(cfg: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="judge")
-def _hydra_main(cfg: DictConfig) -> None:
-    from experiments.cli.command import guard
-
-    # input errors exit 2; a judge failing after its retries exits 3 (finished judgments are cached, a re-run asks
-    # only the rest)
-    guard(lambda: judge_outputs(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
-
-
-def main() -> None:
-    """``divbench-judge``: secrets and missing keys (benchmark=, out=) are checked before Hydra writes anything."""
-    from experiments.cli.command import preflight
-
-    preflight("judge")
-    _hydra_main()
-
+main = hydra_command("judge")(judge_outputs)
 
 if __name__ == "__main__":
     main()

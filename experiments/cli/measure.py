@@ -1,38 +1,17 @@
-"""Hydra entry point: measure any embedding sets with any metric configs, one row per subset.
+"""divbench-measure: diversity metrics of embedding sets already on disk, one row per subset (no pool, no model).
 
 ``divbench-measure subsets=/data/subset_embeddings/ reference=/data/pool_embeddings/ out=results/measure``
-writes ``measure.csv`` and ``measure.md`` (one column per metric configuration). ``metrics=<group>`` and
-``metrics.compute=[...]`` choose what is computed, as in the study.
+Main keys: subsets (a .npy / .json file or a folder of them, one subset per file), reference (density / coverage
+reference; null: each subset is its own), metrics=<default | embedding_only | paper> or metrics.compute=[...] (as in
+the study), out. Writes <out>/measure.csv and measure.md (one column per metric configuration).
 """
 
 from __future__ import annotations
 
-import logging
+from experiments.cli.command import hydra_command
+from experiments.report.measure import check_measure_config, measure
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from experiments.engine.config import CONFIG_DIR
-
-log = logging.getLogger("divbench.measure")
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="measure")
-def _hydra_main(cfg: DictConfig) -> None:
-    from experiments.cli.command import guard
-    from experiments.report.measure import measure
-
-    guard(lambda: measure(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
-
-
-def main() -> None:
-    """``divbench-measure``: secrets, inputs and the output folder are checked before Hydra writes anything."""
-    from experiments.cli.command import preflight
-    from experiments.report.measure import check_measure_config
-
-    preflight("measure", validate=check_measure_config)
-    _hydra_main()
-
+main = hydra_command("measure", validate=check_measure_config)(measure)
 
 if __name__ == "__main__":
     main()

@@ -1,45 +1,37 @@
-"""Hydra entry point: rebuild every table, figure and report.html from a runs.csv alone.
+"""divbench-report: rebuild every table, figure and report.html of a study from its runs.csv alone (no cache, no
+model).
 
-``divbench-report runs=results/demo/runs.csv`` (``out`` defaults to the folder of runs.csv), or several base
-models' runs in one report: ``divbench-report runs=[results/llama/runs.csv,results/qwen/runs.csv] out=results/both``.
+``divbench-report runs=results/demo/runs.csv`` (out defaults to the folder of runs.csv), or several base models'
+runs in one report: ``divbench-report runs=[results/llama/runs.csv,results/qwen/runs.csv] out=results/both``.
+Main keys: runs, out, exclude_selectors=[...] (a sensitivity report without those selectors' subsets, written to
+another out), n_boot, n_perm, reference_metric, alpha, block, covariates, untuned_performance, seed. Writes
+table.md / .csv / .tex, noise_floor.json, the figures and report.html; a folder it did not write is refused.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-import hydra
-from omegaconf import DictConfig, ListConfig, OmegaConf
-
-from experiments.engine.config import CONFIG_DIR
+from experiments.cli.command import hydra_command
+from experiments.report.tables import check_report_config
 
 log = logging.getLogger("divbench.report")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="report")
-def _hydra_main(cfg: DictConfig) -> None:
-    from experiments.cli.command import guard
+def report(cfg: dict[str, Any]) -> dict:
+    """Regenerate the report the resolved config asks for; returns the written paths."""
     from experiments.report.tables import regenerate
 
-    def work() -> dict:
-        runs = OmegaConf.to_container(cfg.runs) if isinstance(cfg.runs, ListConfig) else cfg.runs
-        covariates = OmegaConf.to_container(cfg.covariates) if isinstance(cfg.covariates, ListConfig) else None
-        return regenerate(runs, cfg.out, exclude=list(cfg.exclude_selectors or []), n_boot=cfg.n_boot,
-                          seed=cfg.seed, n_perm=cfg.n_perm, reference_metric=cfg.reference_metric, alpha=cfg.alpha,
-                          block=cfg.block, covariates=covariates, untuned_performance=cfg.untuned_performance)
-
-    paths = guard(work)
+    paths = regenerate(cfg["runs"], cfg["out"], exclude=list(cfg.get("exclude_selectors") or []),
+                       n_boot=cfg["n_boot"], seed=cfg["seed"], n_perm=cfg["n_perm"],
+                       reference_metric=cfg["reference_metric"], alpha=cfg["alpha"], block=cfg["block"],
+                       covariates=cfg["covariates"], untuned_performance=cfg["untuned_performance"])
     log.info("wrote %d files to %s", len(paths), paths["runs"].parent)
+    return paths
 
 
-def main() -> None:
-    """``divbench-report``: the runs table and the output folder are checked before Hydra writes anything."""
-    from experiments.cli.command import preflight
-    from experiments.report.tables import check_report_config
-
-    preflight("report", validate=check_report_config)
-    _hydra_main()
-
+main = hydra_command("report", validate=check_report_config)(report)
 
 if __name__ == "__main__":
     main()

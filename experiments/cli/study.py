@@ -1,14 +1,21 @@
-"""Hydra entry point: ``divbench-study experiment=demo`` (or ``python -m experiments.cli.study``)."""
+"""divbench-study: the whole study, pool -> embeddings -> subsets -> diversity metrics -> fine-tune -> evaluate ->
+correlation report, each stage cached (re-runs resume; a changed setting rebuilds only what depends on it).
+
+Main keys: experiment=<demo | mini | noise_floor | paper_llama3 | paper_qwen25> (a preset), debug=tiny (the
+smallest complete study), dry_run=true (what is done / to run, and plan.csv), stop_after=<stage>,
+selection.only=<label> (one subset: fan-out sweeps), cache_dir, results_dir, device, logger=none.
+Writes results_dir (results/<study>/: runs.csv, table.*, noise_floor.json, figures) and the cache under cache_dir.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from experiments.engine.config import CONFIG_DIR
+from experiments.cli.command import hydra_command, resolve
 
 log = logging.getLogger("divbench")
 
@@ -26,7 +33,7 @@ def job_name(overrides: list[str]) -> str:
     return ",".join(sorted(kept)).replace("/", "_") or "default"
 
 
-def per_job_results(cfg: DictConfig) -> str | None:
+def per_job_results(cfg: dict[str, Any]) -> str | None:
     """Under ``-m`` each job writes ``<results_dir>/<its overrides>/`` (see :func:`job_name`), so jobs of a sweep
     never overwrite each other; ``divbench-report runs=[...]`` combines them."""
     from hydra.core.hydra_config import HydraConfig
@@ -35,18 +42,18 @@ def per_job_results(cfg: DictConfig) -> str | None:
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     name = job_name(list(HydraConfig.get().overrides.task))
-    cfg.results_dir = f"{cfg.results_dir}/{name}"
-    log.info("sweep job %s: results in %s", name, cfg.results_dir)
+    cfg["results_dir"] = f"{cfg['results_dir']}/{name}"
+    log.info("sweep job %s: results in %s", name, cfg["results_dir"])
     return name
 
 
-def run(cfg: DictConfig) -> dict:
-    """Resolve the config and run the study; shared by the CLI and the tests."""
+def run(cfg: dict[str, Any] | DictConfig) -> dict:
+    """Run the study on the config (resolved here if it is not yet); shared by the command and the tests."""
     from experiments.engine.pipeline import run_study
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    variant = per_job_results(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    resolved = resolve(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    variant = per_job_results(resolved)
     if variant:  # W&B: the study run's name, group and config carry the job's overrides
         resolved["variant"] = variant
         logger = resolved.get("logger") or {}
@@ -84,27 +91,14 @@ def headline(table_csv: str) -> str:
     return "correlation with the study's target:\n" + "\n".join(rows)
 
 
-def check_config(cfg: dict) -> None:
+def check_config(cfg: dict[str, Any]) -> None:
     """The study's checks that need no data or model (the pipeline is imported only here, when needed)."""
     from experiments.engine.pipeline import check_study_config
 
     check_study_config(cfg)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="study")
-def _hydra_main(cfg: DictConfig) -> None:
-    from experiments.cli.command import guard
-
-    guard(lambda: run(cfg))
-
-
-def main() -> None:
-    """``divbench-study``: secrets and the config are checked before Hydra writes its run folder."""
-    from experiments.cli.command import preflight
-
-    preflight("study", validate=check_config)
-    _hydra_main()
-
+main = hydra_command("study", validate=check_config)(run)
 
 if __name__ == "__main__":
     main()
