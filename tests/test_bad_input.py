@@ -9,20 +9,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.cli import embed as embed_pool
-from experiments.cli import finetune as finetune_job
-from experiments.cli import measure
-from experiments.cli import report as regenerate
-from experiments.cli import select as select_subset
-from experiments.cli import study as run_study
-from experiments.engine.config import CONFIG_DIR
+from experiments.cli.study import run
+from tests.helpers import COMMANDS, compose, run_cli
 
 GOOD = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]
 KEY = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
@@ -31,18 +25,6 @@ HF = "hf_abcdefghijklmnopqrstuvwxyz012345"
 
 def tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
-def invoke(main: Callable[[], None], args: list[str], capsys) -> tuple[int, str]:
-    old = sys.argv
-    sys.argv = ["divbench", *args]
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main()
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return exc.value.code, out.out + out.err
 
 
 def study_args(tmp: Path, *extra: str) -> list[str]:
@@ -117,15 +99,15 @@ def test_bad_pool_file(case, tmp_path, capsys):
     make, fragment, pre_hydra = POOL_FILES[case]
     path = make(tmp_path)
     before = tree(tmp_path)
-    code, text = invoke(run_study.main, study_args(tmp_path, "pool=file", f"pool.path={path}"), capsys)
+    code, text = run_cli("study", *study_args(tmp_path, "pool=file", f"pool.path={path}"), capsys=capsys)
     check_failure(tmp_path, before, code, text, fragment, pre_hydra=pre_hydra)
 
 
 def test_skip_cannot_hide_an_empty_pool(tmp_path, capsys):
     path = _write(tmp_path / "in" / "a.jsonl", json.dumps({"instruction": "Hi", "output": None}))
     before = tree(tmp_path)
-    code, text = invoke(run_study.main, study_args(tmp_path, "pool=file", f"pool.path={path}",
-                                                   "pool.on_invalid=skip"), capsys)
+    code, text = run_cli("study", *study_args(tmp_path, "pool=file", f"pool.path={path}", "pool.on_invalid=skip"),
+                         capsys=capsys)
     check_failure(tmp_path, before, code, text, "holds no usable conversation", pre_hydra=False)
 
 
@@ -163,7 +145,7 @@ CONFIGS = {
 @pytest.mark.parametrize("case", sorted(CONFIGS))
 def test_bad_config(case, tmp_path, capsys):
     args, fragment = CONFIGS[case]
-    code, text = invoke(run_study.main, study_args(tmp_path, *args), capsys)
+    code, text = run_cli("study", *study_args(tmp_path, *args), capsys=capsys)
     check_failure(tmp_path, set(), code, text, fragment, pre_hydra=True)
 
 
@@ -172,12 +154,12 @@ def test_unwritable_output_folder_found_before_any_work(key, tmp_path, capsys):
     blocker = _write(tmp_path / "a_file", "x")
     before = tree(tmp_path)
     args = [a for a in study_args(tmp_path) if not a.startswith(f"{key}=")] + [f"{key}={blocker}/sub"]
-    code, text = invoke(run_study.main, args, capsys)
+    code, text = run_cli("study", *args, capsys=capsys)
     check_failure(tmp_path, before, code, text, f"{key}={blocker}/sub: {blocker} is a file", pre_hydra=True)
 
 
 def test_finetune_entry_point_checks_the_same(tmp_path, capsys):
-    code, text = invoke(finetune_job.main, study_args(tmp_path, "pool.size=0"), capsys)
+    code, text = run_cli("finetune", *study_args(tmp_path, "pool.size=0"), capsys=capsys)
     check_failure(tmp_path, set(), code, text, "an empty pool cannot be studied", pre_hydra=True)
 
 
@@ -196,25 +178,58 @@ SECRETS = {
 @pytest.mark.parametrize("case", sorted(SECRETS))
 def test_secret_refused_before_hydra_writes(case, tmp_path, capsys):
     arg, fragment = SECRETS[case]
-    code, text = invoke(run_study.main, study_args(tmp_path, arg), capsys)
+    code, text = run_cli("study", *study_args(tmp_path, arg), capsys=capsys)
     check_failure(tmp_path, set(), code, text, fragment, pre_hydra=True)
     secret = arg.partition("=")[2].strip("'")
     assert secret[3:] not in text  # shown masked: first three characters and the length only
 
 
-@pytest.mark.parametrize("entry", [select_subset.main, embed_pool.main, measure.main, regenerate.main],
-                         ids=["select", "embed", "measure", "report"])
-def test_every_entry_point_refuses_secrets_before_hydra(entry, tmp_path, capsys):
-    code, text = invoke(entry, [f"+openai_api_key={KEY}", f"hydra.run.dir={tmp_path}/hydra"], capsys)
-    check_failure(tmp_path, set(), code, text, "+openai_api_key holds a value", pre_hydra=True)
-    assert KEY[3:] not in text
+# by role, whatever the value looks like (gsk_..., hunter2), and URL userinfo
+HYDRA_CREDENTIALS = {
+    "api_key": ("+eval.judge.api_key=gsk_abcdefghijklmnopqrstuvwx", "+eval.judge.api_key holds a value"),
+    "openai_api_key": (f"+openai_api_key={KEY}", "+openai_api_key holds a value"),
+    "hf_token": (f"+hf_token={HF}", "+hf_token holds a value"),
+    "password": ("+db.password=hunter2", "+db.password holds a value"),
+    "client_secret": ("+auth.client_secret=x1y2z3", "+auth.client_secret holds a value"),
+    "url_userinfo": ("++eval.judge.base_url=http://user:pw@host/v1", "holds a URL with a user name or password"),
+    "env_set": ("+hydra.job.env_set.OPENAI_API_KEY=abc123", "OPENAI_API_KEY holds a value"),
+}
+ARGPARSE_CREDENTIALS = {
+    "data": (["fetch", "--hf-endpoint", "https://me:pw@hub.example/"], "holds a URL with a user name or password"),
+    "agreement": (["https://me:pw@host/a.csv", "b.csv", "--out", "gsk_abcdefghijklmnopqrstuvwx.json"], "holds"),
+}
+CASES = [(c, k) for c in COMMANDS if c not in ARGPARSE_CREDENTIALS for k in HYDRA_CREDENTIALS] + \
+        [(c, c) for c in ARGPARSE_CREDENTIALS]
+
+
+@pytest.mark.parametrize("command, case", CASES, ids=[f"{c}-{k}" for c, k in CASES])
+def test_every_command_refuses_credentials_before_writing(command, case, tmp_path, capsys, monkeypatch):
+    """All ten commands: exit 2, the credential masked in the message, nothing written (no .hydra/*.yaml)."""
+    monkeypatch.chdir(tmp_path)
+    if command in ARGPARSE_CREDENTIALS:
+        args, fragment = ARGPARSE_CREDENTIALS[command]
+    else:
+        arg, fragment = HYDRA_CREDENTIALS[case]
+        args = [arg, f"hydra.run.dir={tmp_path}/hydra", f"hydra.sweep.dir={tmp_path}/multirun"]
+    code, text = run_cli(command, *args, capsys=capsys)
+    check_failure(tmp_path, set(), code, text, fragment, pre_hydra=True)
+    for secret in ("bcdefghijklmnopqrstuvwx", KEY[3:], HF[3:], "unter2", "y2z3", ":pw@", "c123"):
+        assert secret not in text
+
+
+def test_sweep_with_a_credential_in_a_config_file_refused_before_launch(tmp_path, capsys):
+    leaky = _write(tmp_path / "mine" / "logger" / "leaky.yaml", "enabled: false\nwandb_api_key: plain\n")
+    code, text = run_cli("study", f"--config-dir={leaky.parents[1]}", "-m", "logger=leaky", "seed=1,2",
+                         f"hydra.sweep.dir={tmp_path}/multirun", capsys=capsys)
+    assert code == 2 and "config: logger.wandb_api_key holds a value (pla... (5 characters))" in text, text
+    assert not (tmp_path / "multirun").exists()
 
 
 def test_secret_in_a_config_file_refused(tmp_path, capsys):
     """A key in a user's own config file (a folder added with Hydra's --config-dir) is refused by role."""
     leaky = _write(tmp_path / "mine" / "eval" / "judge" / "leaky.yaml", "kind: openai\nmodel: m\napi_key: gsk_x1\n")
-    code, text = invoke(run_study.main, [f"--config-dir={leaky.parents[2]}",
-                                         *study_args(tmp_path / "run", "eval/judge=leaky")], capsys)
+    code, text = run_cli("study", f"--config-dir={leaky.parents[2]}", *study_args(tmp_path / "run", "eval/judge=leaky"),
+                         capsys=capsys)
     assert code == 2 and "config: eval.judge.api_key holds a value (gsk... (6 characters))" in text, text
     assert "gsk_x1" not in text and not (tmp_path / "run").exists()
 
@@ -265,7 +280,7 @@ def test_bad_measure_input(case, tmp_path, capsys):
     if reference:
         args.append(f"reference={reference(tmp_path)}")
     before = tree(tmp_path)
-    code, text = invoke(measure.main, args, capsys)
+    code, text = run_cli("measure", *args, capsys=capsys)
     pre_hydra = case == "missing_subsets"
     check_failure(tmp_path, before, code, text, fragment, pre_hydra=pre_hydra)
 
@@ -274,7 +289,7 @@ def test_measure_out_must_be_writable(tmp_path, capsys):
     sub = _npy(tmp_path / "a.npy", _rand())
     blocker = _write(tmp_path / "f", "x")
     before = tree(tmp_path)
-    code, text = invoke(measure.main, [f"subsets={sub}", f"out={blocker}/o", f"hydra.run.dir={tmp_path}/h"], capsys)
+    code, text = run_cli("measure", f"subsets={sub}", f"out={blocker}/o", f"hydra.run.dir={tmp_path}/h", capsys=capsys)
     check_failure(tmp_path, before, code, text, "is a file, not a folder", pre_hydra=True)
 
 
@@ -309,8 +324,8 @@ def test_bad_report_input(case, tmp_path, capsys):
     make, fragment = REPORT[case]
     runs = make(tmp_path)
     before = tree(tmp_path)
-    code, text = invoke(regenerate.main, [f"runs={runs}", f"out={tmp_path}/out", f"hydra.run.dir={tmp_path}/h"],
-                        capsys)
+    code, text = run_cli("report", *[f"runs={runs}", f"out={tmp_path}/out", f"hydra.run.dir={tmp_path}/h"],
+                         capsys=capsys)
     check_failure(tmp_path, before, code, text, fragment, pre_hydra=True)
 
 
@@ -319,8 +334,8 @@ def test_report_refuses_to_replace_a_foreign_folder(tmp_path, capsys):
                                              "performance": [1.0, 2, 3], "vendi": [1.0, 3, 2], "schema": 1}))
     _write(tmp_path / "home" / "thesis.tex", "mine")
     before = tree(tmp_path)
-    code, text = invoke(regenerate.main, [f"runs={runs}", f"out={tmp_path}/home", f"hydra.run.dir={tmp_path}/h"],
-                        capsys)
+    code, text = run_cli("report", *[f"runs={runs}", f"out={tmp_path}/home", f"hydra.run.dir={tmp_path}/h"],
+                         capsys=capsys)
     check_failure(tmp_path, before, code, text, "is not a divbench results folder", pre_hydra=True)
 
 
@@ -328,16 +343,11 @@ def test_report_refuses_to_replace_a_foreign_folder(tmp_path, capsys):
 def _damaged_embed_artifact(tmp: Path, pool: Path) -> None:
     """A finished pool artifact and a finished embed artifact whose embeddings.npy was truncated afterwards. The pool
     has 20 rows, as many as the default metrics' k-means needs (checked before the embed stage)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
     from experiments.engine.dag import stage_specs
     from experiments.engine.pipeline import run
     from experiments.engine.store import ArtifactStore
 
-    overrides = [a for a in study_args(tmp, "pool=file", f"pool.path={pool}") if not a.startswith("hydra.")]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("study", overrides=overrides), resolve=True)
+    cfg = compose("study", [a for a in study_args(tmp, "pool=file", f"pool.path={pool}") if not a.startswith("hydra.")])
     store, specs = ArtifactStore(cfg["cache_dir"]), stage_specs(cfg)
     run(cfg, until="pool")
     with store.build("embed", specs["embed"]) as out:
@@ -350,7 +360,7 @@ def test_damaged_costly_artifact_refused_naming_its_folder(tmp_path, capsys):
     pool = _write(tmp_path / "in" / "p.json", json.dumps([GOOD] * 20))
     _damaged_embed_artifact(tmp_path, pool)
     before = tree(tmp_path)
-    code, text = invoke(run_study.main, study_args(tmp_path, "pool=file", f"pool.path={pool}"), capsys)
+    code, text = run_cli("study", *study_args(tmp_path, "pool=file", f"pool.path={pool}"), capsys=capsys)
     assert code == 2 and "cached embed artifact" in text and "embeddings.npy has" in text and "rm -rf" in text
     assert {p for p in tree(tmp_path) - before if not p.startswith("hydra")} == set()
 
@@ -359,17 +369,13 @@ def test_dry_run_shows_corrupt(tmp_path, capsys):
     pool = _write(tmp_path / "in" / "p.json", json.dumps([GOOD] * 20))
     _damaged_embed_artifact(tmp_path, pool)
     cfg_args = study_args(tmp_path, "pool=file", f"pool.path={pool}", "dry_run=true")
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("study", overrides=[a for a in cfg_args if not a.startswith("hydra.")])
-    table = run_study.run(cfg)["dry_run"]
+    cfg = compose("study", [a for a in cfg_args if not a.startswith("hydra.")])
+    table = run(cfg)["dry_run"]
     status = table.groupby("stage")["status"].agg(set)
     assert status["embed"] == {"corrupt"} and status["pool"] == {"done"}
     plan = pd.read_csv(tmp_path / "results" / "plan.csv")  # plan.csv says so too
     assert set(plan.loc[plan["stage"] == "embed", "status"]) == {"corrupt"}
-    assert OmegaConf.select(cfg, "dry_run") is True
+    assert cfg["dry_run"] is True
 
 
 def test_unexpected_failure_exits_1_with_traceback_in_log(tmp_path, capsys, monkeypatch):
@@ -379,14 +385,8 @@ def test_unexpected_failure_exits_1_with_traceback_in_log(tmp_path, capsys, monk
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(dag, "load_conversations", boom)
-    old = sys.argv
-    sys.argv = ["divbench", *study_args(tmp_path)]
-    try:
-        with pytest.raises(SystemExit) as exc:
-            run_study.main()
-    finally:
-        sys.argv = old
-    assert exc.value.code == 1
+    code, text = run_cli("study", *study_args(tmp_path), capsys=capsys)
+    assert code == 1 and "RuntimeError: disk on fire" in text
     log = next((tmp_path / "hydra").glob("*.log")).read_text()
     assert "Traceback" in log and "RuntimeError: disk on fire" in log
 

@@ -60,3 +60,18 @@ def test_failed_stage_run_is_marked_failed(tmp_path):
         dirs.append(Path(run.dir).parent)
         raise RuntimeError("stage crashed")
     assert [_exit_code(d) for d in dirs] == [0, 1]
+
+
+def test_w_and_b_config_has_credentials_masked(tmp_path):
+    """A URL password reaching a resolved config (e.g. base_url from an environment variable) and a credential
+    key's value are masked in what W&B stores, read back from the offline run's files."""
+    cfg = {"enabled": True, "project": "divbench-test", "mode": "offline", "dir": str(tmp_path)}
+    config = {"judge": {"base_url": "http://user:pa55word@host:8000/v1", "token": "gsk_secretvalue123",
+                        "api_key_env": "MY_KEY", "model": "m"}}
+    with wandb_run(cfg, name="judge", job_type="judge", config=config) as run:
+        assert run.config["judge"]["base_url"] == "http://***@host:8000/v1"
+        run_dir = Path(run.dir).parent
+    _exit_code(run_dir)  # flushed
+    stored = b"".join(_records(next(run_dir.glob("run-*.wandb"))))
+    assert b"pa55word" not in stored and b"secretvalue123" not in stored
+    assert b"host:8000/v1" in stored and b"MY_KEY" in stored

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from divcore.secrets import redact
+
 log = logging.getLogger(__name__)
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "shared")  # what wandb.init(mode=...) accepts
 
@@ -36,7 +38,7 @@ def wandb_run(cfg: dict[str, Any], *, name: str, job_type: str, config: dict[str
 
     os.makedirs(cfg["dir"], exist_ok=True)
     run = wandb.init(project=cfg["project"], entity=cfg.get("entity"), group=cfg.get("group"), name=name,
-                     job_type=job_type, config=config, tags=list(cfg.get("tags") or []) + list(tags or []),
+                     job_type=job_type, config=redact(config), tags=list(cfg.get("tags") or []) + list(tags or []),
                      mode=cfg.get("mode", "offline"), dir=cfg["dir"], reinit="finish_previous")
     try:
         yield run
