@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from divcore.errors import InputError
 from experiments.engine.config import CONFIG_DIR
 from experiments.engine.pipeline import run_study
+from tests.helpers import compose
 
 GROUPS = ["pool", "embed", "selection", "metrics", "finetune", "eval", "eval/judge", "logger", "experiment", "debug"]
 
@@ -34,21 +33,15 @@ REQUIRED = {("pool", "file"): ["pool.path={tmp}/pool.jsonl"], ("eval/judge", "op
 
 def test_every_group_directory_is_covered():
     groups = {str(p.parent.relative_to(CONFIG_DIR)) for p in Path(CONFIG_DIR).glob("*/**/*.yaml")}
-    not_study = {"accelerate", "hydra/launcher", "hydra/job_logging"}  # accelerate's own; Hydra's (composed below)
+    not_study = {"accelerate", "hydra", "hydra/launcher", "hydra/job_logging", "hydra/hydra_logging"}  # Hydra's
     assert groups - not_study == set(GROUPS)
-
-
-def _compose(config: str, overrides: list[str], hydra: bool = False):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config, overrides=overrides, return_hydra_config=hydra)
 
 
 @pytest.mark.parametrize("group, name", PRESETS, ids=[f"{g}={n}" for g, n in PRESETS])
 def test_preset_composes_resolves_and_passes_checks(group, name, tmp_path, monkeypatch):
     (tmp_path / "pool.jsonl").write_text('{"messages": [{"role": "user", "content": "q"}]}\n')  # inputs must exist
-    cfg = _compose("study", [f"{group}={name}", f"cache_dir={tmp_path}/cache", f"results_dir={tmp_path}/results",
-                             *(o.format(tmp=tmp_path) for o in REQUIRED.get((group, name), []))])
-    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    resolved = compose("study", [f"{group}={name}", f"cache_dir={tmp_path}/cache", f"results_dir={tmp_path}/results",
+                                 *(o.format(tmp=tmp_path) for o in REQUIRED.get((group, name), []))])
     judge = (resolved["eval"].get("judge") or {})
     if judge.get("api_key_env"):  # a hosted judge's key is checked before any work; give it a placeholder
         monkeypatch.setenv(judge["api_key_env"], "sk-placeholder")
@@ -60,7 +53,7 @@ def test_preset_composes_resolves_and_passes_checks(group, name, tmp_path, monke
 
 @pytest.mark.parametrize("launcher", _presets("hydra/launcher"))
 def test_launcher_presets_compose(launcher):
-    cfg = _compose("study", [f"hydra/launcher={launcher}"], hydra=True)
+    cfg = compose("study", [f"hydra/launcher={launcher}"], resolve=False, hydra=True)
     assert cfg.hydra.launcher._target_
 
 
@@ -72,8 +65,7 @@ def test_launcher_presets_compose(launcher):
 ])
 def test_measure_and_report_configs_compose(config, overrides, expected, tmp_path):
     """Each secondary config resolves with no missing value and carries the overrides it was given."""
-    cfg = OmegaConf.to_container(_compose(config, [o.format(tmp=tmp_path) for o in overrides]), resolve=True,
-                                 throw_on_missing=True)
+    cfg = compose(config, [o.format(tmp=tmp_path) for o in overrides])
     for key, value in expected.items():
         assert cfg[key] == (value.format(tmp=tmp_path) if isinstance(value, str) else value)
     if "pool" in cfg:
@@ -87,9 +79,23 @@ def test_measure_and_report_configs_compose(config, overrides, expected, tmp_pat
 ])
 def test_bad_plugin_value_fails_before_the_pool_is_read(override, message, tmp_path):
     """The pool file does not exist: reaching the pool stage would fail differently."""
-    cfg = _compose("study", ["pool=file", f"pool.path={tmp_path}/missing.jsonl", f"cache_dir={tmp_path}/cache",
+    cfg = compose("study", ["pool=file", f"pool.path={tmp_path}/missing.jsonl", f"cache_dir={tmp_path}/cache",
                              f"results_dir={tmp_path}/results", "selection=demo", "metrics=default",
                              *override.split()])
     with pytest.raises(InputError, match=message):
-        run_study(OmegaConf.to_container(cfg, resolve=True))
+        run_study(cfg)
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("config", ["judge", "study"])
+def test_benchmark_data_found_through_divbench_data(config, tmp_path, monkeypatch):
+    """$DIVBENCH_DATA is searched first by every config that reads benchmark files (divbench-judge too)."""
+    for relative in ("mt_bench/question.jsonl", "alpaca_eval/gpt4_1106_preview.json"):
+        (tmp_path / "data" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / relative).write_text("[]")
+    monkeypatch.setenv("DIVBENCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("DIVBENCH_SHARED", str(tmp_path / "empty"))
+    cfg = compose(config, ["eval=smoke_judge"] if config == "study" else ["benchmark=mt_bench", "out=o"])
+    assert cfg["eval"]["mt_bench"]["data_dir"] == str(tmp_path / "data" / "mt_bench")
+    assert cfg["eval"]["alpaca_eval"]["reference_path"] == str(tmp_path / "data" / "alpaca_eval" /
+                                                               "gpt4_1106_preview.json")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tracemalloc
@@ -13,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
 from divcore.errors import InputError
 from eval.generation import adapter_rank, lora_rank_limit
@@ -22,6 +22,7 @@ from experiments.cli.study import run
 from experiments.embedding.backends import LastTokenEncoder, embed_chunked, embed_texts
 from experiments.engine.config import CONFIG_DIR, PROJECT_ROOT
 from finetune.sft import sft_config
+from tests.helpers import CliResult, compose, run_cli
 from tests.test_study_e2e import _artifacts, _compose, _tiny_overrides
 
 FINETUNE_PRESETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "finetune").glob("*.yaml"))
@@ -29,16 +30,10 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.y
 KEY_VARS = ("OPENAI_API_KEY", "VLLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 
-def _resolved(overrides: list[str], hydra_config: bool = False) -> dict:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("study", overrides=overrides, return_hydra_config=hydra_config)
-    return cfg
-
-
 @pytest.mark.parametrize("preset", FINETUNE_PRESETS)
 @pytest.mark.parametrize("processes", [1, 8])
 def test_sft_config_for_every_finetune_preset(preset, processes, tmp_path):
-    ft = OmegaConf.to_container(_resolved([f"finetune={preset}"]), resolve=True)["finetune"]
+    ft = compose("study", [f"finetune={preset}"])["finetune"]
     # transformers refuses bf16 without a bf16 GPU unless use_cpu: the only change needed to build it here.
     args = sft_config(ft | {"args": ft["args"] | {"use_cpu": True}}, tmp_path, processes=processes)
     assert args.output_dir == str(tmp_path) and args.max_length == ft["max_length"]
@@ -199,8 +194,8 @@ def test_every_preset_composes_and_dry_runs_with_slurm_and_no_keys(experiment, t
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no stored token either
     launcher = "slurm_gpu" if experiment.startswith("paper") else "local"
-    cfg = _resolved([f"experiment={experiment}", f"hydra/launcher={launcher}", f"cache_dir={tmp_path}/c",
-                     f"results_dir={tmp_path}/r", "dry_run=true"], hydra_config=True)
+    cfg = compose("study", [f"experiment={experiment}", f"hydra/launcher={launcher}", f"cache_dir={tmp_path}/c",
+                            f"results_dir={tmp_path}/r", "dry_run=true"], resolve=False, hydra=True)
     assert "submitit" in cfg.hydra.launcher._target_
     with open_dict(cfg):
         del cfg["hydra"]
@@ -209,11 +204,10 @@ def test_every_preset_composes_and_dry_runs_with_slurm_and_no_keys(experiment, t
     assert (tmp_path / "r" / "plan.csv").exists() and not (tmp_path / "c").exists()  # only the plan is written
 
 
-def _cli(*args: str, tmp: Path, module: str = "experiments.cli.study", env: dict | None = None):
-    env = {k: v for k, v in os.environ.items() if k not in KEY_VARS} | {"HF_HOME": str(tmp / "hf")} | (env or {})
-    return subprocess.run([sys.executable, "-m", module, f"cache_dir={tmp}/c", f"results_dir={tmp}/r",
-                           "logger=none", f"hydra.run.dir={tmp}/o", *args], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+def _cli(*args: str, tmp: Path, command: str = "study") -> CliResult:
+    """A command with no key variable set and an empty Hugging Face home (no stored token)."""
+    return run_cli(command, f"cache_dir={tmp}/c", f"results_dir={tmp}/r", "logger=none", f"hydra.run.dir={tmp}/o",
+                   *args, env=dict.fromkeys(KEY_VARS) | {"HF_HOME": str(tmp / "hf")}, timeout=300)
 
 
 @pytest.mark.slow
@@ -223,23 +217,24 @@ def _cli(*args: str, tmp: Path, module: str = "experiments.cli.study", env: dict
 ])
 def test_preflight_fails_before_writing_anything(tmp_path, args, message):
     proc = _cli(*args, tmp=tmp_path)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert message in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+    assert proc.code == 2, proc.output[-2000:]
+    assert message in proc.output and "Traceback" not in proc.output
     assert not (tmp_path / "c").exists() and not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow
 def test_doctor_names_what_the_paper_preset_lacks_here(tmp_path):
-    proc = _cli("experiment=paper_llama3", tmp=tmp_path, module="experiments.cli.doctor")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 2, out[-2000:]
+    proc = _cli("experiment=paper_llama3", tmp=tmp_path, command="doctor")
+    out = proc.output
+    assert proc.code == 2, out[-2000:]
     assert "missing GPUs: this preset needs CUDA" in out
     assert "missing HF token: ['meta-llama/Meta-Llama-3-8B'] are gated" in out
     assert "missing judge key: export OPENAI_API_KEY" in out
     assert "torch" in out and "faiss" in out and "free disk" in out
-    demo = _cli("experiment=demo", tmp=tmp_path, module="experiments.cli.doctor")
-    assert demo.returncode == 0, (demo.stdout + demo.stderr)[-2000:]
-    assert "everything this preset needs is here" in demo.stdout + demo.stderr
+    assert re.search(r"\] - \d+ thing\(s\) missing: this preset cannot run here", out) and not (tmp_path / "c").exists()
+    demo = _cli("experiment=demo", tmp=tmp_path, command="doctor")
+    assert demo.code == 0, demo.output[-2000:]
+    assert "everything this preset needs is here" in demo.output
 
 
 def test_adapter_rank_sets_and_bounds_max_lora_rank(tmp_path):

@@ -16,12 +16,14 @@ from divcore.errors import InputError
 from divcore.io import atomic_write
 from divcore.secrets import mask
 from experiments.cli.command import KeepOffConsole, check_command_line
+from experiments.engine.config import PROJECT_ROOT
 from experiments.engine.fingerprint import HashCache, content_keys
 from experiments.engine.pipeline import stage_specs
 from experiments.engine.store import MARKER, ArtifactStore, CorruptArtifactError
 from experiments.report.tables import correlate, write_report
 from metrics import MetricInputs, compute
 from metrics.mig import mig_information
+from tests.helpers import run_cli
 
 CONV = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]
 
@@ -210,10 +212,11 @@ def test_mask_keeps_three_characters():
 @pytest.mark.parametrize("name, level, message, shown", [
     ("faiss.loader", logging.INFO, "Could not load library with AVX2 support due to:", False),
     ("httpx", logging.INFO, 'HTTP Request: POST http://127.0.0.1/v1/chat/completions "HTTP/1.1 200 OK"', False),
-    ("py.warnings", logging.WARNING, "x.py:1: FutureWarning: `foo` is deprecated", False),
+    ("py.warnings", logging.WARNING, f"{PROJECT_ROOT}/x.py:1: FutureWarning: `foo` is deprecated", False),
+    ("py.warnings", logging.WARNING, "/site-packages/alpaca_eval/utils.py:20: UserWarning: pkg_resources is", False),
     ("faiss.loader", logging.WARNING, "a real faiss problem", True),
     ("divbench", logging.INFO, "stage pool done", True),
-    ("py.warnings", logging.WARNING, "x.py:1: UserWarning: something to read", True),
+    ("py.warnings", logging.WARNING, f"{PROJECT_ROOT}/metrics/x.py:1: UserWarning: something to read", True),
 ])
 def test_console_keeps_third_party_chatter_out(name, level, message, shown):
     record = logging.LogRecord(name, level, __file__, 1, "%s", (message,), None)
@@ -230,21 +233,32 @@ def test_console_keeps_third_party_chatter_out(name, level, message, shown):
 
 
 @pytest.mark.slow
-def test_cli_console_has_no_loader_noise_and_log_keeps_it(tmp_path):
+def test_cli_console_has_no_loader_noise_and_outputs_honour_the_umask(tmp_path):
     """A real divbench-measure process: faiss's loader lines stay out of the console; the outputs are
     group-readable under a 022 umask."""
-    import subprocess
-    import sys
-
-    from experiments.engine.config import PROJECT_ROOT
-
     np.save(tmp_path / "a.npy", np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32))
-    proc = subprocess.run(
-        ["bash", "-c", f"umask 022 && exec {sys.executable} -m experiments.cli.measure subsets={tmp_path}/a.npy "
-         f"out={tmp_path}/out hydra.run.dir={tmp_path}/h 'metrics.compute=[{{name: partition_entropy, params: "
-         "{n_clusters: 3}}, {name: radius}]'"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)))
-    assert proc.returncode == 0, proc.stderr
-    assert "faiss" not in proc.stdout + proc.stderr and "ModuleNotFoundError" not in proc.stdout + proc.stderr
+    old = os.umask(0o022)
+    try:
+        proc = run_cli("measure", f"subsets={tmp_path}/a.npy", f"out={tmp_path}/out", f"hydra.run.dir={tmp_path}/h",
+                       "metrics.compute=[{name: partition_entropy, params: {n_clusters: 3}}, {name: radius}]")
+    finally:
+        os.umask(old)
+    assert proc.code == 0, proc.output
+    assert "faiss" not in proc.output and "ModuleNotFoundError" not in proc.output
     assert stat.S_IMODE((tmp_path / "out" / "measure.csv").stat().st_mode) == 0o644
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command, args", [
+    ("select", ["selector=random", "size=2", "pool.path={tmp}/missing.jsonl", "out={tmp}/out"]),
+    ("embed", ["pool.path={tmp}/missing.jsonl", "out={tmp}/out.npy"]),
+])
+def test_console_keeps_faiss_loader_lines_out_and_the_log_keeps_them(command, args, tmp_path):
+    """select and embed load faiss inside the run (the pipeline): its loader lines reach the log file, never the
+    console (the command fails on the missing pool after that, exit 2)."""
+    proc = run_cli(command, *(a.format(tmp=tmp_path) for a in args), f"cache_dir={tmp_path}/cache",
+                   f"hydra.run.dir={tmp_path}/h")
+    assert proc.code == 2 and "missing.jsonl does not exist" in proc.output, proc.output
+    assert "faiss.loader" not in proc.output and "Loading faiss" not in proc.output
+    assert "ModuleNotFoundError" not in proc.output
+    assert "[faiss.loader][INFO] - Loading faiss" in next((tmp_path / "h").glob("*.log")).read_text()

@@ -4,19 +4,15 @@ answers and alpaca_eval-format outputs in, FastChat / alpaca_eval formats out; b
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from eval import mt_bench as mt
 from eval.reference_nll import read_reference
-from experiments.engine.config import PROJECT_ROOT
 from tests.conftest import SHARED
+from tests.helpers import KEY_ENV, CliResult, run_cli
 from tests.judge_server import JudgeServer
 
-KEY_ENV = "DIVBENCH_TEST_KEY"
 AE_REF = SHARED / "data" / "alpaca_eval" / "gpt4_1106_preview.json"
 MT_DIR = SHARED / "data" / "mt_bench"
 
@@ -32,15 +28,16 @@ def server():
         yield srv
 
 
-def _cli(server: JudgeServer, tmp_path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), OMP_NUM_THREADS="1", DIVBENCH_SHARED=str(SHARED),
-               **{KEY_ENV: "sk-test"})
-    return subprocess.run([sys.executable, "-m", "experiments.cli.judge", *args, "eval/judge=vllm_server",
-                           f"eval.judge.base_url={server.base_url}", f"eval.judge.api_key_env={KEY_ENV}",
-                           "eval.judge.model=judge-x", "eval.judge.max_retries=2", f"cache_dir={tmp_path}/cache",
-                           f"logger.dir={tmp_path}/wandb", f"hydra.run.dir={tmp_path}/hydra"],
-                          cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=600)
+def _cli(server: JudgeServer, tmp_path, *args: str) -> CliResult:
+    """divbench-judge as a user runs it, the benchmark files found through $DIVBENCH_DATA alone (an empty
+    $DIVBENCH_SHARED: judge.yaml resolves its data like the study, not from <shared>/data)."""
+    (tmp_path / "empty_shared").mkdir(exist_ok=True)
+    env = {"OMP_NUM_THREADS": "1", "DIVBENCH_DATA": str(SHARED / "data"),
+           "DIVBENCH_SHARED": str(tmp_path / "empty_shared"), KEY_ENV: "sk-test"}
+    return run_cli("judge", *args, "eval/judge=vllm_server", f"eval.judge.base_url={server.base_url}",
+                   f"eval.judge.api_key_env={KEY_ENV}", "eval.judge.model=judge-x", "eval.judge.max_retries=2",
+                   f"cache_dir={tmp_path}/cache", f"logger.dir={tmp_path}/wandb", f"hydra.run.dir={tmp_path}/hydra",
+                   env=env)
 
 
 def _answers(questions: list[dict]) -> list[dict]:
@@ -71,8 +68,11 @@ def test_mt_bench_fastchat_answers_to_fastchat_judgments(server, tmp_path):
     path.write_text("".join(json.dumps(a) + "\n" for a in answers))
     out = tmp_path / "out"
     proc = _cli(server, tmp_path, "benchmark=mt_bench", f"answers={path}", f"out={out}")
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert proc.code == 0, proc.output[-3000:]
     assert len(server.requests) == 160 and server.max_in_flight > 1
+    # the console shows the run's news, not a line per request or third-party loader chatter; the log keeps them
+    assert "HTTP Request" not in proc.output and "faiss" not in proc.output and "FutureWarning" not in proc.output
+    assert "HTTP Request: POST" in next((tmp_path / "hydra").glob("*.log")).read_text()
     rows = [json.loads(line) for line in (out / "model_judgment.jsonl").read_text().splitlines()]
     assert len(rows) == 160
     assert set(rows[0]) == {"question_id", "model", "judge", "user_prompt", "judgment", "score", "turn", "tstamp"}
@@ -95,7 +95,7 @@ def test_mt_bench_fastchat_answers_to_fastchat_judgments(server, tmp_path):
     assert summary["turn_2"] == pytest.approx(sum(turn2) / len(turn2)) and len(summary["by_category"]) == 8
 
     again = _cli(server, tmp_path, "benchmark=mt_bench", f"answers={path}", f"out={tmp_path}/out2")
-    assert again.returncode == 0 and len(server.requests) == 160  # the judge cache answers a re-run
+    assert again.code == 0 and len(server.requests) == 160  # the judge cache answers a re-run
     assert json.loads((tmp_path / "out2" / "summary.json").read_text())["score"] == summary["score"]
 
 
@@ -108,7 +108,7 @@ def test_alpaca_eval_outputs_to_annotations(server, tmp_path):
     path.write_text(json.dumps(outputs))
     proc = _cli(server, tmp_path, "benchmark=alpaca_eval", f"outputs={path}", f"out={tmp_path}/out",
                 "eval.judge.concurrency=16")
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert proc.code == 0, proc.output[-3000:]
     assert len(server.requests) == 805 and all(r["logprobs"] and r["top_logprobs"] == 5 for r in server.requests)
     annotations = json.loads((tmp_path / "out" / "annotations.json").read_text())
     assert len(annotations) == 805
@@ -147,9 +147,9 @@ def test_bad_input_exits_2_and_writes_nothing(server, tmp_path, case, message):
         (tmp_path / "o.json").write_text(json.dumps([{"instruction": "hi", "output": "x", "generator": "g"}]))
         args = ["benchmark=alpaca_eval", f"outputs={tmp_path}/o.json"]
     proc = _cli(server, tmp_path, *args, f"out={tmp_path}/out", *extra)
-    assert proc.returncode == 2, proc.stdout[-2000:]
-    assert message.replace("\\", "") in proc.stdout
-    assert "Traceback" not in proc.stdout and not (tmp_path / "out").exists() and not server.requests
+    assert proc.code == 2, proc.output[-2000:]
+    assert message.replace("\\", "") in proc.output
+    assert "Traceback" not in proc.output and not (tmp_path / "out").exists() and not server.requests
 
 
 @pytest.mark.slow
@@ -160,6 +160,6 @@ def test_refused_judge_exits_3_naming_the_model(server, tmp_path, code):
     path.write_text("".join(json.dumps(a) + "\n" for a in _answers(questions)))
     server.faults = [code] * 200
     proc = _cli(server, tmp_path, "benchmark=mt_bench", f"answers={path}", f"out={tmp_path}/out")
-    assert proc.returncode == 3, proc.stdout[-2000:]
-    assert "judge model 'judge-x'" in proc.stdout and f"HTTP {code}" in proc.stdout and "Fix:" in proc.stdout
-    assert "Traceback" not in proc.stdout and not (tmp_path / "out").exists()
+    assert proc.code == 3, proc.output[-2000:]
+    assert "judge model 'judge-x'" in proc.output and f"HTTP {code}" in proc.output and "Fix:" in proc.output
+    assert "Traceback" not in proc.output and not (tmp_path / "out").exists()

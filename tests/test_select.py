@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -13,16 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from divcore.errors import InputError
 from divcore.ownership import MANIFEST
-from experiments.cli.select import params_as_additions
 from experiments.embedding.backends import VLLM_PARAMS, register_backend
-from experiments.engine.config import CONFIG_DIR, PROJECT_ROOT
 from experiments.engine.subsets import run_select
 from tests.conftest import SHARED
+from tests.helpers import CliResult, compose, run_cli
 
 FILE_ROWS = (25, 25, 10)  # the authors split a pool into numbered files of ~5000 rows; here three small ones
 # every text has >= 15 words, so that the study's text metrics (vocd_d needs 50 words) are defined on 4 rows
@@ -48,9 +42,9 @@ def authors_layout(root: Path, dim: int = 12, seed: int = 0) -> tuple[Path, Path
 
 
 def select_cfg(tmp: Path, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("select", overrides=params_as_additions([f"cache_dir={tmp}/cache", *overrides]))
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    """divbench-select's config: ``params.<name>=`` adds a selector parameter, as on its command line."""
+    added = [f"++{o}" if o.startswith("params.") else o for o in overrides]
+    return compose("select", [f"cache_dir={tmp}/cache", *added], all_values=False)
 
 
 def artifacts(cache: Path) -> dict[str, float]:
@@ -147,11 +141,8 @@ def test_precomputed_refuses_misaligned_input(tmp_path, overrides, message):
     assert not (tmp_path / "out").exists()
 
 
-def _select_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HYDRA_FULL_ERROR="0", PYTHONPATH=str(PROJECT_ROOT))
-    return subprocess.run([sys.executable, "-m", "experiments.cli.select", f"cache_dir={tmp}/cache",
-                           f"hydra.run.dir={tmp}/hydra", *args], cwd=PROJECT_ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+def _select_cli(tmp: Path, *args: str) -> CliResult:
+    return run_cli("select", f"cache_dir={tmp}/cache", f"hydra.run.dir={tmp}/hydra", *args)
 
 
 @pytest.mark.slow  # subprocesses / a sentence embedder
@@ -167,26 +158,26 @@ def test_select_cli_bad_input_fails_clearly_and_writes_nothing(tmp_path):
         ([*base, "size=5", "params.neighbours=3"], "has no parameter(s) ['neighbours']"),
     ]:
         proc = _select_cli(tmp_path, *args, f"out={out}")
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        assert message in proc.stdout + proc.stderr
+        assert proc.code == 2, proc.output[-2000:]
+        assert message in proc.output
         assert not out.exists()
     (emb / "1.json").write_text(json.dumps(short + [short[0]]))
     proc = _select_cli(tmp_path, *base, "size=500", f"out={out}")
-    assert proc.returncode == 2 and "size=500 is larger than the pool (60 rows)" in proc.stdout + proc.stderr
+    assert proc.code == 2 and "size=500 is larger than the pool (60 rows)" in proc.output
 
-    assert _select_cli(tmp_path, *base, "size=5", f"out={out}").returncode == 0
+    assert _select_cli(tmp_path, *base, "size=5", f"out={out}").code == 0
     first = (out / "indices.json").read_text()
     proc = _select_cli(tmp_path, *base, "size=6", f"out={out}")  # another selection into the same out
-    assert proc.returncode == 2 and "already holds a different selection" in proc.stdout + proc.stderr
+    assert proc.code == 2 and "already holds a different selection" in proc.output
     assert (out / "indices.json").read_text() == first
-    assert _select_cli(tmp_path, *base, "size=5", f"out={out}").returncode == 0  # the same selection again: fine
-    assert _select_cli(tmp_path, *base, "size=6", f"out={out}", "overwrite=true").returncode == 0
+    assert _select_cli(tmp_path, *base, "size=5", f"out={out}").code == 0  # the same selection again: fine
+    assert _select_cli(tmp_path, *base, "size=6", f"out={out}", "overwrite=true").code == 0
     assert len(json.loads((out / "indices.json").read_text())) == 6
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / "notes.txt").write_text("mine")
     proc = _select_cli(tmp_path, *base, "size=5", f"out={stray}")
-    assert proc.returncode == 2 and "holds no divbench selection" in proc.stdout + proc.stderr
+    assert proc.code == 2 and "holds no divbench selection" in proc.output
     assert (stray / "notes.txt").read_text() == "mine" and len(list(stray.iterdir())) == 1
 
 
@@ -215,10 +206,7 @@ def test_embed_round_trip_through_the_authors_layout(tmp_path):
 
     text, _, _ = authors_layout(tmp_path / "pool")
     out = tmp_path / "emb"
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("embed_pool", overrides=[f"pool.path={text}", "embed=minilm", f"out={out}",
-                                               f"cache_dir={tmp_path}/cache"])
-    cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = compose("embed_pool", [f"pool.path={text}", "embed=minilm", f"out={out}", f"cache_dir={tmp_path}/cache"])
     embed_pool(cfg)
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "0.json", "1.json", "2.json"]
     counts = [len(json.loads((out / f"{i}.json").read_text())) for i in range(3)]
@@ -264,8 +252,7 @@ def test_data_resolution_order(tmp_path, monkeypatch):
     (env / rel).unlink()
     assert resolve_data(rel, shared) == fallback
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("study", overrides=[f"shared_dir={tmp_path / 'none'}"])
+    cfg = compose("study", [f"shared_dir={tmp_path / 'none'}"], resolve=False)
     assert cfg.eval.alpaca_eval.reference_path == fallback
 
     from eval.mt_bench import load_mt_bench
@@ -378,12 +365,10 @@ def test_divbench_embed_passes_every_embed_option_as_the_study_does(tmp_path, ou
     text, _, _ = authors_layout(tmp_path / "pool")
     model = tmp_path / "model"
     model.mkdir()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("embed_pool", overrides=[f"pool.path={text}", "embed=vllm", "embed.backend=recording",
-                                               f"embed.model={model}", "embed.device=cpu", "embed.max_length=32",
-                                               "embed.runtime.chunk_size=7", "embed.runtime.vllm.dtype=float16",
-                                               f"out={tmp_path / out}", f"cache_dir={tmp_path}/cache"])
-    cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = compose("embed_pool", [f"pool.path={text}", "embed=vllm", "embed.backend=recording", f"embed.model={model}",
+                                 "embed.device=cpu", "embed.max_length=32", "embed.runtime.chunk_size=7",
+                                 "embed.runtime.vllm.dtype=float16", f"out={tmp_path / out}",
+                                 f"cache_dir={tmp_path}/cache"])
     RECORDED.clear()
     embed_pool(cfg)
     vllm = {"dtype": "float16", "gpu_memory_utilization": 0.9, "enforce_eager": False}
@@ -403,14 +388,13 @@ def run_study_embeddings(tmp: Path, text: Path, model: Path) -> np.ndarray:
     fine-tuning, which a plain-text pool cannot have)."""
     from experiments.engine.pipeline import run
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("study", overrides=[f"cache_dir={tmp}/study_cache", f"results_dir={tmp}/results", "pool=file",
-                                          f"pool.path={text}", "pool.size=null", "pool.max_prompt_chars=null",
-                                          "embed=vllm", "embed.backend=recording", f"embed.model={model}",
-                                          "embed.device=cpu", "embed.max_length=32", "embed.runtime.chunk_size=7",
-                                          "embed.runtime.vllm.dtype=float16", "device=cpu"])
+    cfg = compose("study", [f"cache_dir={tmp}/study_cache", f"results_dir={tmp}/results", "pool=file",
+                            f"pool.path={text}", "pool.size=null", "pool.max_prompt_chars=null", "embed=vllm",
+                            "embed.backend=recording", f"embed.model={model}", "embed.device=cpu",
+                            "embed.max_length=32", "embed.runtime.chunk_size=7", "embed.runtime.vllm.dtype=float16",
+                            "device=cpu"])
     RECORDED.clear()
-    cfg = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "finetune"}
+    cfg = {k: v for k, v in cfg.items() if k != "finetune"}
     vecs = run(cfg, until="embed").shared["embed"]
     assert RECORDED[0]["vllm"]["dtype"] == "float16" and max(RECORDED[0]["chunks"]) == 7
     return vecs
@@ -423,10 +407,8 @@ def test_finetuning_commands_refuse_plain_text_before_embedding(tmp_path, comman
     from experiments.cli.study import run
 
     text, emb, _ = authors_layout(tmp_path / "pool")
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("study", overrides=[f"cache_dir={tmp_path}/cache", f"results_dir={tmp_path}/results",
-                                          "logger=none", "pool=file", f"pool.path={text}", "embed=precomputed",
-                                          f"embed.path={emb}"])
+    cfg = compose("study", [f"cache_dir={tmp_path}/cache", f"results_dir={tmp_path}/results", "logger=none",
+                            "pool=file", f"pool.path={text}", "embed=precomputed", f"embed.path={emb}"])
     with pytest.raises(InputError, match="plain-text rows"):
-        run(cfg) if command == "divbench-study" else finetune_subsets(OmegaConf.to_container(cfg, resolve=True))
+        run(cfg) if command == "divbench-study" else finetune_subsets(cfg)
     assert not (tmp_path / "cache" / "embed").exists()

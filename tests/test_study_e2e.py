@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from experiments.cli.study import run
-from experiments.engine.config import CONFIG_DIR, PROJECT_ROOT
+from experiments.engine.config import CONFIG_DIR
+from tests.helpers import CliResult, run_cli
 from tests.judge_server import JudgeServer
 
 
@@ -134,11 +132,9 @@ def _export_study(tmp_path: Path, runs: pd.DataFrame) -> None:
     assert pd.read_parquet(out / "pool.parquet")["novelselect-s0"].sum() == 4
 
 
-def _cli(*args: str, tmp: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HYDRA_FULL_ERROR="0")
-    return subprocess.run([sys.executable, "-m", "experiments.cli.study", f"cache_dir={tmp}/c",
-                           f"results_dir={tmp}/r", "logger=none", f"hydra.run.dir={tmp}/o", *args],
-                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+def _cli(*args: str, tmp: Path) -> CliResult:
+    return run_cli("study", f"cache_dir={tmp}/c", f"results_dir={tmp}/r", "logger=none", f"hydra.run.dir={tmp}/o",
+                   *args, timeout=300)
 
 
 @pytest.mark.slow
@@ -158,8 +154,8 @@ def _cli(*args: str, tmp: Path) -> subprocess.CompletedProcess:
 ])
 def test_cli_bad_input_fails_clearly(tmp_path, args, message):
     proc = _cli(*args, tmp=tmp_path)
-    assert proc.returncode != 0
-    assert message in proc.stdout + proc.stderr
+    assert proc.code == 2, proc.output[-2000:]
+    assert message in proc.output and "Traceback" not in proc.output
     assert not (tmp_path / "r").exists()
 
 

@@ -30,6 +30,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -45,7 +46,10 @@ DOCS = "experiments/README.md (every command in depth) and configs/README.md (ev
 # loggers whose records below WARNING are chatter, not news: faiss tries its AVX512 / AVX2 builds and logs each
 # ModuleNotFoundError at INFO (it reads like a failure); httpx / httpcore log one INFO line per judge request
 CHATTY_LOGGERS = ("faiss.loader", "httpx", "httpcore")
+# warnings shown on the console: the project's own, except notices of future API changes; a warning raised in a
+# third-party file (alpaca_eval's pkg_resources notice, transformers' FutureWarnings) goes to the log file only
 THIRD_PARTY_WARNINGS = ("FutureWarning:", "DeprecationWarning:", "PendingDeprecationWarning:")
+PROJECT_DIR = str(Path(__file__).resolve().parents[2]) + os.sep
 
 
 class KeepOffConsole(logging.Filter):
@@ -54,8 +58,9 @@ class KeepOffConsole(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING and record.name.startswith(CHATTY_LOGGERS):
             return False
-        if record.name == "py.warnings":  # logging.captureWarnings: the formatted warning is the message
-            return not any(kind in record.getMessage() for kind in THIRD_PARTY_WARNINGS)
+        if record.name == "py.warnings":  # logging.captureWarnings: "<file>:<line>: <Category>: <text>"
+            message = record.getMessage()
+            return message.startswith(PROJECT_DIR) and not any(kind in message for kind in THIRD_PARTY_WARNINGS)
         return True
 
 
