@@ -1,5 +1,8 @@
 """divbench-finetune: fine-tune the study's subsets (all, or selection.only=<label>) and publish each model into the
-cache, where divbench-study with the same overrides picks it up; the same config and keys as divbench-study.
+cache, where divbench-study with the same overrides picks it up.
+
+Main keys: the study's (experiment=<preset>, selection.only=<label>, finetune=<preset>, finetune.global_batch_size,
+finetune.resume, cache_dir); -m hydra/launcher=slurm_multigpu for one SLURM job per subset with a task per GPU.
 
 Fine-tuning on several GPUs: ``accelerate launch --config_file configs/accelerate/<ddp|zero3|fsdp>.yaml
 -m experiments.cli.finetune experiment=paper_llama3 selection.only=kmeans``.
