@@ -88,7 +88,12 @@ OmegaConf.register_new_resolver("divbench_help", command_help, replace=True)
 
 def configure_console_logging() -> None:
     """The project's console logging (the console half of the job logging config), from the first line on;
-    Hydra replaces it with its own and then the job's (with the log file) once it runs."""
+    Hydra replaces it with its own and then the job's (with the log file) once it runs. Like
+    ``logging.basicConfig``, it leaves a process whose logging is already set up (an embedding application,
+    pytest's capture) as it is."""
+    logging.captureWarnings(True)  # warnings become log records: KeepOffConsole sorts them
+    if logging.getLogger().handlers:
+        return
     import yaml
 
     from experiments.engine.config import CONFIG_DIR
@@ -98,7 +103,6 @@ def configure_console_logging() -> None:
     conf["handlers"].pop("file")
     conf["root"]["handlers"] = [h for h in conf["root"]["handlers"] if h != "file"]
     logging.config.dictConfig(conf)
-    logging.captureWarnings(True)  # warnings become log records: KeepOffConsole sorts them
 
 
 def _failed(error: BaseException, code: int) -> int:
@@ -247,7 +251,7 @@ def hydra_command(config_name: str, *, validate: Callable[[dict[str, Any]], None
     from experiments.engine.config import CONFIG_DIR
 
     def decorate(work: Callable[[dict[str, Any]], Any]) -> Callable[[], int]:
-        @functools.wraps(work)  # Hydra names the job (log file, run folder) after work's module
+        @functools.wraps(work)  # Hydra names the job (log file, run folder) after work's module: the command's
         def task(cfg: DictConfig) -> None:
             code = run_work(lambda: work(resolve(cfg, all_values(cfg))))
             if code:

@@ -16,10 +16,19 @@ passes.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from experiments.cli.command import hydra_command
 from experiments.engine.embed_pool import check_embed_pool_config, embed_pool
 
-main = hydra_command("embed_pool", validate=check_embed_pool_config)(embed_pool)
+
+def embed(cfg: dict[str, Any]) -> Path:
+    """The command's work (Hydra names the job, its log and run folder after this module: embed)."""
+    return embed_pool(cfg)
+
+
+main = hydra_command("embed_pool", validate=check_embed_pool_config)(embed)
 
 if __name__ == "__main__":
     main()
