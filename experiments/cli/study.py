@@ -21,15 +21,19 @@ log = logging.getLogger("divbench")
 
 
 # Overrides that say where or how a job runs, not what it studies: left out of a sweep job's folder name.
+# ``selection.only`` is a fan-out of one study, not a variant: its jobs share the study's folder and its gather.
 NOT_IN_JOB_NAME = ("experiment", "debug", "results_dir", "cache_dir", "shared_dir", "dry_run", "hydra", "logger",
-                   "device")
+                   "device", "selection.only")
+
+
+def _in_job_name(key: str) -> bool:
+    return key not in NOT_IN_JOB_NAME and key.split(".", 1)[0].split("/", 1)[0] not in NOT_IN_JOB_NAME
 
 
 def job_name(overrides: list[str]) -> str:
     """A sweep job's folder name from its command-line overrides (``key=value``, comma-joined, ``/`` -> ``_``),
     leaving out where/how it runs (:data:`NOT_IN_JOB_NAME`)."""
-    kept = [o.lstrip("+~") for o in overrides
-            if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0] not in NOT_IN_JOB_NAME]
+    kept = [o.lstrip("+~") for o in overrides if _in_job_name(o.lstrip("+~").split("=", 1)[0])]
     return ",".join(sorted(kept)).replace("/", "_") or "default"
 
 
