@@ -30,7 +30,7 @@ def _keys(overrides: list[str]) -> dict[str, str]:
 RUNTIME = ["finetune.args.logging_steps=7", "++finetune.args.save_steps=3", "++finetune.args.save_total_limit=2",
            "++finetune.args.logging_first_step=true", "finetune.args.disable_tqdm=true",
            "++finetune.args.report_to=[wandb]", "finetune.resume=true", "finetune.keep_checkpoints=true",
-           "embed.batch_size=3", "embed.device=cuda", "device=cuda", "++embed.runtime.workers=4"]
+           "++embed.batch_size=3", "embed.device=cuda", "device=cuda", "++embed.runtime.workers=4"]
 JUDGED_RUNTIME = ["eval.generation.batch_size=2", "eval.generation.device=cuda"]
 ENDPOINT_RUNTIME = ["eval.judge.concurrency=3"]  # an HTTP judge's requests in flight (a local judge takes 1 only)
 RESULT = ["finetune.args.learning_rate=0.001", "finetune.max_length=128", "embed.max_length=32", "pool.size=41",

@@ -12,7 +12,8 @@ from experiments.engine.config import CONFIG_DIR
 from experiments.engine.pipeline import run_study
 from tests.helpers import compose
 
-GROUPS = ["pool", "embed", "selection", "metrics", "finetune", "eval", "eval/judge", "logger", "experiment", "debug"]
+GROUPS = ["pool", "embed", "selection", "metrics", "finetune", "eval", "eval/judge", "logger", "experiment", "debug",
+          "paths", "report"]
 
 
 def _presets(group: str) -> list[str]:
@@ -99,3 +100,58 @@ def test_benchmark_data_found_through_divbench_data(config, tmp_path, monkeypatc
     assert cfg["eval"]["mt_bench"]["data_dir"] == str(tmp_path / "data" / "mt_bench")
     assert cfg["eval"]["alpaca_eval"]["reference_path"] == str(tmp_path / "data" / "alpaca_eval" /
                                                                "gpt4_1106_preview.json")
+
+
+PRIMARY = {"study": [], "select": ["pool.path=/p", "out=/o"], "embed_pool": ["pool.path=/p", "out=/o"],
+           "measure": ["subsets=/s"], "report": ["runs=/r.csv"], "judge": ["benchmark=mt_bench", "out=/o"]}
+
+
+@pytest.mark.parametrize("config", PRIMARY)
+def test_every_primary_config_shares_hydra_settings(config):
+    """One configs/hydra/default.yaml: the project's job logging, the before-run check, no chdir, run folders
+    under outputs/<study or command>/."""
+    cfg = compose(config, PRIMARY[config], resolve=False, hydra=True)
+    assert cfg.hydra.runtime.choices["hydra/job_logging"] == "divbench"
+    assert cfg.hydra.runtime.choices["hydra/hydra_logging"] == "divbench"
+    assert cfg.hydra.callbacks.before_run._target_ == "experiments.cli.command.BeforeRun"
+    assert cfg.hydra.job.chdir is False and "/outputs/" in cfg.hydra.run.dir
+
+
+def test_report_settings_are_one_group_for_study_and_report():
+    """divbench-report's statistics and a study's report block are the same file (configs/report/); only the seed
+    follows each command (the study's seed, divbench-report's seed=)."""
+    study = compose("study", [])["report"]
+    report = compose("report", ["runs=/r.csv"])
+    assert {k: report[k] for k in study if k != "seed"} == {k: v for k, v in study.items() if k != "seed"}
+    assert study["seed"] == compose("study", [])["seed"] and report["seed"] == 42
+    assert compose("study", ["seed=7"])["report"]["seed"] == 7
+
+
+def test_paper_presets_share_one_design_and_sweep_every_subset_label():
+    """paper_llama3 and paper_qwen25 differ only in the base model (study name, fine-tuning preset, embedding
+    model); their sweep is every label of selection/paper.yaml, listed there only."""
+    from omegaconf import OmegaConf
+
+    presets = {m: compose("study", [f"experiment={m}"], resolve=False, hydra=True)
+               for m in ("paper_llama3", "paper_qwen25")}
+    plain = {m: OmegaConf.to_container(c, resolve=False) for m, c in presets.items()}
+    labels = [s["label"] for s in compose("study", ["experiment=paper_llama3"])["selection"]["subsets"]]
+    for cfg in presets.values():
+        assert cfg.hydra.sweeper.params["selection.only"].split(",") == labels and len(labels) == 12
+    differ = {k for k in plain["paper_llama3"] if k != "hydra" and plain["paper_llama3"][k] != plain["paper_qwen25"][k]}
+    assert differ == {"study", "finetune", "embed"}
+    assert plain["paper_qwen25"]["embed"] == plain["paper_llama3"]["embed"] | {"model": "Qwen/Qwen2.5-7B"}
+
+
+def test_judge_reads_the_study_evaluation_members():
+    """divbench-judge composes eval=paper's members (judge, MT-Bench, AlpacaEval settings) instead of copies."""
+    judge = compose("judge", ["benchmark=mt_bench", "out=/o", "seed=42"])["eval"]
+    paper = compose("study", ["eval=paper"])["eval"]
+    assert judge["judge"] == paper["judge"]
+    for member in ("mt_bench", "alpaca_eval"):
+        assert judge[member] == paper[member]
+
+
+def test_mini_metric_sets_are_metrics_options():
+    for study in ("mini", "mini_v2"):
+        assert compose("study", [f"experiment={study}"])["metrics"] == compose("study", [f"metrics={study}"])["metrics"]

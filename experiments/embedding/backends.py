@@ -73,7 +73,8 @@ ENCODER_PARAMS: dict[str, Param] = {
     "model": text(), "max_length": POSITIVE_INT, "batch_size": POSITIVE_INT, "device": text(),
     "runtime": optional(mapping()), "runtime.chunk_size": optional(POSITIVE_INT)}
 # vLLM's own options are extra ``vllm.LLM`` arguments; the ones the configs set are checked, others pass through.
-VLLM_PARAMS: dict[str, Param] = ENCODER_PARAMS | {
+# vLLM schedules its own batches (``runtime.vllm.max_num_seqs``), so it reads no ``batch_size``.
+VLLM_PARAMS: dict[str, Param] = {k: v for k, v in ENCODER_PARAMS.items() if k != "batch_size"} | {
     "runtime.vllm": optional(mapping()), "runtime.vllm.dtype": text(),
     "runtime.vllm.gpu_memory_utilization": number(0, 1, lo_open=True), "runtime.vllm.enforce_eager": flag(),
     "runtime.vllm.max_num_seqs": POSITIVE_INT}

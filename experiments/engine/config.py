@@ -25,3 +25,8 @@ def output_root() -> Path:
 OmegaConf.register_new_resolver("divbench_root", lambda: str(output_root()), replace=True)
 # ${divbench_data:<shared_dir>,<relative path>}: $DIVBENCH_DATA, then <shared_dir>/data, then the user data dir.
 OmegaConf.register_new_resolver("divbench_data", lambda shared, rel: resolve_data(rel, shared), replace=True)
+# ${divbench_labels:${selection.subsets}}: the subsets' labels, comma-joined (a sweep over selection.only names each
+# once, where the subsets are listed: configs/selection/).
+OmegaConf.register_new_resolver(
+    "divbench_labels", lambda subsets: ",".join(dict.fromkeys(s.get("label", s["selector"]) for s in subsets)),
+    replace=True)

@@ -204,7 +204,7 @@ def embed_pool_rows(call: Call) -> np.ndarray | Path:
     work = Path(call.cfg["cache_dir"]) / "partial" / "embed" / call.folder.name
     runtime = cfg.get("runtime") or {}
     embed_texts([embedding_text(c) for c in convs], resolve_model(cfg["model"], call.cfg["cache_dir"]),
-                cfg["backend"], max_length=int(cfg["max_length"]), batch_size=int(cfg["batch_size"]),
+                cfg["backend"], max_length=int(cfg["max_length"]), batch_size=int(cfg.get("batch_size") or 1),
                 device=cfg["device"], chunk_size=int(runtime.get("chunk_size") or DEFAULT_CHUNK), work_dir=work,
                 vllm=runtime.get("vllm"))
     finish_embedding(work, call.out)
