@@ -120,6 +120,9 @@ def test_every_primary_config_shares_hydra_settings(config):
 def test_report_settings_are_one_group_for_study_and_report():
     """divbench-report's statistics and a study's report block are the same file (configs/report/); only the seed
     follows each command (the study's seed, divbench-report's seed=)."""
+    assert compose("study", [], resolve=False, hydra=True).hydra.runtime.choices["report"] == "default"
+    assert compose("report", ["runs=/r.csv"], resolve=False, hydra=True).hydra.runtime.choices["report@_global_"] \
+        == "default"
     study = compose("study", [])["report"]
     report = compose("report", ["runs=/r.csv"])
     assert {k: report[k] for k in study if k != "seed"} == {k: v for k, v in study.items() if k != "seed"}
@@ -130,8 +133,14 @@ def test_report_settings_are_one_group_for_study_and_report():
 def test_paper_presets_share_one_design_and_sweep_every_subset_label():
     """paper_llama3 and paper_qwen25 differ only in the base model (study name, fine-tuning preset, embedding
     model); their sweep is every label of selection/paper.yaml, listed there only."""
+    import yaml
     from omegaconf import OmegaConf
 
+    for model in ("paper_llama3", "paper_qwen25"):  # a model preset says only what differs
+        assert set(yaml.safe_load((Path(CONFIG_DIR) / "experiment" / f"{model}.yaml").read_text())) <= \
+            {"defaults", "study", "embed"}
+    listed = [p.name for p in Path(CONFIG_DIR).rglob("*.yaml") if "duplicate_75" in p.read_text()]
+    assert listed == ["paper.yaml"]  # selection/paper.yaml
     presets = {m: compose("study", [f"experiment={m}"], resolve=False, hydra=True)
                for m in ("paper_llama3", "paper_qwen25")}
     plain = {m: OmegaConf.to_container(c, resolve=False) for m, c in presets.items()}
