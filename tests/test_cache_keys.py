@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from experiments.engine.config import CONFIG_DIR
 from experiments.engine.pipeline import STAGES, stage_specs, subset_plan
 from experiments.engine.store import ArtifactStore
+from tests.helpers import compose
 
 BASES = {"reference_nll": ["debug=tiny"],
          "judged": ["debug=tiny", "eval=smoke_judge"],
@@ -16,8 +14,7 @@ BASES = {"reference_nll": ["debug=tiny"],
 
 
 def _keys(overrides: list[str]) -> dict[str, str]:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("study", overrides=overrides + ["cache_dir=/c"]), resolve=True)
+    cfg = compose("study", overrides + ["cache_dir=/c"])
     store = ArtifactStore("/c")
     keys = {}
     for entry in subset_plan(cfg["selection"]):

@@ -17,9 +17,9 @@ from eval.combined import combine_performance
 from eval.judges import JudgeConfig, JudgeError, make_judge
 from eval.reference_nll import load_reference
 from tests.conftest import SHARED
+from tests.helpers import KEY_ENV
 from tests.judge_server import JudgeServer
 
-KEY_ENV = "DIVBENCH_TEST_KEY"
 AE_REF = SHARED / "data" / "alpaca_eval" / "gpt4_1106_preview.json"
 MT_DIR = SHARED / "data" / "mt_bench"
 

@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 
 from divcore.errors import InputError
 from experiments.data.embedding_sets import load_matrix
-from experiments.engine.config import CONFIG_DIR
 from experiments.report.measure import measure
+from tests.helpers import compose
 
 
 def test_measure_reproduces_golden_from_authors_format(tmp_path, golden):
@@ -26,10 +25,9 @@ def test_measure_reproduces_golden_from_authors_format(tmp_path, golden):
     for name, idx in golden["subsets"].items():
         np.save(sub_dir / f"{name}.npy", pool[idx])
     np.testing.assert_array_equal(load_matrix(ref_dir), pool)
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("measure", overrides=[f"subsets={sub_dir}", f"reference={ref_dir}", f"out={tmp_path}/out",
-                                            "metrics=default", "metrics.compute=[{name: novelsum_grid}, "
-                                            "{name: distsum_cosine}]"])
+    cfg = compose("measure", overrides=[f"subsets={sub_dir}", f"reference={ref_dir}", f"out={tmp_path}/out",
+                                        "metrics=default", "metrics.compute=[{name: novelsum_grid}, "
+                                        "{name: distsum_cosine}]"], resolve=False)
     from omegaconf import OmegaConf
 
     measure(OmegaConf.to_container(cfg, resolve=True))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from divcore.errors import InputError
@@ -14,13 +13,12 @@ from eval.benchmarks import alpaca_eval_reference, reference_examples, reference
 from eval.reference_nll import read_reference
 from experiments.cli import data as data_cli
 from experiments.data.export import SMOKE_CAVEAT, dataset_card
-from experiments.engine.config import CONFIG_DIR
 from experiments.engine.environment import benchmark_files, missing_benchmark_files
+from tests.helpers import compose
 
 
 def _demo(tmp_path, extra: list[str] = ()) -> dict:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("study", overrides=["experiment=demo", f"shared_dir={tmp_path}/no-shared", *extra])
+    cfg = compose("study", overrides=["experiment=demo", f"shared_dir={tmp_path}/no-shared", *extra], resolve=False)
     return cfg
 
 

@@ -31,6 +31,7 @@ from experiments.embedding.backends import EMBED_BACKENDS, check_embed_config
 from experiments.embedding.backends import register_backend as register_embed_backend
 from metrics.registry import METRICS, check_config
 from selection.registry import SELECTORS
+from tests.helpers import KEY_ENV
 
 REGISTRIES = {"metric": METRICS, "selector": SELECTORS}  # entries called with hyperparameters
 ENTRIES = [(kind, e.name, p) for kind, reg in REGISTRIES.items() for e in reg for p in e.params]
@@ -39,7 +40,6 @@ CONFIG_REGISTRIES = {"embed.backend": EMBED_BACKENDS, "eval.generation.backend":
                      "eval.judge.kind": JUDGE_KINDS, "pool.format": POOL_FORMATS}
 EVERY_REGISTRY = REGISTRIES | {"evaluator": EVALUATORS} | CONFIG_REGISTRIES
 MISSING = "/nonexistent/divbench"  # a model or data path that any load would fail on with another error
-KEY_ENV = "DIVBENCH_REGISTRY_TEST_KEY"
 
 
 def _bad_values(kind: str, name: str, param: str) -> list:

@@ -17,6 +17,7 @@ from divcore.errors import InputError
 from experiments.report import stats as st
 from experiments.report.tables import aggregate_replicates, correlate, regenerate, write_report
 from tests.conftest import ROOT
+from tests.helpers import compose
 
 NEW_COLUMNS = ["pearson_p_perm", "spearman_p_perm", "pearson_q", "spearman_q", "pearson_diff_vs_ref",
                "pearson_diff_ci_low", "pearson_diff_ci_high", "spearman_diff_vs_ref", "pearson_partial_length",
@@ -270,14 +271,9 @@ def test_one_subset_with_replicates_reports_its_noise_floor_only(tmp_path):
 
 @pytest.mark.parametrize("preset, subsets, replicates", [("mini", 24, 2), ("noise_floor", 1, 5)])
 def test_presets_plan(preset, subsets, replicates, tmp_path):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from experiments.engine.config import CONFIG_DIR
     from experiments.engine.pipeline import replicate_entries, subset_plan
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("study", overrides=[f"experiment={preset}"]), resolve=True)
+    cfg = compose("study", [f"experiment={preset}"])
     plan = subset_plan(cfg["selection"])
     assert len(plan) == subsets and len(replicate_entries(plan, cfg)) == subsets * replicates
     if preset == "mini":

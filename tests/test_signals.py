@@ -10,19 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 import metrics
 import selection
 from divcore.errors import InputError
-from experiments.engine.config import CONFIG_DIR
 from experiments.engine.dag import stage_specs
 from experiments.engine.pipeline import run_study
 from metrics.labels import Clustering
 from metrics.registry import metric_needs
 from metrics.signals import PoolSignals, SignalNeeds, pool_signals
 from selection.registry import selector_needs
+from tests.helpers import compose
 
 SIGNAL_METRICS = [
     {"name": "novelsum", "params": {"neighbors": 3}},
@@ -175,12 +173,9 @@ def _study(tmp: Path, n: int = 30) -> dict:
         {"role": "user", "content": f"question {i} about topic {i % 5}"},
         {"role": "assistant", "content": " ".join(f"w{j}" for j in range(10 + i % 7))}]}) + "\n" for i in range(n)))
     np.save(tmp / "emb.npy", rng.normal(size=(n, 6)).astype(np.float32))
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("study", overrides=["debug=tiny", f"cache_dir={tmp}/cache", f"results_dir={tmp}/results",
-                                          "pool=file", f"pool.path={pool}", "pool.size=null",
-                                          "pool.max_prompt_chars=null", "embed=precomputed",
-                                          f"embed.path={tmp}/emb.npy", "logger.enabled=false", "stop_after=metrics"])
-    cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = compose("study", ["debug=tiny", f"cache_dir={tmp}/cache", f"results_dir={tmp}/results", "pool=file",
+                            f"pool.path={pool}", "pool.size=null", "pool.max_prompt_chars=null", "embed=precomputed",
+                            f"embed.path={tmp}/emb.npy", "logger.enabled=false", "stop_after=metrics"])
     cfg["metrics"]["compute"] = copy.deepcopy(SIGNAL_METRICS)  # tests change their copy
     cfg["selection"]["subsets"] = [{"label": "random", "selector": "random", "seeds": [0, 1]},
                                    {"label": "mig", "selector": "mig", "params": {"n_clusters": 4}}]

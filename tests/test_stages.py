@@ -10,11 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from divcore.errors import InputError
-from experiments.engine.config import CONFIG_DIR
 from experiments.engine.dag import DAG, STAGES, stage_specs, subset_plan
 from experiments.engine.pipeline import run, study_entries
 from experiments.engine.stages import (
@@ -30,6 +28,7 @@ from experiments.engine.stages import (
 )
 from experiments.engine.store import CorruptArtifactError
 from selection.registry import Selection
+from tests.helpers import compose
 from tests.test_study_e2e import _compose
 
 
@@ -123,11 +122,10 @@ def _toy_cfg(tmp: Path, n: int = 30) -> dict:
         {"role": "user", "content": f"question {i}"},
         {"role": "assistant", "content": " ".join(f"w{j}" for j in range(5 + i % 7))}]}) + "\n" for i in range(n)))
     np.save(tmp / "emb.npy", rng.normal(size=(n, 6)).astype(np.float32))
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("study", overrides=["debug=tiny", f"cache_dir={tmp}/cache", f"results_dir={tmp}/results",
-                                          "pool=file", f"pool.path={pool}", "pool.size=null",
-                                          "pool.max_prompt_chars=null", "embed=precomputed",
-                                          f"embed.path={tmp}/emb.npy", "logger.enabled=false"])
+    cfg = compose("study", overrides=["debug=tiny", f"cache_dir={tmp}/cache", f"results_dir={tmp}/results",
+                                      "pool=file", f"pool.path={pool}", "pool.size=null",
+                                      "pool.max_prompt_chars=null", "embed=precomputed",
+                                      f"embed.path={tmp}/emb.npy", "logger.enabled=false"], resolve=False)
     cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg["metrics"]["compute"] = [{"name": "novelsum", "params": {"neighbors": 3}}]
     cfg["selection"]["subsets"] = [{"label": "random", "selector": "random", "seeds": [0, 1]}]

@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from experiments.cli.study import run
-from experiments.engine.config import CONFIG_DIR
-from tests.helpers import CliResult, run_cli
+from tests.helpers import KEY_ENV, CliResult, compose, run_cli
 from tests.judge_server import JudgeServer
 
 
@@ -35,7 +33,7 @@ def _tiny_overrides(tmp: Path, model: str, judge_url: str | None = None) -> list
                    "eval.generation.temperature=1.0"]  # an untrained model's greedy answer is blank
 
 
-KEY_ENV, SECRET = "DIVBENCH_TEST_JUDGE_KEY", "sk-divbench-never-log-me-1234"
+SECRET = "sk-divbench-never-log-me-1234"  # the judge key (in KEY_ENV) that no file or log may hold
 
 
 def _varied_judge(body: dict) -> str:
@@ -48,8 +46,7 @@ def _varied_logprobs(body: dict) -> list[tuple[str, float]]:
 
 
 def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("study", overrides=overrides)
+    return compose("study", overrides=overrides, resolve=False)
 
 
 def _artifacts(cache: Path) -> dict[str, float]:
