@@ -17,7 +17,7 @@ from experiments.engine.environment import Check, diagnose
 log = logging.getLogger("divbench")
 
 
-def report(checks: list[Check]) -> int:
+def log_checks(checks: list[Check]) -> int:
     """One line per check, one per missing thing with its fix; returns how many are missing."""
     width = max(len(c.name) for c in checks)
     for c in checks:
@@ -34,7 +34,7 @@ def report(checks: list[Check]) -> int:
 def doctor(cfg: dict[str, Any]) -> None:
     """Diagnose the resolved study config; anything missing is an input error (exit 2)."""
     log.info("divbench-doctor: study %s", cfg["study"])
-    missing = report(diagnose(cfg))
+    missing = log_checks(diagnose(cfg))
     if missing:
         raise InputError(f"{missing} thing(s) missing: this preset cannot run here")
 

@@ -19,7 +19,7 @@ from experiments.report.tables import check_report_config
 log = logging.getLogger("divbench.report")
 
 
-def report(cfg: dict[str, Any]) -> dict:
+def regenerate_report(cfg: dict[str, Any]) -> dict:
     """Regenerate the report the resolved config asks for; returns the written paths."""
     from experiments.report.tables import regenerate
 
@@ -31,7 +31,7 @@ def report(cfg: dict[str, Any]) -> dict:
     return paths
 
 
-main = hydra_command("report", validate=check_report_config)(report)
+main = hydra_command("report", validate=check_report_config)(regenerate_report)
 
 if __name__ == "__main__":
     main()
