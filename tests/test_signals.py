@@ -20,7 +20,7 @@ from metrics.labels import Clustering
 from metrics.registry import metric_needs
 from metrics.signals import PoolSignals, SignalNeeds, pool_signals
 from selection.registry import selector_needs
-from tests.helpers import compose
+from tests.helpers import compose, precomputed_pool
 
 SIGNAL_METRICS = [
     {"name": "novelsum", "params": {"neighbors": 3}},
@@ -167,15 +167,8 @@ def test_needs_the_pool_cannot_meet_are_refused_before_any_fit():
 
 def _study(tmp: Path, n: int = 30) -> dict:
     """A judge-free study on a JSONL pool with precomputed vectors, stopped after the metrics: no model is loaded."""
-    rng = np.random.default_rng(0)
-    pool = tmp / "pool.jsonl"
-    pool.write_text("".join(json.dumps({"messages": [
-        {"role": "user", "content": f"question {i} about topic {i % 5}"},
-        {"role": "assistant", "content": " ".join(f"w{j}" for j in range(10 + i % 7))}]}) + "\n" for i in range(n)))
-    np.save(tmp / "emb.npy", rng.normal(size=(n, 6)).astype(np.float32))
-    cfg = compose("study", ["debug=tiny", f"cache_dir={tmp}/cache", f"results_dir={tmp}/results", "pool=file",
-                            f"pool.path={pool}", "pool.size=null", "pool.max_prompt_chars=null", "embed=precomputed",
-                            f"embed.path={tmp}/emb.npy", "logger.enabled=false", "stop_after=metrics"])
+    overrides = precomputed_pool(tmp, n, question=lambda i: f"question {i} about topic {i % 5}", min_words=10)
+    cfg = compose("study", [*overrides, "stop_after=metrics"])
     cfg["metrics"]["compute"] = copy.deepcopy(SIGNAL_METRICS)  # tests change their copy
     cfg["selection"]["subsets"] = [{"label": "random", "selector": "random", "seeds": [0, 1]},
                                    {"label": "mig", "selector": "mig", "params": {"n_clusters": 4}}]

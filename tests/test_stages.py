@@ -8,7 +8,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -28,7 +27,7 @@ from experiments.engine.stages import (
 )
 from experiments.engine.store import CorruptArtifactError
 from selection.registry import Selection
-from tests.helpers import compose
+from tests.helpers import compose, precomputed_pool
 from tests.test_study_e2e import _compose
 
 
@@ -116,16 +115,7 @@ def _toy_dag(cost: str = CHEAP, artifact: type = ToyRow) -> tuple[Stage, ...]:
 
 def _toy_cfg(tmp: Path, n: int = 30) -> dict:
     """A study on a JSONL pool with precomputed vectors (no model is loaded) and the toy stage's config group."""
-    rng = np.random.default_rng(0)
-    pool = tmp / "pool.jsonl"
-    pool.write_text("".join(json.dumps({"messages": [
-        {"role": "user", "content": f"question {i}"},
-        {"role": "assistant", "content": " ".join(f"w{j}" for j in range(5 + i % 7))}]}) + "\n" for i in range(n)))
-    np.save(tmp / "emb.npy", rng.normal(size=(n, 6)).astype(np.float32))
-    cfg = compose("study", overrides=["debug=tiny", f"cache_dir={tmp}/cache", f"results_dir={tmp}/results",
-                                      "pool=file", f"pool.path={pool}", "pool.size=null",
-                                      "pool.max_prompt_chars=null", "embed=precomputed",
-                                      f"embed.path={tmp}/emb.npy", "logger.enabled=false"], resolve=False)
+    cfg = compose("study", overrides=precomputed_pool(tmp, n), resolve=False)
     cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg["metrics"]["compute"] = [{"name": "novelsum", "params": {"neighbors": 3}}]
     cfg["selection"]["subsets"] = [{"label": "random", "selector": "random", "seeds": [0, 1]}]

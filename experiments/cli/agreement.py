@@ -8,13 +8,11 @@ import json
 import logging
 from pathlib import Path
 
-import pandas as pd
-
-from divcore.errors import InputError
 from divcore.io import atomic_write, writing
 from divcore.ownership import check_output_file
 from experiments.cli.command import argparse_command
 from experiments.report.agreement import target_agreement
+from experiments.report.tables import read_runs_csv
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
 
 @argparse_command(parser())
 def main(args: argparse.Namespace) -> None:
-    frames = [read_runs_table(path) for path in (args.a, args.b)]
+    frames = [read_runs_csv(path) for path in (args.a, args.b)]
     check_output_file(args.out, "--out", inputs={"a": args.a, "b": args.b}, ours=is_agreement_file,
                       what="agreement file")
     result = target_agreement(*frames, n_perm=args.n_perm, seed=args.seed, where=(str(args.a), str(args.b)),
@@ -49,19 +47,6 @@ def _shown(level: dict) -> tuple:
         return "undefined" if v is None else format(v, spec)
 
     return fmt(level["spearman_rho"], ".3f"), level["n"], fmt(level["spearman_p_perm"], ".3g")
-
-
-def read_runs_table(path: Path) -> pd.DataFrame:
-    """A runs.csv; a missing, empty, non-UTF-8 or unparsable file is an input error naming it."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such runs.csv; give the runs.csv files of two divbench-study runs")
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path} is empty: give the runs.csv of a finished divbench-study run") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise InputError(f"{path} is not a readable CSV ({str(e).strip()[:120]}); give a runs.csv written by "
-                         "divbench-study") from None
 
 
 def is_agreement_file(path: Path) -> bool:

@@ -649,7 +649,7 @@ def read_runs(runs_csvs: str | Path | Sequence[str | Path]) -> tuple[pd.DataFram
         raise InputError("runs= is empty: give a runs.csv, or a list of them (runs=[a.csv,b.csv])")
     frames = []
     for path in paths:
-        frame = _read_csv(path)
+        frame = read_runs_csv(path, f"runs={path}")
         check_runs(frame, str(path))
         frames.append(frame)
     if len(frames) > 1:
@@ -659,18 +659,23 @@ def read_runs(runs_csvs: str | Path | Sequence[str | Path]) -> tuple[pd.DataFram
     return runs, paths
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    """One runs.csv; a missing, empty, folder or unparsable path is an input error naming it."""
+def read_runs_csv(path: Path, label: str | None = None) -> pd.DataFrame:
+    """One runs.csv; a missing, empty, folder or unparsable path is an input error naming it (as ``label``, e.g. the
+    key that gave it, else the path). divbench-report and divbench-agreement read their inputs through it."""
+    label = label or str(path)
     if not path.exists():
-        raise InputError(f"{path} does not exist: run the study first, or point at its results/<study>/runs.csv")
+        raise InputError(f"{label} does not exist (no such runs.csv): run the study first, or point at its "
+                         "results/<study>/runs.csv")
     if not path.is_file():
-        raise InputError(f"runs={path} is a folder: point at the runs.csv inside it")
+        raise InputError(f"{label} is a folder: point at the runs.csv inside it")
     try:
         return pd.read_csv(path)
     except pd.errors.EmptyDataError:
-        raise InputError(f"runs={path} is empty: re-run the study (or divbench-report) to write it") from None
+        raise InputError(f"{label} is empty: give the runs.csv of a finished divbench-study run (re-run the study "
+                         "or divbench-report to write it)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise InputError(f"runs={path} is not a readable CSV ({str(e).strip()[:120]})") from None
+        raise InputError(f"{label} is not a readable CSV ({str(e).strip()[:120]}); give a runs.csv written by "
+                         "divbench-study") from None
 
 
 def check_report_config(cfg: dict) -> None:

@@ -1,15 +1,19 @@
 """What the tests share: one way to compose a config (:func:`compose`), one way to run a command (:func:`run_cli`),
-the judge-key variable's name (:data:`KEY_ENV`)."""
+the judge-key variable's name (:data:`KEY_ENV`), a study on a small precomputed pool (:func:`precomputed_pool`)."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from experiments.engine.config import CONFIG_DIR, PROJECT_ROOT
 
@@ -79,3 +83,18 @@ def _in_process(command: str, args: list[str], capsys: Any) -> CliResult:
         sys.argv = old
     captured = capsys.readouterr()
     return CliResult(int(code or 0), captured.out, captured.err)
+
+
+def precomputed_pool(tmp: Path, n: int, *, question: Callable[[int], str] = lambda i: f"question {i}",
+                     min_words: int = 5) -> list[str]:
+    """Write ``n`` conversations to ``tmp/pool.jsonl`` (answers of ``min_words + i % 7`` words) and seeded random
+    6-d vectors to ``tmp/emb.npy``; return the ``debug=tiny`` study overrides that read them (no model is loaded)."""
+    pool = tmp / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": question(i)},
+        {"role": "assistant", "content": " ".join(f"w{j}" for j in range(min_words + i % 7))}]}) + "\n"
+        for i in range(n)))
+    np.save(tmp / "emb.npy", np.random.default_rng(0).normal(size=(n, 6)).astype(np.float32))
+    return ["debug=tiny", f"cache_dir={tmp}/cache", f"results_dir={tmp}/results", "pool=file", f"pool.path={pool}",
+            "pool.size=null", "pool.max_prompt_chars=null", "embed=precomputed", f"embed.path={tmp}/emb.npy",
+            "logger.enabled=false"]
