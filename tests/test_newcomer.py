@@ -228,6 +228,10 @@ def test_job_name_keeps_what_the_job_studies():
                      "selection.size=4"]) == "metrics.compute.0.params.density_power=0.5,selection.size=4"
     assert job_name(["experiment=demo", "eval=reference_nll", "+finetune/x=y"]) == "eval=reference_nll,finetune_x=y"
     assert job_name(["experiment=demo"]) == "default"
+    # only what the sweep varies names the folder: a setting every job shares is the study itself
+    swept = {"selection.only", "finetune.lr"}
+    assert job_name(["selection.only=random", "finetune.lr=0.1", "embed.model=/m"], swept) == "finetune.lr=0.1"
+    assert job_name(["selection.only=random", "embed.model=/m"], {"selection.only"}) == "default"
 
 
 @pytest.mark.slow

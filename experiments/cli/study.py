@@ -30,22 +30,49 @@ def _in_job_name(key: str) -> bool:
     return key not in NOT_IN_JOB_NAME and key.split(".", 1)[0].split("/", 1)[0] not in NOT_IN_JOB_NAME
 
 
-def job_name(overrides: list[str]) -> str:
-    """A sweep job's folder name from its command-line overrides (``key=value``, comma-joined, ``/`` -> ``_``),
-    leaving out where/how it runs (:data:`NOT_IN_JOB_NAME`)."""
-    kept = [o.lstrip("+~") for o in overrides if _in_job_name(o.lstrip("+~").split("=", 1)[0])]
-    return ",".join(sorted(kept)).replace("/", "_") or "default"
+def job_name(overrides: list[str], swept: set[str] | None = None) -> str:
+    """A sweep job's folder name from its overrides (``key=value``, comma-joined, ``/`` -> ``_``): the ``swept`` keys
+    (those the command line gave several values; all of them when ``None``), leaving out where/how it runs
+    (:data:`NOT_IN_JOB_NAME`). A setting every job shares names no folder: it is the study, not a variant."""
+    def kept(override: str) -> bool:
+        key = override.lstrip("+~").split("=", 1)[0]
+        return _in_job_name(key) and (swept is None or key in swept)
+
+    return ",".join(sorted(o.lstrip("+~") for o in overrides if kept(o))).replace("/", "_") or "default"
+
+
+def swept_keys(hydra_cfg: Any) -> set[str] | None:
+    """The keys a multirun sweeps, read from the ``multirun.yaml`` Hydra's basic sweeper saves in the sweep folder
+    (a job sees only its own values); ``None`` with a sweeper that saves none (then every override names the job)."""
+    from pathlib import Path
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    folder = Path(hydra_cfg.sweep.dir)
+    path = folder if folder.is_absolute() else Path(hydra_cfg.runtime.cwd) / folder
+    path = path / "multirun.yaml"
+    if not path.exists():
+        log.info("no %s: every override of a sweep job names its results folder", path)
+        return None
+    saved = OmegaConf.load(path).hydra
+    given = list(saved.overrides.task) + [f"{k}={v}" for k, v in (saved.sweeper.get("params") or {}).items()]
+    return {o.key_or_group for o in OverridesParser.create().parse_overrides(given) if o.is_sweep_override()}
 
 
 def per_job_results(cfg: dict[str, Any]) -> str | None:
-    """Under ``-m`` each job writes ``<results_dir>/<its overrides>/`` (see :func:`job_name`), so jobs of a sweep
-    never overwrite each other; ``divbench-report runs=[...]`` combines them."""
+    """Under ``-m`` each job writes ``<results_dir>/<its swept overrides>/`` (see :func:`job_name`), so jobs of a
+    sweep never overwrite each other; ``divbench-report runs=[...]`` combines them. A fan-out over
+    ``selection.only`` alone is one study in chunks: its jobs share the study's folder."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    name = job_name(list(HydraConfig.get().overrides.task))
+    hydra_cfg = HydraConfig.get()
+    name = job_name(list(hydra_cfg.overrides.task), swept_keys(hydra_cfg))
+    if name == "default":
+        return None
     cfg["results_dir"] = f"{cfg['results_dir']}/{name}"
     log.info("sweep job %s: results in %s", name, cfg["results_dir"])
     return name
