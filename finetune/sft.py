@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from divcore.errors import InputError
 from divcore.io import atomic_write, honour_umask
-from finetune.models import load_tokenizer, release_gpu_memory
+from finetune.models import MODELS, load_tokenizer, release_gpu_memory
 from finetune.precision import TORCH_DTYPES, check_precision_config, finetune_precision, padding_free
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,21 @@ def training_setup(trainer: Any) -> dict[str, Any]:
             * int(args.gradient_accumulation_steps)}
 
 
+def reusable_base_dtype(args: Any, peft_config: Any) -> str | None:
+    """The dtype in which a fine-tune may borrow the process's cached base model (:data:`finetune.models.MODELS`),
+    or None when it loads its own: only a single-process CPU LoRA run whose base PEFT can hand back as it was (no
+    activation checkpointing, whose input-grad hooks stay on the model; no ``modules_to_save`` / trainable tokens,
+    which copy base modules) and whose model TRL would load with nothing but a dtype."""
+    init = dict(args.model_init_kwargs or {})
+    dtype = init.pop("dtype", "float32")
+    lora_copies = peft_config is None or getattr(peft_config, "modules_to_save", None) or \
+        getattr(peft_config, "trainable_token_indices", None)
+    if (lora_copies or init or dtype not in ("float32", "bfloat16") or not args.use_cpu or world_size() > 1
+            or args.activation_checkpointing or not MODELS.enabled):
+        return None
+    return dtype
+
+
 def train_sft(conversations: list[dict[str, Any]], model_path: str, output_dir: str | Path,
               cfg: dict[str, Any], checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
     """Fine-tune ``model_path`` on ``conversations``; saves the adapter (or full model) to ``output_dir``, with
@@ -233,21 +249,27 @@ def train_sft(conversations: list[dict[str, Any]], model_path: str, output_dir: 
     if checkpoint_dir is None:
         args.save_strategy = "no"
     peft_config = LoraConfig(**cfg["lora"]) if cfg.get("lora") else None
-    trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tok,
-                         peft_config=peft_config)
-    resume = last_checkpoint(checkpoint_dir)
-    if resume:
-        log.info("resuming fine-tuning from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(output_dir))  # FSDP: a full state dict when the accelerate config asks for it
-    setup = training_setup(trainer)
-    if trainer.is_world_process_zero():
-        tok.save_pretrained(str(output_dir))  # the chat template used in training travels with the model
-        atomic_write(Path(output_dir) / "training_setup.json", json.dumps(setup, indent=2))
-        # the loss curve stays with the model, with or without W&B (one entry per logging_steps)
-        atomic_write(Path(output_dir) / LOG_HISTORY, json.dumps(trainer.state.log_history, indent=1))
-        honour_umask(output_dir)  # safetensors writes the weights 0600; a shared cache needs the umask's mode
-    del trainer  # the next GPU stage (vLLM generation) in this process needs the memory back
+    base = reusable_base_dtype(args, peft_config)
+    with MODELS.lend(model_path, base) if base else nullcontext(model_path) as model:
+        if base:
+            args.model_init_kwargs = None  # the model is loaded already, in that dtype
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                             peft_config=peft_config)
+        resume = last_checkpoint(checkpoint_dir)
+        if resume:
+            log.info("resuming fine-tuning from %s", resume)
+        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(str(output_dir))  # FSDP: a full state dict when the accelerate config asks for it
+        setup = training_setup(trainer)
+        if trainer.is_world_process_zero():
+            tok.save_pretrained(str(output_dir))  # the chat template used in training travels with the model
+            atomic_write(Path(output_dir) / "training_setup.json", json.dumps(setup, indent=2))
+            # the loss curve stays with the model, with or without W&B (one entry per logging_steps)
+            atomic_write(Path(output_dir) / LOG_HISTORY, json.dumps(trainer.state.log_history, indent=1))
+            honour_umask(output_dir)  # safetensors writes the weights 0600; a shared cache needs the umask's mode
+        if base:
+            trainer.model.unload()  # the LoRA layers out of the shared base model (MODELS.lend checks)
+        del trainer  # the next GPU stage (vLLM generation) in this process needs the memory back
     release_gpu_memory()
     return {"train_loss": float(result.training_loss), "train_samples": len(dataset),
             "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)), "global_step": result.global_step,

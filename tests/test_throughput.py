@@ -103,3 +103,29 @@ def test_bf16_fine_tuning_and_evaluation_run_and_are_recorded(tiny_model, tmp_pa
     assert half["eval_precision"] == "bf16" and full["eval_precision"] == "fp32"
     assert half["n_tokens"] == full["n_tokens"] and half["performance"] != full["performance"]
     assert half["performance"] == pytest.approx(full["performance"], rel=0.02)
+
+
+@pytest.mark.slow
+def test_a_reused_base_model_trains_and_scores_as_a_fresh_load(tiny_model, tmp_path):
+    from finetune.models import MODELS
+
+    examples = [{"instruction": "Question 9?", "output": "Answer and more done."}]
+    MODELS.clear()
+    with MODELS.disabled():  # every model loaded afresh, as before the cache existed
+        _, fresh_losses, fresh = _train(tiny_model, tmp_path / "fresh", _cfg())
+        fresh_nll = reference_nll(tiny_model, examples, adapter=str(tmp_path / "fresh"), max_length=64)
+        loaded = load_causal_lm(tiny_model).state_dict()
+    loads = MODELS.loads
+    runs = [_train(tiny_model, tmp_path / f"reused{i}", _cfg()) for i in range(2)]  # the 2nd borrows the 1st's base
+    assert MODELS.loads == loads + 1
+    for _, losses, adapter in runs:  # a fresh LoRA on the reused base: the fresh load's numbers, bit for bit
+        assert losses == fresh_losses and all(torch.equal(adapter[k], fresh[k]) for k in fresh)
+    base = load_causal_lm(tiny_model)  # the base the fine-tunes borrowed, handed back as loaded
+    assert MODELS.loads == loads + 1 and "forward" not in vars(base) and not base.training
+    with MODELS.disabled():
+        assert base.config.to_dict() == load_causal_lm(tiny_model).config.to_dict()
+    assert all(torch.equal(t, loaded[k]) for k, t in base.state_dict().items())
+    loads = MODELS.loads
+    nll = [reference_nll(tiny_model, examples, adapter=str(tmp_path / "reused1"), max_length=64) for _ in range(2)]
+    assert MODELS.loads == loads + 1  # the merged model, loaded once for both
+    assert nll[0] == nll[1] == fresh_nll
