@@ -273,10 +273,13 @@ def model_problems(cfg: dict[str, Any]) -> list[str]:
     return problems
 
 
-def judge_problems(cfg: dict[str, Any]) -> list[str]:
-    """A judge served on this machine (base_url on localhost) that nothing answers on: found in a second, not
-    after the first model is fine-tuned. Remote judges are not probed (that would cost a request)."""
+def judge_problems(cfg: dict[str, Any], timeout_s: float = 3.0) -> list[str]:
+    """An endpoint judge that cannot be reached from here, found in seconds rather than after the first model is
+    fine-tuned: a TCP connection to ``eval.judge.base_url``'s host and port (name lookup included). Only the
+    handshake: no HTTP request, so nothing is billed and no key is sent. Skipped when a proxy serves that URL (the
+    client goes through it; a direct connection says nothing)."""
     import socket
+    import urllib.request
     from urllib.parse import urlparse
 
     judge = (cfg.get("eval") or {}).get("judge") or {}
@@ -284,14 +287,22 @@ def judge_problems(cfg: dict[str, Any]) -> list[str]:
     if not isinstance(url, str) or not url:
         return []
     parsed = urlparse(url)
-    if parsed.hostname not in ("localhost", "127.0.0.1", "::1"):
-        return []
+    if not parsed.hostname:
+        return [f"eval.judge.base_url={url!r} names no host; give e.g. http://localhost:8000/v1"]
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    where = f"{parsed.scheme}://{parsed.hostname}:{port}{parsed.path}"  # never the userinfo (a password)
+    if urllib.request.getproxies().get(parsed.scheme) and not urllib.request.proxy_bypass(parsed.hostname):
+        log.info("judge %s goes through a proxy: its reachability is not probed", where)
+        return []
     try:
-        socket.create_connection((parsed.hostname, port), timeout=1.0).close()
-    except OSError:
-        return [f"eval.judge.base_url={parsed.scheme}://{parsed.hostname}:{port}{parsed.path}: nothing answers there; "
-                "start the judge server (vllm serve <model> --port ...) or point base_url at it"]
+        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+    except OSError as e:
+        if parsed.hostname in ("localhost", "127.0.0.1", "::1"):
+            return [f"eval.judge.base_url={where}: nothing answers there; start the judge server "
+                    "(vllm serve <model> --port ...) or point base_url at it"]
+        return [f"eval.judge.base_url={where}: cannot connect from this machine ({e.strerror or e}); check the "
+                "network, the host name and the port, or judge where the endpoint is reachable "
+                "(stop_after=generate here, then the same command there)"]
     return []
 
 
