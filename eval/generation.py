@@ -130,12 +130,12 @@ class TransformersGenerator:
     """Batched ``model.generate`` with left padding; the adapter (if any) is merged at load."""
 
     def __init__(self, model_path: str, *, adapter: str | None = None, device: str = "cpu", dtype: str = "float32",
-                 batch_size: int = 8, seed: int = 0, merge_dtype: str | None = None) -> None:
+                 batch_size: int = 8, seed: int = 0, merge: bool = True) -> None:
         from finetune.models import load_causal_lm
 
         self.tok = load_chat_tokenizer(model_path, adapter)
         self.tok.padding_side = "left"
-        self.model = load_causal_lm(model_path, adapter=adapter, device=device, dtype=dtype, merge_dtype=merge_dtype)
+        self.model = load_causal_lm(model_path, adapter=adapter, device=device, dtype=dtype, merge=merge)
         self.device, self.batch_size, self.seed = device, batch_size, seed
 
     def _batch(self, conversations: list[Messages], temperature: float, max_new_tokens: int) -> list[str]:
@@ -174,12 +174,12 @@ class TransformersGenerator:
 
 @register_backend("transformers", params={"device": non_empty_text(), "batch_size": POSITIVE_INT})
 def _transformers(cfg: Mapping[str, Any], model_path: str, adapter: str | None) -> Generator:
-    # eval.precision=bf16 (eval.evaluators passes it in as ``precision``): bfloat16 weights, adapter merged in float32
+    # eval.precision=bf16 (eval.evaluators passes it in as ``precision``): bfloat16 base, float32 adapter unmerged
     bf16 = cfg.get("precision") == "bf16"
     return TransformersGenerator(model_path, adapter=adapter, device=cfg.get("device", "cpu"),
                                  dtype=TORCH_DTYPES["bf16"] if bf16 else cfg.get("dtype", "float32"),
                                  batch_size=int(cfg.get("batch_size", 8)), seed=int(cfg.get("seed", 0)),
-                                 merge_dtype=TORCH_DTYPES["fp32"] if bf16 else None)
+                                 merge=not bf16)
 
 
 class VLLMGenerator:

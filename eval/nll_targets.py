@@ -127,7 +127,7 @@ def _generate(model: EvalModel, cfg: dict[str, Any], out_dir: Path) -> None:
     examples = {name: target_examples(name, t, model.data) for name, t in targets.items()}
     tok = load_tokenizer(model.adapter or model.path)
     tuned = score_model(load_causal_lm(model.path, adapter=model.adapter, device=device, dtype=dtype,
-                                       merge_dtype=TORCH_DTYPES["fp32"]), tok, examples, length, device, batch)
+                                       merge=dtype == TORCH_DTYPES["fp32"]), tok, examples, length, device, batch)
     row: dict[str, Any] = {"eval_precision": eval_precision(cfg)}
     if cfg.get("gain_over_untuned", True) and model.adapter is not None:
         base = untuned_scores(model.path, examples, cfg,

@@ -117,7 +117,7 @@ def reference_nll(model_path: str, examples: list[dict[str, str]], *, adapter: s
     finetune.precision; ``batch_size``: answers of equal length scored together, a runtime knob)."""
     tok = load_tokenizer(adapter or model_path)
     model = load_causal_lm(model_path, adapter=adapter, device=device, dtype=TORCH_DTYPES[precision],
-                           merge_dtype=TORCH_DTYPES["fp32"])
+                           merge=precision == "fp32")
     sums, counts = example_nlls(model, tok, examples, max_length=max_length, device=device, batch_size=batch_size)
     total, count = 0.0, int(counts.sum())
     for s in sums:  # accumulated in example order, as before: the cached numbers stay bit for bit

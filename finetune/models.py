@@ -161,28 +161,26 @@ def finetuned(output_dir: str | Path, base_model: str) -> tuple[str, str | None]
 
 
 def load_causal_lm(path: str, *, dtype: str = "float32", device: str = "cpu", adapter: str | None = None,
-                   merge_dtype: str | None = None) -> PreTrainedModel:
+                   merge: bool = True) -> PreTrainedModel:
     """A causal LM in eval mode, with a PEFT adapter merged in when ``adapter`` is given; on the CPU it comes from
     :data:`MODELS`, shared: use it for inference only.
 
-    ``merge_dtype``: the dtype the base is loaded and the adapter merged in before the model is cast to ``dtype``
-    (default: ``dtype`` itself). ``merge_dtype="float32"`` with ``dtype="bfloat16"`` rounds the merged weights to
-    bfloat16 once, instead of adding the small LoRA delta to weights already rounded (finetune.precision)."""
+    ``merge=False`` keeps the adapter as PEFT loads it, unmerged and in float32 over a ``dtype`` base: the model the
+    bf16 fine-tune trained (finetune.precision); merging the small LoRA delta into bfloat16 weights would round
+    much of it away."""
     def build() -> PreTrainedModel:
-        load = merge_dtype if adapter and merge_dtype else dtype
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, load))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         if adapter:
             from peft import PeftModel
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        if load != dtype:
-            model = model.to(getattr(torch, dtype))
+            model = PeftModel.from_pretrained(model, adapter)
+            model = model.merge_and_unload() if merge else model
         return model.to(device).eval()
 
     if not str(device).startswith("cpu"):
         return build()
     if adapter is None:  # the base model as a fine-tune borrows it (ModelCache.lend): one copy for both
         return MODELS.model(("base", path, dtype, files_stamp(path)), build)
-    return MODELS.model(("merged", path, files_stamp(path), adapter, files_stamp(adapter), dtype, merge_dtype), build)
+    return MODELS.model(("adapted", path, files_stamp(path), adapter, files_stamp(adapter), dtype, merge), build)
 
 
 def release_gpu_memory(*owners: object) -> None:

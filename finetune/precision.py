@@ -19,9 +19,11 @@ matmuls in float32 (twice the traffic of the element-wise ops, which dominate on
 rate). Norms and softmax stay numerically safe either way: Llama's RMSNorm and SDPA accumulate in float32, and the
 loss is taken on float32 log-probabilities.
 
-**Evaluation in bf16.** The adapter is merged into the float32 base and the merged weights are rounded to bfloat16
-once (``finetune.models.load_causal_lm(..., dtype="bfloat16", merge_in="float32")``): merging the small LoRA delta
-into already-rounded bfloat16 weights would round it a second time. Log-probabilities are taken in float32.
+**Evaluation in bf16.** The model evaluated is the model trained: a bfloat16 base with the float32 adapter left
+unmerged (``finetune.models.load_causal_lm(..., dtype="bfloat16", merge=False)``), so the adapter branch runs in
+float32 as in training. Merging instead rounds W + BA to bfloat16, whose spacing (2^-8 of |W|) is about the size of
+a short LoRA run's delta: much of what was learned would round away (the float32 path merges, as it always did).
+Log-probabilities are taken in float32.
 
 **Cache keys.** The *resolved* precision is part of a stage's key when it is ``bf16`` and absent when it is
 ``fp32``, so every key computed before this setting existed (and its float32 numbers) stays valid

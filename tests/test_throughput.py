@@ -103,6 +103,10 @@ def test_bf16_fine_tuning_and_evaluation_run_and_are_recorded(tiny_model, tmp_pa
     assert half["eval_precision"] == "bf16" and full["eval_precision"] == "fp32"
     assert half["n_tokens"] == full["n_tokens"] and half["performance"] != full["performance"]
     assert half["performance"] == pytest.approx(full["performance"], rel=0.02)
+    scored = load_causal_lm(tiny_model, adapter=str(tmp_path / "bf16"), dtype="bfloat16", merge=False)
+    lora = {n: p.dtype for n, p in scored.named_parameters() if "lora_" in n}  # the model trained: adapter unmerged
+    assert lora and set(lora.values()) == {torch.float32}
+    assert {p.dtype for n, p in scored.named_parameters() if "lora_" not in n} == {torch.bfloat16}
 
 
 @pytest.mark.slow
