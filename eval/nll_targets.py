@@ -39,9 +39,13 @@ KINDS = ("reference", "heldout")
 
 
 def _targets(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The targets that are on: a target set to null is off (``eval.targets.reference=null``; eval=nll_heldout)."""
     targets = cfg.get("targets") or {}
-    if not isinstance(targets, dict) or not targets:
-        raise InputError("eval.targets must map target names to {kind, path, n_examples, seed}; it is empty")
+    if not isinstance(targets, dict):
+        raise InputError("eval.targets must map target names to {kind, path, n_examples, seed}")
+    targets = {name: t for name, t in targets.items() if t is not None}
+    if not targets:
+        raise InputError("eval.targets must map target names to {kind, path, n_examples, seed}; none is on")
     return targets
 
 

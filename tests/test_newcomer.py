@@ -29,10 +29,10 @@ def _key_exists(cfg, key: str) -> bool:
 def test_doctor_names_keys_that_exist_in_the_demo(tmp_path, monkeypatch):
     monkeypatch.delenv("DIVBENCH_DATA", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    cfg = _demo(tmp_path)
+    cfg = _demo(tmp_path, ["eval=demo"])  # the demo's AlpacaEval option (its default target reads no file)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     files = benchmark_files(resolved)
-    assert files, "the demo reads no benchmark file"
+    assert files, "eval=demo reads no benchmark file"
     for key, _ in files:
         assert _key_exists(cfg, key), f"{key} is not a key of the composed demo config"
     problems = missing_benchmark_files(resolved)
@@ -52,7 +52,7 @@ def test_reference_errors_name_the_composed_key(tmp_path):
 
 def test_demo_key_in_message_can_be_overridden(tmp_path):
     """The key the message names is one a user can set on the command line."""
-    cfg = _demo(tmp_path, [f"eval.alpaca_eval.reference_path={tmp_path}/x.json"])
+    cfg = _demo(tmp_path, ["eval=demo", f"eval.alpaca_eval.reference_path={tmp_path}/x.json"])
     assert cfg.eval.alpaca_eval.reference_path == f"{tmp_path}/x.json"
 
 

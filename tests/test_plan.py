@@ -14,13 +14,14 @@ from experiments.engine.pipeline import STAGES, stage_specs, subset_plan
 from experiments.engine.store import ArtifactStore
 from tests.test_study_e2e import _compose
 
-EXPERIMENTS = ["demo", "paper_llama3", "paper_qwen25"]
+EXPERIMENTS = {"demo": ["experiment=demo"], "demo_judged": ["experiment=demo", "eval=demo"],  # demo's options
+               "paper_llama3": ["experiment=paper_llama3"], "paper_qwen25": ["experiment=paper_qwen25"]}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_dry_run_needs_no_key_and_writes_the_plan(tmp_path, monkeypatch, experiment):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    overrides = [f"experiment={experiment}", "dry_run=true", f"cache_dir={tmp_path}/cache",
+    overrides = [*EXPERIMENTS[experiment], "dry_run=true", f"cache_dir={tmp_path}/cache",
                  f"results_dir={tmp_path}/results"]
     plan = run(_compose(overrides))["dry_run"]
     on_disk = pd.read_csv(tmp_path / "results" / "plan.csv")
@@ -37,8 +38,9 @@ def test_dry_run_needs_no_key_and_writes_the_plan(tmp_path, monkeypatch, experim
         assert (ft > 0).all() and ft.nunique() == 1
         embed = on_disk[on_disk["stage"] == "embed"]
         assert (embed["est_gpu_hours"] > 0).sum() == 1 and embed["shared_with_first"].sum() == len(entries) - 1
-    else:  # the CPU demo: no GPU hours; the local smoke judge costs nothing
-        assert (on_disk["est_gpu_hours"] == 0).all() and (evals["judge_calls"] == 4 + 2 * 2).all()
+    else:  # the CPU demo: no GPU hours; its offline target asks no judge, the local smoke judge costs nothing
+        calls = 4 + 2 * 2 if experiment == "demo_judged" else 0
+        assert (on_disk["est_gpu_hours"] == 0).all() and (evals["judge_calls"] == calls).all()
         assert (evals["est_usd"] == 0).all()
 
 

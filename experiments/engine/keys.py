@@ -13,7 +13,9 @@ Two rules for every config group, applied before any stage key is built (no stag
 2. **Switches keyed only when on** (:data:`KEYED_WHEN_ON`): ``activation_checkpointing`` /
    ``gradient_checkpointing`` switched off are left out (the checkpointed second forward recomputes the activations
    bit for bit, so off keys as TRL's default, on, did; a config that switches it on keeps the key it had;
-   tests/test_throughput.py).
+   tests/test_throughput.py); ``holdout`` unset (null) is left out likewise (no row held out draws the pool
+   exactly as before the setting existed, so ``experiment=demo pool.holdout=null`` keys as the demo did before its
+   held-out target).
 
 ``finetune.precision``, ``finetune.padding_free`` and ``eval.precision`` change results: they enter the keys resolved
 (``auto`` -> this machine's choice) and only where they leave the float32 path (``eval.precision.keyed_precisions``).
@@ -33,10 +35,12 @@ RUNTIME_KEYS = frozenset({"device", "batch_size", "runtime", "resume", "keep_che
                           "report_to", "run_name", "disable_tqdm", "output_dir", "use_cpu"})
 RUNTIME_PREFIXES = ("logging_", "save_")
 KEYED_WHEN_ON = frozenset({"activation_checkpointing", "gradient_checkpointing"})
+KEYED_WHEN_SET = frozenset({"holdout"})
 
 
 def _runtime(key: str, value: Any) -> bool:
-    return key in RUNTIME_KEYS or key.startswith(RUNTIME_PREFIXES) or (key in KEYED_WHEN_ON and value is False)
+    return (key in RUNTIME_KEYS or key.startswith(RUNTIME_PREFIXES) or (key in KEYED_WHEN_ON and value is False)
+            or (key in KEYED_WHEN_SET and value is None))
 
 
 def result_part(node: Any) -> Any:

@@ -100,7 +100,7 @@ def plan_table(cfg: dict[str, Any], entries: list[dict], stages: tuple[Stage, ..
     ev = evaluation(cfg["eval"])
     calls = ev.judge_calls()
     per_call, source = (0.0, 0.0), "none"
-    price = None
+    price: dict[str, float] | None = {"input_usd_per_mtok": 0.0, "output_usd_per_mtok": 0.0}  # no judge: costs 0
     if calls:
         judge = JudgeConfig.from_dict(dict(cfg["eval"]["judge"]), check_key=False)
         price = {"input_usd_per_mtok": 0.0, "output_usd_per_mtok": 0.0} if judge.in_process else judge.price
