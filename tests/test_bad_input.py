@@ -134,7 +134,7 @@ CONFIGS = {
     "colliding_labels": (["selection.subsets.2.label=duplicate_25"], "duplicate_25 (seed 0) named twice"),
     "unknown_only": (["selection.only=nope"], "selection.only names unknown subset label(s) ['nope']"),
     "embed_backend": (["embed.backend=onnx"], "unknown embed.backend 'onnx'"),
-    "performance_method": (["eval.performance.method=median"], "eval.performance.method must be one of"),
+    "performance_method": (["eval=demo", "eval.performance.method=median"], "eval.performance.method must be one of"),
     "selection_size_zero": (["selection.size=0"], "selection.size must be a positive integer, got 0"),
     "finetune_removed_field": (["+finetune.args.warmup_ratio=0.03"], "['warmup_ratio'] are not SFTConfig fields"),
     "lora_unknown_field": (["+finetune.lora.rank=8"], "['rank'] are not LoraConfig fields"),

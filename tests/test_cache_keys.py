@@ -66,3 +66,15 @@ def test_evaluating_the_base_model_is_its_own_generation():
     before, after = _keys(BASES["judged"]), _keys(BASES["judged"] + ["eval.adapter=false"])
     changed = {k.split("/")[1] for k in before if before[k] != after[k]}
     assert changed == {"generate", "eval"}
+
+
+def test_unset_holdout_keys_as_before_the_setting_existed():
+    """pool.holdout=null draws the pool as without the key, so it keeps every key (debug=tiny sets it null on top
+    of the demo's 60); a number draws another pool."""
+    cfg = compose("study", BASES["reference_nll"] + ["cache_dir=/c"])
+    assert cfg["pool"]["holdout"] is None
+    entry = subset_plan(cfg["selection"])[0]
+    unset = cfg | {"pool": {k: v for k, v in cfg["pool"].items() if k != "holdout"}}
+    assert stage_specs(cfg, entry) == stage_specs(unset, entry)
+    held = _keys(BASES["reference_nll"] + ["pool.holdout=3"])
+    assert all(held[k] != v for k, v in _keys(BASES["reference_nll"]).items())

@@ -21,12 +21,13 @@ def _presets(group: str) -> list[str]:
 
 
 PRESETS = [(g, name) for g in GROUPS for name in _presets(g)]
-# presets that need a companion override: a mandatory (???) key; endpoint judges go with eval=paper (the smoke
-# eval's judge_prefill is for local judges only, and says so before any work); a metric set without novelsum
-# names another paired-comparison reference (or none)
+# presets that need a companion override: a mandatory (???) key; a judge goes with a judged eval, endpoint judges
+# with eval=paper (the smoke eval's judge_prefill is for local judges only, and says so before any work); a metric
+# set without novelsum names another paired-comparison reference (or none)
 REQUIRED = {("pool", "file"): ["pool.path={tmp}/pool.jsonl"], ("eval/judge", "openai_gpt4_turbo"): ["eval=paper"],
             ("eval/judge", "openai_gpt41"): ["eval=paper"],
             ("eval/judge", "vllm_server"): ["eval=paper"],
+            ("eval/judge", "local_smollm2"): ["eval=demo"],  # the demo's judged option (its default asks no judge)
             # vectors on disk, keyed by their content: any existing file stands in for a dry run (nothing is loaded)
             ("embed", "precomputed"): ["pool=file", "pool.path={tmp}/pool.jsonl", f"embed.path={__file__}"],
             ("metrics", "embedding_only"): ["report.reference_metric=null"]}

@@ -252,7 +252,7 @@ def test_data_resolution_order(tmp_path, monkeypatch):
     (env / rel).unlink()
     assert resolve_data(rel, shared) == fallback
 
-    cfg = compose("study", [f"shared_dir={tmp_path / 'none'}"], resolve=False)
+    cfg = compose("study", ["eval=demo", f"shared_dir={tmp_path / 'none'}"], resolve=False)  # demo's judged option
     assert cfg.eval.alpaca_eval.reference_path == fallback
 
     from eval.mt_bench import load_mt_bench
