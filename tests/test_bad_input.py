@@ -228,8 +228,8 @@ def test_sweep_with_a_credential_in_a_config_file_refused_before_launch(tmp_path
 def test_secret_in_a_config_file_refused(tmp_path, capsys):
     """A key in a user's own config file (a folder added with Hydra's --config-dir) is refused by role."""
     leaky = _write(tmp_path / "mine" / "eval" / "judge" / "leaky.yaml", "kind: openai\nmodel: m\napi_key: gsk_x1\n")
-    code, text = run_cli("study", f"--config-dir={leaky.parents[2]}", *study_args(tmp_path / "run", "eval/judge=leaky"),
-                         capsys=capsys)
+    args = study_args(tmp_path / "run", "eval=demo", "eval/judge=leaky")  # the demo's judged option takes a judge
+    code, text = run_cli("study", f"--config-dir={leaky.parents[2]}", *args, capsys=capsys)
     assert code == 2 and "config: eval.judge.api_key holds a value (gsk... (6 characters))" in text, text
     assert "gsk_x1" not in text and not (tmp_path / "run").exists()
 

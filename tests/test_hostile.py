@@ -520,7 +520,7 @@ DOCTOR = {
     "local_judge_not_answering": (["eval=demo", "eval/judge=vllm_server", "eval.judge.base_url=http://127.0.0.1:9/v1",
                                    "eval.judge.api_key_env=HOME"], 2, "nothing answers there"),
     # 127.0.0.2 is not "this machine's judge server" by name: the remote-endpoint message, found in seconds
-    "remote_judge_unreachable": (["eval/judge=vllm_server", "eval.judge.base_url=http://127.0.0.2:9/v1",
+    "remote_judge_unreachable": (["eval=demo", "eval/judge=vllm_server", "eval.judge.base_url=http://127.0.0.2:9/v1",
                                   "eval.judge.api_key_env=HOME"], 2, "http://127.0.0.2:9/v1: cannot connect"),
     "cache_dir_under_a_file": (["cache_dir=__FILE__/cache"], 2, "is a file, not a folder"),
 }

@@ -142,10 +142,10 @@ def _cli(*args: str, tmp: Path) -> CliResult:
     (["metrics.compute.0.name=novelsumm"], "unknown metric 'novelsumm'"),
     (["+metrics.compute.0.params.neighbours=3"], "no hyperparameter(s) ['neighbours']"),
     (["pool=file", "pool.path=/nonexistent/pool.json"], "/nonexistent/pool.json does not exist"),
-    (["eval/judge=openai_gpt4_turbo", "eval.judge.api_key_env=DIVBENCH_NO_SUCH_KEY"],
+    (["eval=demo", "eval/judge=openai_gpt4_turbo", "eval.judge.api_key_env=DIVBENCH_NO_SUCH_KEY"],
      "DIVBENCH_NO_SUCH_KEY (eval.judge.api_key_env) is not set"),
-    (["eval.judge.kind=openai"], "eval.judge.base_url is empty"),
-    (["eval.performance.method=median"], "eval.performance.method must be one of"),
+    (["eval=demo", "eval.judge.kind=openai"], "eval.judge.base_url is empty"),  # the demo's judged option
+    (["eval=demo", "eval.performance.method=median"], "eval.performance.method must be one of"),
     (["finetune.seeds=[1,1]"], "finetune.seeds must be a non-empty list of distinct integers"),
     (["report.reference_metric=nope"], "report.reference_metric='nope' is not among metrics.compute"),
 ])
