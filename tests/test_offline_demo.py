@@ -100,3 +100,27 @@ def test_demo_path_runs_to_its_table_offline_without_shared(tmp_path, tiny_model
     assert len(table) > 0
     config = json.loads((results / "study_config.json").read_text())
     assert config["shared_dir"] == str(tmp_path / "empty-shared") and not any((tmp_path / "empty-shared").iterdir())
+
+
+def _git_repo(root: Path, tracked: list[str]) -> None:
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    for rel in tracked:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x\n")
+    subprocess.run(["git", "-C", str(root), "add", *tracked], check=True)
+
+
+def test_a_run_in_a_clone_never_replaces_the_committed_example_results(tmp_path):
+    """results/<study> whose runs.csv the clone's git tracks (results/demo) is the committed example: the default
+    results_dir moves to results/local/<study> (git-ignored); other studies keep results/<study>."""
+    from experiments.engine.config import results_folder
+
+    _git_repo(tmp_path, ["results/demo/runs.csv", "results/mini_v2/plan.csv"])
+    assert results_folder(str(tmp_path), "demo") == str(tmp_path / "results" / "local" / "demo")
+    assert results_folder(str(tmp_path), "mini_v2") == str(tmp_path / "results" / "mini_v2")  # no runs committed
+    assert results_folder(str(tmp_path / "elsewhere"), "demo") == str(tmp_path / "elsewhere" / "results" / "demo")
+    cfg = compose("study", overrides=["experiment=demo"])
+    assert cfg["results_dir"] == str(PROJECT_ROOT / "results" / "local" / "demo")  # this clone commits results/demo
+    assert compose("study", overrides=["experiment=demo", "results_dir=/r/demo"])["results_dir"] == "/r/demo"
