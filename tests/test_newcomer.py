@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
@@ -288,3 +289,33 @@ def test_headline_table_from_a_study_table():
     top = t.loc[t["pearson_r"].abs().idxmax()]
     assert lines[2].split()[0] == top["metric"] and f"{top['pearson_r']:.2f}" in lines[2]
     assert any(line.split()[0] == "novelsum" for line in lines[2:])
+
+
+def test_measure_defaults_fit_a_small_reference(tmp_path, caplog, capsys):
+    """divbench-measure's default metric set on a 40-row reference: default k-means sizes too large for the data
+    are scaled (a warning names the metric and its key); a size the user sets is an error naming the same key."""
+    import numpy as np
+
+    from experiments.report.measure import fit_cluster_counts
+    from tests.helpers import run_cli
+
+    configs = compose("measure", ["subsets=x"])["metrics"]["compute"]
+    where = {"reference": "ref.npy", "subsets": "subs"}
+    with caplog.at_level(logging.WARNING):
+        fitted = fit_cluster_counts(configs, 40, 16, where)
+    by_name = {c["name"]: c for c in fitted}
+    assert by_name["partition_entropy"]["params"]["n_clusters"] == 10  # on the reference: 40 // 4
+    assert by_name["mig_information"]["params"]["n_clusters"] == 10
+    assert "+metrics.compute.10.params.n_clusters" in caplog.text and "mig_information" in caplog.text
+    with pytest.raises(InputError, match=r"metrics\.compute\[0\] \(partition_entropy\) fits 50 k-means clusters on "
+                                         r"the reference, which has 40 rows .*metrics\.compute\.0\.params\.n_clusters"):
+        fit_cluster_counts([{"name": "partition_entropy", "params": {"n_clusters": 50}}], 40, 16, where)
+    rng = np.random.default_rng(0)
+    (tmp_path / "subs").mkdir()
+    for i in range(2):
+        np.save(tmp_path / "subs" / f"s{i}.npy", rng.standard_normal((16, 8)))
+    np.save(tmp_path / "ref.npy", rng.standard_normal((40, 8)))
+    code, output = run_cli("measure", f"subsets={tmp_path}/subs", f"reference={tmp_path}/ref.npy",
+                           f"out={tmp_path}/m", f"hydra.run.dir={tmp_path}/h", capsys=capsys)
+    assert code == 0, output[-2000:]
+    assert len(pd.read_csv(tmp_path / "m" / "measure.csv")) == 2
