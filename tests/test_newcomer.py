@@ -319,3 +319,52 @@ def test_measure_defaults_fit_a_small_reference(tmp_path, caplog, capsys):
                            f"out={tmp_path}/m", f"hydra.run.dir={tmp_path}/h", capsys=capsys)
     assert code == 0, output[-2000:]
     assert len(pd.read_csv(tmp_path / "m" / "measure.csv")) == 2
+
+
+def _variant_runs(tmp_path, variant: str, strength: float):
+    """One sweep job's runs.csv (folder named by its overrides, study_config.json recording the variant): the
+    same 8 subsets and performance, a NovelSum whose agreement with performance depends on the variant."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    perf = rng.normal(size=8)
+    folder = tmp_path / "demo" / variant
+    folder.mkdir(parents=True)
+    runs = pd.DataFrame({"base_model": "m", "subset": [f"s{i}" for i in range(8)],
+                         "selector": ["random", "kcenter", "novelselect", "duplicate"] * 2, "seed": 0,
+                         "performance": perf, "novelsum": strength * perf + rng.normal(0, 0.3, size=8),
+                         "vendi": rng.normal(size=8), "schema": 1})
+    runs.to_csv(folder / "runs.csv", index=False)
+    (folder / "study_config.json").write_text(json.dumps({"study": "demo", "variant": variant}))
+    return folder / "runs.csv"
+
+
+def test_report_combines_sweep_variants_with_their_difference(tmp_path, capsys):
+    """divbench-report runs=[<job a>/runs.csv,<job b>/runs.csv] of one study's sweep: each variant reported as a
+    group (a ``variant`` column; per-variant correlation rows), and variants.csv with r_b - r_a and its interval."""
+    from tests.helpers import run_cli
+
+    a = _variant_runs(tmp_path, "metrics.compute.0.params.density_power=0", 0.0)
+    b = _variant_runs(tmp_path, "metrics.compute.0.params.density_power=0.5", 1.0)
+    code, output = run_cli("report", f"runs=['{a}','{b}']", f"out={tmp_path}/both", "n_boot=200", "n_perm=0",
+                           f"hydra.run.dir={tmp_path}/h", capsys=capsys)  # quoted: the folder names hold '='
+    assert code == 0, output[-3000:]
+    code, output = run_cli("report", f"runs='{tmp_path}/demo/*/runs.csv'", f"out={tmp_path}/glob", "n_boot=200",
+                           "n_perm=0", f"hydra.run.dir={tmp_path}/h2", capsys=capsys)  # every job of the sweep
+    assert code == 0, output[-3000:]
+    assert pd.read_csv(tmp_path / "glob" / "variants.csv").equals(pd.read_csv(tmp_path / "both" / "variants.csv"))
+    runs = pd.read_csv(tmp_path / "both" / "runs.csv")
+    assert sorted(runs["variant"].unique()) == ["metrics.compute.0.params.density_power=0",
+                                                "metrics.compute.0.params.density_power=0.5"]
+    table = pd.read_csv(tmp_path / "both" / "table.csv")
+    groups = set(table["base_model"])
+    assert {"m [metrics.compute.0.params.density_power=0]", "m [metrics.compute.0.params.density_power=0.5]"} <= groups
+    diff = pd.read_csv(tmp_path / "both" / "variants.csv").set_index("metric").loc["novelsum"]
+    assert diff["variant"].endswith("=0.5") and diff["vs_variant"].endswith("=0")
+    assert diff["pearson_diff"] == pytest.approx(diff["pearson_r"] - diff["pearson_r_vs"])
+    assert diff["pearson_diff"] > 0.5  # the variant whose NovelSum follows performance
+    assert diff["pearson_diff_ci_low"] <= diff["pearson_diff"] <= diff["pearson_diff_ci_high"]
+    single = pd.read_csv(a)
+    assert "variant" not in single  # the inputs are read, never rewritten

@@ -271,3 +271,56 @@ def _mean_rows(tables: list[pd.DataFrame], boots: list[dict], metric_columns: li
             table[f"{kind}_contrast_q_boot"] = _family_adjusted(table, family, f"{kind}_contrast_p_boot",
                                                                 st.bh_qvalues)
     return table
+
+
+VARIANT_COLUMNS = ["base_model", "variant", "vs_variant", "metric", "n", "n_vs",
+                   "pearson_r", "pearson_r_vs", "pearson_diff", "pearson_diff_ci_low", "pearson_diff_ci_high",
+                   "spearman_rho", "spearman_rho_vs", "spearman_diff", "spearman_diff_ci_low", "spearman_diff_ci_high"]
+
+
+def variant_contrasts(runs: pd.DataFrame, metric_columns: list[str], target: str = "performance",
+                      n_boot: int = 10_000, seed: int = 0, block: str | None = "selector") -> pd.DataFrame:
+    """Each variant's correlations against the first variant's (variants sorted by name), per base model: for
+    Pearson r and Spearman rho the two values, their difference ``d = r_variant - r_vs`` and the 95% percentile
+    interval of ``d`` over block resamples drawn once for every variant (the same selector blocks weigh both sides
+    of a draw, so variants that share their subsets' blocks are compared pairwise). Rows carry ``variant`` (a sweep
+    job's overrides, see :func:`experiments.report.tables.tag_variants`); without two variants the table is empty.
+    """
+    if "variant" not in runs or runs["variant"].nunique() < 2:
+        return pd.DataFrame(columns=VARIANT_COLUMNS)
+    labels = rs.block_labels(runs, block)
+    codes, uniques = pd.factorize(pd.Series(labels), sort=True)
+    counts = rs.draw_counts(np.random.default_rng(seed), len(uniques), n_boot)
+    model = [str(m).removesuffix(f" [{v}]") for m, v in zip(runs["base_model"], runs["variant"], strict=True)]
+    runs = runs.assign(_model=model)
+    rows = []
+    for name, part in runs.groupby("_model", sort=True):
+        variants = sorted(part["variant"].unique())
+        stats = {v: _variant_stats(part[part["variant"] == v], metric_columns, target, counts, codes)
+                 for v in variants}
+        first = variants[0]
+        for v in variants[1:]:
+            for col in metric_columns:
+                (n, point, boot), (n_vs, point_vs, boot_vs) = stats[v][col], stats[first][col]
+                row: dict[str, Any] = {"base_model": name, "variant": v, "vs_variant": first, "metric": col,
+                                       "n": n, "n_vs": n_vs}
+                for kind, stat in (("pearson", "pearson_r"), ("spearman", "spearman_rho")):
+                    row |= {stat: point[kind], f"{stat}_vs": point_vs[kind],
+                            f"{kind}_diff": point[kind] - point_vs[kind]}
+                    row[f"{kind}_diff_ci_low"], row[f"{kind}_diff_ci_high"] = st.percentile_interval(
+                        boot[kind] - boot_vs[kind])
+                rows.append(row)
+    return pd.DataFrame(rows, columns=VARIANT_COLUMNS)
+
+
+def _variant_stats(part: pd.DataFrame, metric_columns: list[str], target: str, counts: np.ndarray,
+                   codes: np.ndarray) -> dict[str, tuple[int, dict[str, float], dict[str, np.ndarray]]]:
+    """Per metric: (complete pairs, {kind: value}, {kind: bootstrap values}) of one variant's rows."""
+    idx = part.index.to_numpy()
+    y, w = numeric(part[target]), rs.row_weights(counts, codes[idx])
+    out = {}
+    for col in metric_columns:
+        x, ok = numeric(part[col]), complete(part, col, y)
+        out[col] = (int(ok.sum()), {k: _correlation(k, x[ok], y[ok])[0] for k in KINDS},
+                    {k: rs.weighted_correlation(k, x, y, w) for k in KINDS})
+    return out

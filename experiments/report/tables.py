@@ -14,6 +14,7 @@ rows hard to grep); the LaTeX table is pandas' ``Styler.to_latex``.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from experiments.report.correlation import (  # noqa: F401  (public names)
     correlate,
     numeric,
     resolve_covariates,
+    variant_contrasts,
 )
 from experiments.report.figures import fmt, novelsum_heatmap, scatter  # noqa: F401  (public since the first report)
 from experiments.report.stats import bootstrap_ci  # noqa: F401
@@ -235,7 +237,7 @@ def check_out_dir(out: Path, key: str = "out", inputs: dict[str, Any] | None = N
     check_output_dir(out, key, legacy=RESULTS_FILES, inputs=inputs, what="results folder")
 
 
-REPORT_FILES = ("runs.csv", "table.csv", "table.md", "table.tex", "noise_floor.json", "sensitivity.csv",
+REPORT_FILES = ("runs.csv", "variants.csv", "table.csv", "table.md", "table.tex", "noise_floor.json", "sensitivity.csv",
                 "covariates.csv", "paper_table.csv", "paper_table.md", "paper_table.tex", "report.html", "forest.png",
                 "novelsum_grid_heatmap.png")
 
@@ -335,6 +337,11 @@ def _write_report_files(runs: pd.DataFrame, metric_columns: list[str], out: Path
     atomic_write(paths["sensitivity_csv"], sensitivity.to_csv(index=False))
     covs = covariate_table(runs, table, settings)
     atomic_write(paths["covariates_csv"], covs.to_csv(index=False))
+    if "variant" in runs and runs["variant"].nunique() > 1:  # runs of a sweep's jobs: their differences
+        paths["variants_csv"] = out / "variants.csv"
+        variants = variant_contrasts(runs, metric_columns, n_boot=settings.n_boot, seed=settings.seed,
+                                     block=settings.block)
+        atomic_write(paths["variants_csv"], variants.to_csv(index=False))
     paper = pt.paper_table(table, PAPER_REPORTED, names)
     atomic_write(paths["paper_table_csv"], paper.to_csv(index=False))
     models = [names.get(m, m) for m in dict.fromkeys(table["base_model"]) if m != "mean"]
@@ -373,7 +380,7 @@ def model_names(runs: pd.DataFrame) -> dict[str, str]:
     """Display names of the table's base-model labels: a single model's ``all`` is the model itself."""
     if "base_model" in runs and runs["base_model"].nunique() == 1:
         return {"all": str(runs["base_model"].iloc[0])}
-    return {"mean": "mean over base models"}
+    return {"mean": "mean over base models and variants" if "variant" in runs else "mean over base models"}
 
 
 def main_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -643,8 +650,14 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
 
 
 def read_runs(runs_csvs: str | Path | Sequence[str | Path]) -> tuple[pd.DataFrame, list[Path]]:
-    """One runs table from one or several runs.csv files (several: one per base model, same columns)."""
-    paths = [Path(p) for p in ([runs_csvs] if isinstance(runs_csvs, (str, Path)) else runs_csvs)]
+    """One runs table from one or several runs.csv files (several: one per base model, or a sweep's variants of one
+    study, same columns); a glob pattern (``results/demo/*/runs.csv``) stands for its matches, in sorted order."""
+    given = [str(p) for p in ([runs_csvs] if isinstance(runs_csvs, (str, Path)) else runs_csvs)]
+    pattern = [any(c in g for c in "*?[") for g in given]
+    paths = [Path(p) for g, many in zip(given, pattern, strict=True) for p in (sorted(glob.glob(g)) if many else [g])]
+    if any(pattern) and not paths:
+        raise InputError(f"runs={given} matches no file: point the pattern at runs.csv files (a sweep's "
+                         "results/<study>/*/runs.csv)")
     if not paths:
         raise InputError("runs= is empty: give a runs.csv, or a list of them (runs=[a.csv,b.csv])")
     frames = []
@@ -654,9 +667,43 @@ def read_runs(runs_csvs: str | Path | Sequence[str | Path]) -> tuple[pd.DataFram
         frames.append(frame)
     if len(frames) > 1:
         _check_mergeable(frames, paths)
+        frames = tag_variants(frames, paths)
     runs = pd.concat(frames, ignore_index=True)
     check_runs(runs, " + ".join(map(str, paths)))
     return runs, paths
+
+
+def variant_name(path: Path) -> str:
+    """The variant a runs.csv belongs to: the ``variant`` its study recorded (a sweep job's swept overrides, in
+    study_config.json beside it), else its folder's name (a sweep job's folder is named by them)."""
+    config = path.parent / "study_config.json"
+    if config.is_file():
+        try:
+            recorded = json.loads(config.read_text()).get("variant")
+        except (json.JSONDecodeError, AttributeError):
+            recorded = None
+        if recorded:
+            return str(recorded)
+    return path.parent.name
+
+
+def tag_variants(frames: list[pd.DataFrame], paths: list[Path]) -> list[pd.DataFrame]:
+    """Runs of one study under several settings (a sweep's jobs: the same base model's subsets twice) as variants:
+    each file's rows get a ``variant`` column (:func:`variant_name`) and their report group becomes
+    ``<base_model> [<variant>]``, so every table and figure reports each variant as it reports a base model, and
+    ``variants.csv`` holds their differences. Runs of different base models (no shared row) merge unchanged."""
+    keys = [c for c in ("base_model", "subset", "seed") if all(c in f for f in frames)]
+    merged = pd.concat(frames, ignore_index=True)
+    if not merged.duplicated(keys).any() or any("variant" in f for f in frames):
+        return frames
+    names = [variant_name(p) for p in paths]
+    if len(set(names)) < len(names):
+        raise InputError(f"runs={[str(p) for p in paths]}: rows share ({', '.join(keys)}) across files, so they are "
+                         f"variants of one study, but their variant names (from study_config.json's variant, else "
+                         f"the folder) repeat ({names}): give each its own folder, as a sweep job has")
+    log.info("runs share (%s): reported as variants %s", ", ".join(keys), names)
+    return [f.assign(variant=name, base_model=f["base_model"].astype(str) + f" [{name}]")
+            for f, name in zip(frames, names, strict=True)]
 
 
 def read_runs_csv(path: Path, label: str | None = None) -> pd.DataFrame:
