@@ -186,7 +186,7 @@ def forest(table: pd.DataFrame, path: Path, xlabel: str = "Pearson r with perfor
         ax.scatter(part["pearson_r"], ys, marker="o", s=30, facecolors=np.where(significant, colour, "white"),
                    edgecolors=colour, zorder=3)
         handles.append(Line2D([], [], color=colour, marker="o", ls="-" if show_ci else "",
-                              label="mean over base models" if model == "mean" else names.get(model, model)))
+                              label=names.get(model, "mean over base models" if model == "mean" else model)))
     handles += _forest_lines(ax, rows, reference, names)
     handles += [Line2D([], [], marker="o", ls="", mfc="0.3", mec="0.3", label=f"filled: BH q < {q_alpha:g}"
                        + (" (block permutation)" if q_col == "pearson_q_perm" else "")),
