@@ -21,10 +21,18 @@ GOLDEN = SHARED / "golden" / "novelsum_reference"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that builds the tiny model trains or runs it: it belongs to the slow lane even if unmarked."""
+    """A test that builds the tiny model trains or runs it: it belongs to the slow lane even if unmarked. A
+    ``slurm`` test runs only on the cluster scripts/test-slurm.sh starts (``DIVBENCH_SLURM=1``)."""
     for item in items:
         if "tiny_model" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+        slurm = item.get_closest_marker("slurm")
+        if slurm is None:
+            continue
+        if os.environ.get("DIVBENCH_SLURM") != "1":
+            item.add_marker(pytest.mark.skip(reason="no SLURM cluster: scripts/test-slurm.sh starts one and runs it"))
+        elif slurm.kwargs.get("accounting") and os.environ.get("DIVBENCH_SLURM_ACCOUNTING") != "1":
+            item.add_marker(pytest.mark.skip(reason="needs SLURM accounting; this cluster runs without"))
 
 
 @pytest.fixture(scope="session")
