@@ -226,6 +226,32 @@ def reusable_base_dtype(args: Any, peft_config: Any) -> str | None:
     return dtype
 
 
+def rank_examples(trainer: Any) -> list[int]:
+    """Indices of the training examples this process is given in the first epoch, read from the trainer's own
+    dataloader as accelerate shards it (each rank a disjoint share; a dataset smaller than processes x per-device
+    batch wraps around, so ranks then repeat examples)."""
+    with torch.random.fork_rng(devices=[]):  # the sampler's seed draw must not shift the training's random stream
+        loader = trainer.get_train_dataloader()
+        return [int(i) for batch in loader.batch_sampler for i in batch]
+
+
+def sharding(indices: list[int]) -> dict[str, Any]:
+    """Gathers every rank's :func:`rank_examples`: distinct examples per rank, and how many examples more than one
+    rank trains on per epoch (0 when the data is split, as it should be)."""
+    import torch.distributed as dist
+
+    shards = [indices]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        shards = [None] * dist.get_world_size()
+        dist.all_gather_object(shards, indices)
+    ranks_per_example: dict[int, int] = {}
+    for shard in shards:
+        for i in set(shard):
+            ranks_per_example[i] = ranks_per_example.get(i, 0) + 1
+    return {"examples_per_rank": [len(set(shard)) for shard in shards],
+            "examples_on_several_ranks": sum(n > 1 for n in ranks_per_example.values())}
+
+
 def train_sft(conversations: list[dict[str, Any]], model_path: str, output_dir: str | Path,
               cfg: dict[str, Any], checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
     """Fine-tune ``model_path`` on ``conversations``; saves the adapter (or full model) to ``output_dir``, with
@@ -234,7 +260,8 @@ def train_sft(conversations: list[dict[str, Any]], model_path: str, output_dir: 
     ``cfg`` is a ``finetune`` config group (see :func:`sft_config`) with ``max_length``, ``lora`` (a PEFT
     LoraConfig dict, or null for full fine-tuning) and ``chat_template`` (optional, see :mod:`finetune.templates`).
     With ``checkpoint_dir`` the trainer checkpoints there and resumes from the newest checkpoint it finds (a run
-    killed mid-training). The model directory also gets ``training_setup.json`` (world size, effective batch).
+    killed mid-training). The model directory also gets ``training_setup.json`` (world size, effective batch, distinct
+    examples per rank and ``examples_on_several_ranks``, see :func:`sharding`).
     """
     from peft import LoraConfig
     from trl import SFTTrainer
@@ -255,12 +282,19 @@ def train_sft(conversations: list[dict[str, Any]], model_path: str, output_dir: 
             args.model_init_kwargs = None  # the model is loaded already, in that dtype
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                              peft_config=peft_config)
+        shards = sharding(rank_examples(trainer))
+        per_step = len(shards["examples_per_rank"]) * int(args.per_device_train_batch_size)
+        if len(dataset) < per_step:  # a final partial batch wrapping around is normal; a whole step of repeats isn't
+            log.warning("%d training examples < %d processes x per_device_train_batch_size %d: %d examples go to "
+                        "more than one process per epoch; lower finetune.args.per_device_train_batch_size",
+                        len(dataset), len(shards["examples_per_rank"]), args.per_device_train_batch_size,
+                        shards["examples_on_several_ranks"])
         resume = last_checkpoint(checkpoint_dir)
         if resume:
             log.info("resuming fine-tuning from %s", resume)
         result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(output_dir))  # FSDP: a full state dict when the accelerate config asks for it
-        setup = training_setup(trainer)
+        setup = training_setup(trainer) | shards
         if trainer.is_world_process_zero():
             tok.save_pretrained(str(output_dir))  # the chat template used in training travels with the model
             atomic_write(Path(output_dir) / "training_setup.json", json.dumps(setup, indent=2))

@@ -105,6 +105,8 @@ def test_two_process_gloo_fine_tuning_saves_a_model_that_loads(tiny_model, tmp_p
     assert stats[0]["gradient_accumulation_steps"] == 2 and stats[0]["effective_batch_size"] == 4
     setup = json.loads((tmp_path / "ddp" / "training_setup.json").read_text())
     assert setup["world_size"] == 2 and setup["effective_batch_size"] == 4
+    # 8 conversations, 1 per device: each rank trains on its own 4, none on both
+    assert setup["examples_per_rank"] == [4, 4] and setup["examples_on_several_ranks"] == 0
     tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "ddp").state_dict()
     base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     assert set(tuned) == set(base) and any(not (tuned[k] == base[k]).all() for k in base)
