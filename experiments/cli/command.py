@@ -10,7 +10,8 @@ exit status, so submitit stores it and the launching command shows it (:func:`in
 Before Hydra writes anything (``.hydra/*.yaml``, the log, the run folder) the :class:`BeforeRun` callback, which
 ``configs/hydra/default.yaml`` registers for every primary config, refuses credentials (:mod:`divcore.secrets`:
 by key role and URL userinfo, masked in the message), values left missing (``???``) and whatever the command's own
-``validate`` refuses; in a multirun it checks the credentials (each job checks its own config). The command line
+``validate`` refuses; in a multirun, every job's config the same way and a SLURM launcher's request against the
+cluster, before anything is submitted (:func:`check_sweep`). The command line
 itself is checked first, with Hydra's own parsers, so ``--cfg`` / ``--help`` never print a key either.
 
 Logging: the project's console and log file (``configs/hydra/job_logging/divbench.yaml``; argparse commands get its
@@ -200,6 +201,32 @@ def check_before_run(config: DictConfig, checks: Checks) -> None:
         checks.validate(resolved)
 
 
+def check_sweep(config: DictConfig, checks: Checks) -> None:
+    """Before a multirun submits anything: each job's config, composed as the sweeper will compose it, checked as a
+    single run is (:func:`check_before_run`: a typo costs no queue wait per job), then a SLURM launcher's request
+    against the cluster's nodes (:func:`experiments.engine.cluster.check_slurm_request`)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from experiments.engine.cluster import check_slurm_request, is_slurm, sweep_jobs
+
+    jobs = sweep_jobs(config, list(config.hydra.overrides.task)) or []  # another sweeper: its jobs check themselves
+    loader = GlobalHydra.instance().config_loader()
+    varying = {o.partition("=")[0] for job in jobs for o in job if any(o not in other for other in jobs)}
+    for number, job in enumerate(jobs):
+        try:
+            try:
+                check_before_run(loader.load_sweep_config(config, job), checks)
+            except (HydraException, OmegaConfBaseException) as e:
+                raise InputError(f"{e} (check the key's spelling and its config group)") from None
+        except InputError as e:
+            swept = " ".join(o for o in job if o.partition("=")[0] in varying) or " ".join(job)
+            raise InputError(f"sweep job #{number} ({swept}) of {len(jobs)}: {e}; nothing was submitted") from None
+    if is_slurm(config.hydra.launcher):
+        check_slurm_request(config.hydra.launcher)
+
+
 class BeforeRun(Callback):
     """Hydra callback (``configs/hydra/default.yaml``): the checks above, after composition and before the run's
     folder, ``.hydra/*.yaml`` and the log exist."""
@@ -213,6 +240,7 @@ class BeforeRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_config_secrets(config)
+            check_sweep(config, _CHECKS)
         except InputError as e:
             raise Refused(e) from None
 
