@@ -95,6 +95,7 @@ EOF
 # The node as slurmd sees the hardware: its real CPUs and memory (a larger claim would drain the node).
 read -r CPUS MEM_MB < <(slurmd -C | sed -n 's/.* CPUs=\([0-9]*\) .* RealMemory=\([0-9]*\).*/\1 \2/p')
 export SLURM_CONF="$WORK/etc/slurm.conf"
+export DIVBENCH_SLURM_REPORT="$WORK/timings.txt"   # the tests' timings, printed at the end
 export MYSQL_UNIX_PORT="$WORK/mysql/mysqld.sock"   # slurmdbd reaches MariaDB on this socket (StorageHost=localhost)
 
 write_slurm_conf() {  # write_slurm_conf ACCOUNTING(yes|no)
@@ -139,7 +140,7 @@ start_munge() {
   chmod 400 "$WORK/munge/munge.key"
   munged --foreground --force --key-file="$WORK/munge/munge.key" --socket="$WORK/munge/munge.socket" \
     --pid-file="$WORK/munge/munged.pid" --log-file="$WORK/log/munged.log" --seed-file="$WORK/munge/munged.seed" \
-    >>"$WORK/log/munged.log" 2>&1 &
+    >>"$WORK/log/munged.out" 2>&1 &
   PID[munged]=$!
   wait_for 10 munged test -S "$WORK/munge/munge.socket"
 }
@@ -148,7 +149,7 @@ start_accounting() {  # MariaDB on a unix socket only, then slurmdbd, then the c
   mariadb-install-db --no-defaults --datadir="$WORK/mysql/data" --user=root --auth-root-authentication-method=socket \
     --skip-test-db >"$WORK/log/mariadb-install.log" 2>&1
   mariadbd --no-defaults --datadir="$WORK/mysql/data" --socket="$MYSQL_UNIX_PORT" --pid-file="$WORK/mysql/mariadbd.pid" \
-    --log-error="$WORK/log/mariadbd.log" --skip-networking --user=root --innodb-buffer-pool-size=64M >>"$WORK/log/mariadbd.log" 2>&1 &
+    --log-error="$WORK/log/mariadbd.log" --skip-networking --user=root --innodb-buffer-pool-size=64M >>"$WORK/log/mariadbd.out" 2>&1 &
   PID[mariadbd]=$!
   wait_for 60 MariaDB mariadb-admin --no-defaults --socket="$MYSQL_UNIX_PORT" ping
   cat > "$WORK/etc/slurmdbd.conf" <<EOF
@@ -166,16 +167,16 @@ StorageUser=root
 StorageLoc=slurm_acct_db
 EOF
   chmod 600 "$WORK/etc/slurmdbd.conf"
-  slurmdbd -D >>"$WORK/log/slurmdbd.log" 2>&1 &
+  slurmdbd -D >>"$WORK/log/slurmdbd.out" 2>&1 &
   PID[slurmdbd]=$!
   wait_for 60 slurmdbd sacctmgr -n list cluster
   sacctmgr -i add cluster divbench >/dev/null
 }
 
 start_slurm() {
-  slurmctld -D -i >>"$WORK/log/slurmctld.log" 2>&1 &
+  slurmctld -D -i >>"$WORK/log/slurmctld.out" 2>&1 &
   PID[slurmctld]=$!
-  slurmd -D -N localhost >>"$WORK/log/slurmd.log" 2>&1 &
+  slurmd -D -N localhost >>"$WORK/log/slurmd.out" 2>&1 &
   PID[slurmd]=$!
   wait_for 60 "the node" bash -c '[[ "$(sinfo -h -n localhost -o %t)" == idle ]]'
 }
@@ -184,11 +185,12 @@ run_tests() {  # run_tests ACCOUNTING(1|0) PYTEST-ARGS...
   local accounting=$1
   shift
   DIVBENCH_SLURM=1 DIVBENCH_SLURM_ACCOUNTING=$accounting PYTHONPATH="$PWD" OMP_WAIT_POLICY=PASSIVE \
-    python3 -m pytest -q -m slurm -p no:cacheprovider tests/test_slurm.py "$@"
+    python3 -m pytest -q -m slurm -p no:cacheprovider --basetemp="$WORK/pytest-$accounting" tests/test_slurm.py "$@"
 }
 
 t0=$SECONDS
 if [[ "${1:-}" == --up ]]; then  # a cluster to try commands on: export SLURM_CONF as printed
+  trap 'exit 0' INT TERM
   write_slurm_conf "${2:-yes}"
   start_munge
   [[ "${2:-yes}" == yes ]] && start_accounting
@@ -215,5 +217,6 @@ start_slurm
 echo "test-slurm: cluster restarted without accounting in $((SECONDS - t2))s"
 t3=$SECONDS
 run_tests 0 "$@"
+cat "$DIVBENCH_SLURM_REPORT" 2>/dev/null || true
 echo "test-slurm: lane $((SECONDS - lane_start))s (packages ${install_s}s, tests with accounting ${with_s}s," \
   "without $((SECONDS - t3))s)"

@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if os.environ.get("DIVBENCH_SLURM") != "1":
             item.add_marker(pytest.mark.skip(reason="no SLURM cluster: scripts/test-slurm.sh starts one and runs it"))
         elif slurm.kwargs.get("accounting") and os.environ.get("DIVBENCH_SLURM_ACCOUNTING") != "1":
-            item.add_marker(pytest.mark.skip(reason="needs SLURM accounting; this cluster runs without"))
+            item.add_marker(pytest.mark.skip(reason="runs on the cluster with accounting only"))
 
 
 @pytest.fixture(scope="session")

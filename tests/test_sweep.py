@@ -41,7 +41,9 @@ def test_local_sweep_then_gather(tmp_path, tiny_model):
     assert status[("kcenter", 0, "eval")] == "done" and status[("novelselect", 0, "eval")] == "to run"
     assert (tmp_path / "results" / "plan.csv").exists()
 
+    plan = (tmp_path / "results" / "plan.csv").read_bytes()
     result = run(_compose(overrides))
+    assert (tmp_path / "results" / "plan.csv").read_bytes() == plan  # the gather keeps the plan beside the report
     after = _artifacts(tmp_path / "cache")
     assert all(after[k] == v for k, v in swept.items())  # the sweep's work is reused, not redone
     assert len(pd.read_csv(tmp_path / "results" / "runs.csv")) == 6 == len(result["runs"])
