@@ -97,12 +97,15 @@ class Processes:
     this one process. Stages are built by the main process first (the others then read them from the store); a
     collective stage is built by all of them together."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu: bool = False) -> None:
         self.state = None
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from accelerate import PartialState
 
-            self.state = PartialState()
+            # On the CPU (finetune.args.use_cpu) accelerate forms the gloo group only when told: otherwise each
+            # process sees itself alone, builds the same artifact under its lock and the training's collectives
+            # wait forever for the process that waits for that lock.
+            self.state = PartialState(cpu=cpu)
 
     @property
     def distributed(self) -> bool:
@@ -140,7 +143,7 @@ class Engine:
     def __init__(self, cfg: dict[str, Any], until: str | None, outcome: Outcome) -> None:
         self.cfg, self.until, self.outcome = cfg, until, outcome
         self.store = ArtifactStore(cfg["cache_dir"], cfg.get("cache_lock_timeout_s", LOCK_TIMEOUT_S))
-        self.procs = Processes()
+        self.procs = Processes(cpu=bool(((cfg.get("finetune") or {}).get("args") or {}).get("use_cpu")))
         self.logger = (cfg.get("logger") or {}) if self.procs.main else {"enabled": False}
         self.memo: dict[str, Any] = {}
         self._environment_checked = False
