@@ -31,8 +31,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         if os.environ.get("DIVBENCH_SLURM") != "1":
             item.add_marker(pytest.mark.skip(reason="no SLURM cluster: scripts/test-slurm.sh starts one and runs it"))
-        elif slurm.kwargs.get("accounting") and os.environ.get("DIVBENCH_SLURM_ACCOUNTING") != "1":
-            item.add_marker(pytest.mark.skip(reason="runs on the cluster with accounting only"))
+        elif (wanted := slurm.kwargs.get("accounting")) is not None and wanted != (
+                os.environ.get("DIVBENCH_SLURM_ACCOUNTING") == "1"):
+            item.add_marker(pytest.mark.skip(reason=f"runs on the cluster with{'' if wanted else 'out'} accounting "
+                                                    "only"))
 
 
 @pytest.fixture(scope="session")

@@ -233,6 +233,10 @@ def test_job_name_keeps_what_the_job_studies():
     swept = {"selection.only", "finetune.lr"}
     assert job_name(["selection.only=random", "finetune.lr=0.1", "embed.model=/m"], swept) == "finetune.lr=0.1"
     assert job_name(["selection.only=random", "embed.model=/m"], {"selection.only"}) == "default"
+    model = "embed.model=/scratch/someone/models/" + "a-very-long-checkpoint-name" * 8  # over a folder name's limit
+    long = job_name([model, "seed=1"])
+    assert len(long.encode()) <= 200 and long.startswith("embed.model=_scratch_someone_models_a-very-long")
+    assert long != job_name([model, "seed=2"])  # still one folder per job
 
 
 @pytest.mark.slow

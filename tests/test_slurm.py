@@ -2,13 +2,15 @@
 twice, with accounting (slurmdbd) and without (``DIVBENCH_SLURM_ACCOUNTING=0``); elsewhere they skip.
 
 The README's sequence (prepare -> dry run -> multi-task fine-tuning -> fan-out -> gather) against a local run, a
-failing job's error in the launching command, and requests no node can meet refused before submission. The
+failing job's error in the launching command, requests no node can meet refused before submission, and the
+launcher submitted as a job of its own (submit, log out, gather later). The
 launching commands run as users type them, with the site options a small node needs (experiments/README.md)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -46,6 +48,13 @@ def _ok(proc: subprocess.CompletedProcess) -> None:
 def _jobs() -> set[str]:
     """Ids of the jobs the controller knows, finished ones included (kept MinJobAge = 300 s)."""
     out = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+def _active() -> set[str]:
+    """Ids of the jobs pending or running."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return set(out.stdout.split())
 
@@ -187,3 +196,33 @@ def test_cluster_sequence_matches_a_local_run(tmp_path, tiny_model):
     models = _train_stats(cluster / "cache")
     assert len(models) == 4 and {k: models[k] for k in trained} == trained  # 3a found the 2-task models
     assert _train_stats(local / "cache") == models  # the same trainings (torchrun's 2 processes for random)
+
+
+@pytest.mark.slurm(accounting=False)  # the launcher as a job of its own: once, on the cluster without accounting
+def test_launcher_submitted_as_a_job_frees_the_terminal(tmp_path, tiny_model):
+    """Submit, log out, gather later: `sbatch --wrap "divbench-study -m ..."` returns at once, the launcher job
+    submits the fan-out from inside SLURM (nested jobs, environment through --export=ALL) and ends when it is done;
+    the gather then finds everything in the cache."""
+    study = _study(tmp_path, tiny_model)
+    launch = " ".join(shlex.quote(a) for a in [
+        sys.executable, "-m", "experiments.cli.study", "-m", "hydra/launcher=slurm_gpu", *SITE,
+        f"hydra.sweep.dir={tmp_path}/sweep", "selection.only=random,kcenter", "stop_after=subset", *study])
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(PROJECT_ROOT))
+    start = time.monotonic()
+    submitted = subprocess.run(["sbatch", "--parsable", "-c", "1", "--mem=2G", f"--output={tmp_path}/launcher.log",
+                                "--wrap", launch], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                               timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    returned_s = time.monotonic() - start
+    job = submitted.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 900
+    while job in _active():
+        assert time.monotonic() < deadline, (tmp_path / "launcher.log").read_text()[-3000:]
+        time.sleep(2)
+    _report(f"launcher as a job: sbatch returned after {returned_s:.1f} s, the fan-out ended after "
+            f"{time.monotonic() - start:.0f} s")
+    log = (tmp_path / "launcher.log").read_text()
+    assert returned_s < 10 and "Traceback" not in log and "sweep output dir" in log, log[-3000:]
+    built = {k.split("/")[0] for k in _artifacts(tmp_path / "cache")}
+    assert built == {"pool", "embed", "signals", "subset"}
+    assert sum(k.startswith("subset/") for k in _artifacts(tmp_path / "cache")) == 3  # random x 2 seeds, kcenter

@@ -30,15 +30,26 @@ def _in_job_name(key: str) -> bool:
     return key not in NOT_IN_JOB_NAME and key.split(".", 1)[0].split("/", 1)[0] not in NOT_IN_JOB_NAME
 
 
+MAX_JOB_NAME = 200  # bytes; a folder name may have 255 (a model path among the overrides easily passes that)
+
+
 def job_name(overrides: list[str], swept: set[str] | None = None) -> str:
     """A sweep job's folder name from its overrides (``key=value``, comma-joined, ``/`` -> ``_``): the ``swept`` keys
     (those the command line gave several values; all of them when ``None``), leaving out where/how it runs
-    (:data:`NOT_IN_JOB_NAME`). A setting every job shares names no folder: it is the study, not a variant."""
+    (:data:`NOT_IN_JOB_NAME`). A setting every job shares names no folder: it is the study, not a variant. A name
+    over :data:`MAX_JOB_NAME` bytes keeps its start and ends in ``~`` and a hash of the whole, so it stays unique and
+    fits the filesystem."""
+    import hashlib
+
     def kept(override: str) -> bool:
         key = override.lstrip("+~").split("=", 1)[0]
         return _in_job_name(key) and (swept is None or key in swept)
 
-    return ",".join(sorted(o.lstrip("+~") for o in overrides if kept(o))).replace("/", "_") or "default"
+    name = ",".join(sorted(o.lstrip("+~") for o in overrides if kept(o))).replace("/", "_") or "default"
+    if len(name.encode()) <= MAX_JOB_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return name.encode()[:MAX_JOB_NAME - 13].decode(errors="ignore") + "~" + digest
 
 
 def swept_keys(hydra_cfg: Any) -> set[str] | None:
