@@ -209,11 +209,11 @@ def check_sweep(config: DictConfig, checks: Checks) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from experiments.engine.cluster import check_slurm_request, is_slurm, sweep_jobs
+    from experiments.engine.cluster import check_slurm_request, is_slurm, sweep_jobs, varying_keys
 
     jobs = sweep_jobs(config, list(config.hydra.overrides.task)) or []  # another sweeper: its jobs check themselves
     loader = GlobalHydra.instance().config_loader()
-    varying = {o.partition("=")[0] for job in jobs for o in job if any(o not in other for other in jobs)}
+    varying = varying_keys(jobs)
     for number, job in enumerate(jobs):
         try:
             try:
@@ -221,7 +221,7 @@ def check_sweep(config: DictConfig, checks: Checks) -> None:
             except (HydraException, OmegaConfBaseException) as e:
                 raise InputError(f"{e} (check the key's spelling and its config group)") from None
         except InputError as e:
-            swept = " ".join(o for o in job if o.partition("=")[0] in varying) or " ".join(job)
+            swept = " ".join(o for o in job if o.lstrip("+~").partition("=")[0] in varying) or " ".join(job)
             raise InputError(f"sweep job #{number} ({swept}) of {len(jobs)}: {e}; nothing was submitted") from None
     if is_slurm(config.hydra.launcher):
         check_slurm_request(config.hydra.launcher)

@@ -58,6 +58,15 @@ def sweep_jobs(cfg: Any, overrides: list[str]) -> list[list[str]] | None:
         raise InputError(f"command line: {e}") from None
 
 
+def varying_keys(jobs: list[list[str]]) -> set[str]:
+    """The override keys whose value differs between the jobs of a sweep.
+
+    >>> sorted(varying_keys([["a=1", "b=x"], ["a=2", "b=x"]]))
+    ['a']
+    """
+    return {o.lstrip("+~").partition("=")[0] for job in jobs for o in job if any(o not in other for other in jobs)}
+
+
 def is_slurm(launcher: Any) -> bool:
     return launcher.get("_target_") == SLURM_LAUNCHER
 
