@@ -1,4 +1,4 @@
-"""What a multirun submits, checked before anything is queued (experiments.engine.cluster, the commands' preflight):
+"""What a multirun submits, checked before anything is queued (experiments.engine.cluster, BeforeRun.on_multirun_start):
 the sweep's jobs as Hydra expands them, each job's config, and a SLURM request against the cluster's nodes."""
 
 from __future__ import annotations

@@ -65,6 +65,7 @@ from finetune.sft import check_finetune_config
 from metrics.registry import check_config
 
 log = logging.getLogger(__name__)
+PLAN_CSV = "plan.csv"  # a dry run's plan in results_dir, carried over by the report that follows it
 
 Timings = dict[str, dict[str, float]]
 
@@ -306,10 +307,10 @@ def dry_run(cfg: dict[str, Any], entries: list[dict], stages: tuple[Stage, ...],
             if stage.judged and defined:
                 judged_files += [store.path(stage.name, specs[stage.name]) / f for f in stage.artifact.files]
     table = plan_table(cfg, entries, stages, status, judged_files)
-    atomic_write(Path(cfg["results_dir"]) / "plan.csv", table.to_csv(index=False))
+    atomic_write(Path(cfg["results_dir"]) / PLAN_CSV, table.to_csv(index=False))
     names = [s.name for s in stages]
     wide = table.pivot(index=["subset", "seed", "train_seed"], columns="stage", values="status")[names]
-    log.info("dry run (nothing executed); plan in %s:\n%s", Path(cfg["results_dir"]) / "plan.csv", wide.to_string())
+    log.info("dry run (nothing executed); plan in %s:\n%s", Path(cfg["results_dir"]) / PLAN_CSV, wide.to_string())
     for scope, t in plan_totals(table).items():
         log.info("plan totals (%s): %d judge calls, %.1f GPU hours, %.1f CPU hours (measured on this study's "
                  "chunks, <results_dir>/timings; 0 before any), %.3g judge input tokens, %.3g output tokens, USD %s",
@@ -476,6 +477,9 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     extra = {"timings.json": json.dumps(timings, indent=2), STUDY_CONFIG: study_config}
     if "design" in done.shared:  # the subsets' pairwise Jaccard overlap beside the results
         extra[StudyDesign.OVERLAP] = done.shared["design"].overlap.to_csv(float_format="%.4f")
+    plan = Path(cfg["results_dir"]) / PLAN_CSV
+    if plan.is_file():  # a dry run's plan stays beside the report it planned, to compare with what ran
+        extra[PLAN_CSV] = plan.read_text()
     with timed("report", timings):
         paths = write_report(runs, metric_columns(runs), cfg["results_dir"], **cfg.get("report", {}),
                              extra=extra, key="results_dir")
