@@ -108,9 +108,12 @@ def score_model(model: Any, tok: Any, examples: dict[str, list], max_length: int
 
 
 def untuned_scores(base: str, examples: dict[str, list], cfg: dict[str, Any], compute: Any) -> dict[str, dict]:
-    """The untuned base model's scores, read from ``runtime.cache_dir`` or computed once (``compute()``)."""
+    """The untuned base model's scores, read from ``runtime.cache_dir`` or computed once (``compute()``). Keyed by
+    the examples themselves too: a held-out target's conversations come from the study's pool, not from this config
+    (another pool seed or ``pool.holdout`` holds out others)."""
     key = stable_hash({"model": base, "precision": eval_precision(cfg),
-                       "targets": {k: v for k, v in cfg.items() if k not in ("runtime", "device", "batch_size")}})
+                       "targets": {k: v for k, v in cfg.items() if k not in ("runtime", "device", "batch_size")},
+                       "examples": stable_hash(examples)})
     folder = Path(((cfg.get("runtime") or {}).get("cache_dir")) or Path(base).parent) / "untuned_nll"
     path = folder / f"{key}.json"
     if path.exists():

@@ -124,3 +124,22 @@ def test_a_run_in_a_clone_never_replaces_the_committed_example_results(tmp_path)
     cfg = compose("study", overrides=["experiment=demo"])
     assert cfg["results_dir"] == str(PROJECT_ROOT / "results" / "local" / "demo")  # this clone commits results/demo
     assert compose("study", overrides=["experiment=demo", "results_dir=/r/demo"])["results_dir"] == "/r/demo"
+
+
+def test_untuned_scores_follow_the_held_out_conversations(tmp_path):
+    """The untuned base model's cached NLL belongs to the examples scored: another pool (seed, pool.holdout) holds
+    out other conversations under the same eval config, so it must not reuse the first pool's numbers."""
+    from eval.nll_targets import untuned_scores
+
+    cfg = compose("study", overrides=["experiment=demo", f"cache_dir={tmp_path}"])["eval"]
+    first = {"heldout": [[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]]}
+    other = {"heldout": [[{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]]}
+    calls = []
+
+    def compute(value):
+        return lambda: calls.append(value) or {"heldout": {"nll": value}}
+
+    assert untuned_scores("base", first, cfg, compute(1.0))["heldout"]["nll"] == 1.0
+    assert untuned_scores("base", first, cfg, compute(9.0))["heldout"]["nll"] == 1.0  # cached: computed once
+    assert untuned_scores("base", other, cfg, compute(2.0))["heldout"]["nll"] == 2.0
+    assert calls == [1.0, 2.0]
