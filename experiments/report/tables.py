@@ -517,10 +517,10 @@ def covariate_table(runs: pd.DataFrame, table: pd.DataFrame, settings: ReportSet
 
 
 def write_figures(runs: pd.DataFrame, table: pd.DataFrame, out: Path, alpha: float = 0.05, *,
-                  reference: str | None = None, show_ci: bool = True, untuned: float | None = None
-                  ) -> tuple[dict[str, Path], dict[str, str]]:
-    """A scatter per distinct metric of the main family (one panel per base model), the forest plot and the
-    NovelSum grid heatmap; returns their paths and captions."""
+                  reference: str | None = None, show_ci: bool = True, untuned: float | None = None,
+                  scatters: Sequence[str] | None = None) -> tuple[dict[str, Path], dict[str, str]]:
+    """A scatter per distinct metric of the main family (one panel per base model; only those named in
+    ``scatters`` when given), the forest plot and the NovelSum grid heatmap; returns their paths and captions."""
     ylabel = short_performance_label(runs)
     names = model_names(runs)
     caption = None if show_ci else figures.no_ci_caption(int(table["n_blocks"].max()))
@@ -528,6 +528,8 @@ def write_figures(runs: pd.DataFrame, table: pd.DataFrame, out: Path, alpha: flo
     paths, captions = {}, {}
     models = main_rows(table[table["base_model"] != "mean"])
     for metric, rows in models.groupby("metric", sort=False):
+        if scatters is not None and metric not in scatters:
+            continue
         key = f"scatter:{metric}"
         paths[key] = out / f"scatter_{slug(metric)}.png"
         figures.scatter(runs, metric, rows, paths[key], ylabel=ylabel, model_names=names, untuned=untuned,
