@@ -41,10 +41,11 @@ def test_committed_notebook_has_its_outputs(committed):
     outputs = _outputs(committed)
     assert not [o for o in outputs if o.output_type == "error" or o.get("name") == "stderr"]
     markdown = [o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
-    assert (ROOT / "results" / "mini" / "paper_table.md").read_text() in markdown
+    stale = f"the committed outputs do not match results/mini/: refresh them with `{REFRESH}`"
+    assert (ROOT / "results" / "mini" / "paper_table.md").read_text() in markdown, stale
     text = "".join(o.get("text", "") for o in outputs)
-    assert text.count("reproduced exactly") == 2 and "DIFFERS" not in text
-    assert text.count("same pixel size as results/mini/") == 4 and ": False" not in text
+    assert text.count("reproduced exactly") == 2 and "DIFFERS" not in text, stale
+    assert text.count("same pixel size as results/mini/") == 4 and ": False" not in text, stale
     images = [png_size(o.data["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 4 and all(w > 400 and h > 300 for w, h in images)
 
