@@ -316,7 +316,7 @@ def main() -> None:
     ap.add_argument("--emulated-convs", type=int, default=1, help="bf16 fine-tune size where bf16 is emulated")
     ap.add_argument("--emulated-answers", type=int, default=2, help="bf16 evaluation size where bf16 is emulated")
     ap.add_argument("--subset-seed", type=int, default=0)
-    ap.add_argument("--numerics", action="store_true", help="the bf16-vs-seed-noise check (tiny setting, ~10 min)")
+    ap.add_argument("--numerics", action="store_true", help="bf16 vs seed noise (18 min, 2 busy cores)")
     ap.add_argument("--numerics-seeds", default="1,2,3")
     ap.add_argument("--numerics-convs", type=int, default=8)
     ap.add_argument("--numerics-answers", type=int, default=8)

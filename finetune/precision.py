@@ -21,9 +21,12 @@ loss is taken on float32 log-probabilities.
 
 **Evaluation in bf16.** The model evaluated is the model trained: a bfloat16 base with the float32 adapter left
 unmerged (``finetune.models.load_causal_lm(..., dtype="bfloat16", merge=False)``), so the adapter branch runs in
-float32 as in training. Merging instead rounds W + BA to bfloat16, whose spacing (2^-8 of |W|) is about the size of
-a short LoRA run's delta: much of what was learned would round away (the float32 path merges, as it always did).
-Log-probabilities are taken in float32.
+float32 as in a bf16 fine-tune and the scores are those of the function it trained. Merging instead rounds W + BA to
+bfloat16 once more, a rounding that model never saw; for a float32-trained adapter both are roundings of the same
+sum, and on the numerics check of ``benchmarks/bench_cpu_training.py --numerics`` the two differ by less than
+bf16 evaluation's own error (the float32 path merges, as it always did). Log-probabilities are taken in float32.
+That check also shows bf16 *evaluation* moving scores by several training-seed SDs where bf16 *training* (scored in
+float32) does not: see benchmarks/README.md before evaluating in bf16.
 
 **Cache keys.** The *resolved* precision is part of a stage's key when it is ``bf16`` and absent when it is
 ``fp32``, so every key computed before this setting existed (and its float32 numbers) stays valid
