@@ -286,13 +286,13 @@ def summary(report: dict[str, Any]) -> list[str]:
             extra += "" if "setup_s" not in r else f", setup {r['setup_s']:.1f} s"
             lines.append(f"{part} {name}: {r['tokens_per_s']:.1f} {unit} tokens/s = {100 * r['floor_fraction']:.0f}% "
                          f"of the floor {r['floor_tokens_per_s']:.1f} ({n}{extra}) {r['note']}".rstrip())
-    if "padding" in report:
-        pad = report["padding"]
+    pad = report.get("padding", {})
+    if "train_padded" in pad:
         lines.append(f"padding: training batches {100 * pad['train_padded']:.1f}% padded -> padding-free "
                      f"{100 * pad['train_padding_free']:.0f}%")
-        if "eval_lm_head_unscored" in pad:
-            lines.append("LM-head positions not scored: one by one {:.1f}% -> batched {:.1f}%".format(
-                *(100 * pad["eval_lm_head_unscored"][k] for k in ("before", "after"))))
+    if "eval_lm_head_unscored" in pad:
+        lines.append("LM-head positions not scored: one by one {:.1f}% -> batched {:.1f}%".format(
+            *(100 * pad["eval_lm_head_unscored"][k] for k in ("before", "after"))))
     if "setup" in report:
         lines.append("setup: " + ", ".join(f"{k} {v:.2f} s" for k, v in report["setup"].items()))
     if "numerics" in report:
@@ -348,34 +348,34 @@ def main() -> None:
     nll_cfg = reference_nll_config(cfg["eval"])
     examples = reference_examples(nll_cfg)[:a.eval_answers]  # the mini sample's first answers
     max_length, batch = int(nll_cfg["max_length"]), int(nll_cfg.get("batch_size") or 8)
-    work = Path(tempfile.mkdtemp(prefix="bench_cpu_training_"))
-
-    if "setup" in parts:
-        report["setup"] = {"imports_per_process_s": import_seconds()}
-        with MODELS.disabled():
-            report["setup"]["base_load_fresh_s"] = timed(lambda: load_causal_lm(base))[0]
-        load_causal_lm(base)
-        report["setup"]["base_load_cached_s"] = timed(lambda: load_causal_lm(base))[0]
-        print(f"  setup {report['setup']}", flush=True)
-    if "train" in parts:
-        lengths = [len(tokenize_with_assistant_mask(tok, c["messages"], int(ft["max_length"]))["input_ids"])
-                   for c in convs]  # the whole mini pool: what the study's subsets are drawn from
-        batch_size = int(ft["args"]["per_device_train_batch_size"])
-        report["padding"] = {"train_padded": padded_fraction(lengths, batch_size), "train_padding_free": 0.0}
-        report["train"] = train_rows(subset, base, ft, tok, work, n_train if native else a.emulated_convs, floor,
-                                     native)
+    with tempfile.TemporaryDirectory(prefix="bench_cpu_training_") as tmp:  # adapters of the runs, then gone
+        work = Path(tmp)
         if "setup" in parts:
-            report["setup"] |= {"train_setup_fresh_s": report["train"][next(iter(report["train"]))]["setup_s"],
-                                "train_setup_reused_s": report["train"]["fp32 padded"]["setup_s"],
-                                **{f"eval_{k}": v for k, v in eval_setup(base, work / "fp32_padded").items()}}
-    if "eval" in parts:
-        report["eval"] = eval_rows(base, tok, examples, max_length, batch, len(examples) if native else
-                                   a.emulated_answers, floor, native)
-        report.setdefault("padding", {})["eval_lm_head_unscored"] = report["eval"].pop("lm_head_waste")
-    if a.numerics:
-        seeds = tuple(int(s) for s in a.numerics_seeds.split(","))
-        report["numerics"] = numerics(subset[:a.numerics_convs], base, ft | {"max_length": a.numerics_max_length},
-                                      examples[:a.numerics_answers], work, seeds, a.numerics_max_length)
+            report["setup"] = {"imports_per_process_s": import_seconds()}
+            with MODELS.disabled():
+                report["setup"]["base_load_fresh_s"] = timed(lambda: load_causal_lm(base))[0]
+            load_causal_lm(base)
+            report["setup"]["base_load_cached_s"] = timed(lambda: load_causal_lm(base))[0]
+            print(f"  setup {report['setup']}", flush=True)
+        if "train" in parts:
+            lengths = [len(tokenize_with_assistant_mask(tok, c["messages"], int(ft["max_length"]))["input_ids"])
+                       for c in convs]  # the whole mini pool: what the study's subsets are drawn from
+            batch_size = int(ft["args"]["per_device_train_batch_size"])
+            report["padding"] = {"train_padded": padded_fraction(lengths, batch_size), "train_padding_free": 0.0}
+            report["train"] = train_rows(subset, base, ft, tok, work, n_train if native else a.emulated_convs, floor,
+                                         native)
+            if "setup" in parts:
+                report["setup"] |= {"train_setup_fresh_s": report["train"][next(iter(report["train"]))]["setup_s"],
+                                    "train_setup_reused_s": report["train"]["fp32 padded"]["setup_s"],
+                                    **{f"eval_{k}": v for k, v in eval_setup(base, work / "fp32_padded").items()}}
+        if "eval" in parts:
+            report["eval"] = eval_rows(base, tok, examples, max_length, batch, len(examples) if native else
+                                       a.emulated_answers, floor, native)
+            report.setdefault("padding", {})["eval_lm_head_unscored"] = report["eval"].pop("lm_head_waste")
+        if a.numerics:
+            seeds = tuple(int(s) for s in a.numerics_seeds.split(","))
+            report["numerics"] = numerics(subset[:a.numerics_convs], base, ft | {"max_length": a.numerics_max_length},
+                                          examples[:a.numerics_answers], work, seeds, a.numerics_max_length)
     report["machine"]["load_after"] = os.getloadavg()
     print("\n".join(summary(report)))
     if a.out:
