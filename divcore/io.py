@@ -212,8 +212,12 @@ def check_writable(path: str | Path, key: str) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise InputError(f"{key}={path}: {probe} is a file, not a folder; choose another {key}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"{key}={path}: {probe} is not writable by this user; choose a writable {key}")
+    try:  # a real entry, not os.access: root passes access() where sysfs, ACLs or SELinux still refuse the write
+        os.rmdir(tempfile.mkdtemp(prefix=".divbench-write-probe-", dir=probe))
+    except OSError as e:
+        why = WRITE_ERRORS.get(e.errno, e.strerror or str(e))
+        raise InputError(f"{key}={path}: {probe} is not writable by this user ({why}); choose a writable "
+                         f"{key}") from None
 
 
 WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",

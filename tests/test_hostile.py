@@ -174,6 +174,11 @@ def test_report_in_a_results_folder_keeps_what_divbench_did_not_write(world, cap
 
 
 # ---------------------------------------------------------------- divbench-select ----------------------------
+# A folder nobody may create entries in, root included (sysfs refuses them with EPERM), so the unwritable-output
+# probes run the real failure even where the tests run as root (chmod does not stop root).
+UNWRITABLE = "/sys/divbench-probe"
+
+
 def _select(t: Path, *extra: str) -> list[str]:
     return [f"pool.path={t}/pool", "embed=precomputed", f"embed.path={t}/emb", "selector=random", "size=3",
             f"cache_dir={t}/cache", "logger=none", *extra]
@@ -190,6 +195,7 @@ SELECT = {
     "out_holds_the_embeddings": (lambda t: _select(t, f"out={t}/emb"), "is the input embed.path"),
     "out_is_a_file": (lambda t: _select(t, f"out={_write(t / 'f.txt', 'x')}"), "is a file"),
     "out_under_a_file": (lambda t: _select(t, f"out={_write(t / 'f.txt', 'x')}/sub"), "is a file"),
+    "out_unwritable": (lambda t: _select(t, f"out={UNWRITABLE}/sel"), "permission denied"),
     "foreign_folder_even_with_overwrite": (lambda t: _select(t, f"out={_foreign(t / 'o', 'notes.txt')}",
                                                              "overwrite=true"), "holds no divbench selection"),
     "dangling_symlink_in_the_pool": (lambda t: _select(t, f"pool.path={_dangling(t)}", f"out={t}/s"),
@@ -236,6 +242,7 @@ EMBED = {
                                   "is not a divbench embedding folder"),  # finding: written among them
     "out_is_a_file": (lambda t: _embed(t, f"out={_write(t / 'f.txt', 'x')}"), "is a file"),
     "out_under_a_file": (lambda t: _embed(t, f"out={_write(t / 'f.txt', 'x')}/sub"), "is a file"),
+    "out_unwritable": (lambda t: _embed(t, f"out={UNWRITABLE}/emb"), "permission denied"),
     "npy_out_is_not_a_matrix": (lambda t: _embed(t, f"out={_write(t / 'thesis.npy', 'my thesis')}"),
                                 "is not a divbench embedding matrix"),
     "npy_out_is_a_folder": (lambda t: _embed(t, f"out={(t / 'd.npy').mkdir() or t / 'd.npy'}"), "is a folder"),
@@ -362,6 +369,7 @@ AGREEMENT = {
     "out_is_a_users_file": (lambda t: _agree(t, "--out", str(_write(t / "notes.json", '{"mine": 1}'))),
                             "is not a divbench agreement file"),
     "out_under_a_file": (lambda t: _agree(t, "--out", f"{_write(t / 'f.txt', 'x')}/a.json"), "is a file"),
+    "out_unwritable": (lambda t: _agree(t, "--out", f"{UNWRITABLE}/a.json"), "permission denied"),
     "empty_runs_file": (lambda t: _agree(t, "--out", f"{t}/a.json", b=_write(t / "e.csv", "")), "is empty"),
     "binary_runs_file": (lambda t: _agree(t, "--out", f"{t}/a.json", b=_write(t / "b.csv", BINARY)),
                          "not a readable CSV"),
