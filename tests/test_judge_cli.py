@@ -67,6 +67,7 @@ def test_mt_bench_fastchat_answers_to_fastchat_judgments(server, tmp_path):
     path = tmp_path / "my-model.jsonl"
     path.write_text("".join(json.dumps(a) + "\n" for a in answers))
     out = tmp_path / "out"
+    server.latency = 0.05  # a judge that takes its time: without it a loaded machine can finish each request alone
     proc = _cli(server, tmp_path, "benchmark=mt_bench", f"answers={path}", f"out={out}")
     assert proc.code == 0, proc.output[-3000:]
     assert len(server.requests) == 160 and server.max_in_flight > 1

@@ -389,7 +389,8 @@ def run_study_embeddings(tmp: Path, text: Path, model: Path) -> np.ndarray:
     from experiments.engine.pipeline import run
 
     cfg = compose("study", [f"cache_dir={tmp}/study_cache", f"results_dir={tmp}/results", "pool=file",
-                            f"pool.path={text}", "pool.size=null", "pool.max_prompt_chars=null", "embed=vllm",
+                            f"pool.path={text}", "pool.size=null", "pool.max_prompt_chars=null", "pool.holdout=null",
+                            "eval=demo", "embed=vllm",
                             "embed.backend=recording", f"embed.model={model}", "embed.device=cpu",
                             "embed.max_length=32", "embed.runtime.chunk_size=7", "embed.runtime.vllm.dtype=float16",
                             "device=cpu"])
@@ -408,7 +409,8 @@ def test_finetuning_commands_refuse_plain_text_before_embedding(tmp_path, comman
 
     text, emb, _ = authors_layout(tmp_path / "pool")
     cfg = compose("study", [f"cache_dir={tmp_path}/cache", f"results_dir={tmp_path}/results", "logger=none",
-                            "pool=file", f"pool.path={text}", "embed=precomputed", f"embed.path={emb}"])
+                            "pool=file", f"pool.path={text}", "pool.holdout=null", "eval=demo",
+                            "embed=precomputed", f"embed.path={emb}"])
     with pytest.raises(InputError, match="plain-text rows"):
         run(cfg) if command == "divbench-study" else finetune_subsets(cfg)
     assert not (tmp_path / "cache" / "embed").exists()

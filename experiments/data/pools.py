@@ -377,11 +377,15 @@ def split_holdout(convs: list[Conversation], size: int | None, holdout: int | No
                   seed: int) -> tuple[list[Conversation], list[Conversation]]:
     """(pool, held out): without ``holdout``, :func:`sample_pool` and nothing held out; with it, one seeded draw of
     ``size + holdout`` conversations, the first ``size`` the pool and the rest held out (an in-distribution
-    evaluation set no subset can select), each in source order."""
+    evaluation set no subset can select), each in source order. ``size=None`` with a holdout: every conversation
+    not held out is the pool."""
     if not holdout:
         return sample_pool(convs, size, seed), []
-    if size is None:
-        raise InputError("pool.holdout needs pool.size: the held-out rows are drawn with the pool")
+    if size is None:  # the whole source: everything not held out is the pool
+        if holdout >= len(convs):
+            raise InputError(f"pool.holdout={holdout} but the source holds only {len(convs)} usable conversations: "
+                             "lower pool.holdout (or set it to null to hold nothing out)")
+        size = len(convs) - holdout
     if size + holdout > len(convs):
         raise InputError(f"pool.size={size} + pool.holdout={holdout} but the source holds only {len(convs)} usable "
                          "conversations")
