@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What CI runs: install (only when needed), lint, check the import layers, run the tests.
 #   scripts/test.sh                  # everything (slow lane included: models, subprocesses, notebook)
-#   scripts/test.sh -m "not slow"    # the fast lane (about 6 minutes on 2 cores); any pytest arguments pass through
+#   scripts/test.sh -m "not slow"    # the fast lane (about 5 minutes on 2 cores); any pytest arguments pass through
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Reinstall only when the dependency declarations changed since the last install, or a tool is missing.
