@@ -53,12 +53,15 @@ def job_name(overrides: list[str], swept: set[str] | None = None) -> str:
 
 
 def swept_keys(hydra_cfg: Any) -> set[str] | None:
-    """The keys a multirun sweeps, read from the ``multirun.yaml`` Hydra's basic sweeper saves in the sweep folder
-    (a job sees only its own values); ``None`` with a sweeper that saves none (then every override names the job)."""
+    """The keys whose value differs between a multirun's jobs (a job sees only its own values): the sweep expanded
+    from the ``multirun.yaml`` Hydra's basic sweeper saves in the sweep folder, as the pre-submit checks expand it
+    (:func:`experiments.engine.cluster.sweep_jobs`); ``None`` with a sweeper that saves none or expands its own
+    jobs (then every override names the job)."""
     from pathlib import Path
 
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
+
+    from experiments.engine.cluster import sweep_jobs, varying_keys
 
     folder = Path(hydra_cfg.sweep.dir)
     path = folder if folder.is_absolute() else Path(hydra_cfg.runtime.cwd) / folder
@@ -66,9 +69,9 @@ def swept_keys(hydra_cfg: Any) -> set[str] | None:
     if not path.exists():
         log.info("no %s: every override of a sweep job names its results folder", path)
         return None
-    saved = OmegaConf.load(path).hydra
-    given = list(saved.overrides.task) + [f"{k}={v}" for k, v in (saved.sweeper.get("params") or {}).items()]
-    return {o.key_or_group for o in OverridesParser.create().parse_overrides(given) if o.is_sweep_override()}
+    saved = OmegaConf.load(path)
+    jobs = sweep_jobs(saved, list(saved.hydra.overrides.task))
+    return None if jobs is None else varying_keys(jobs)
 
 
 def per_job_results(cfg: dict[str, Any]) -> str | None:
