@@ -185,21 +185,30 @@ def data_checks(cfg: dict[str, Any]) -> list[Check]:
     return checks
 
 
+def model_specs(cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, spec) of each model the config names (embedder and base model), where it names one."""
+    specs = (("embed.model", (cfg.get("embed") or {}).get("model")),
+             ("finetune.base_model", (cfg.get("finetune") or {}).get("base_model")))
+    return [(key, spec) for key, spec in specs if isinstance(spec, str) and spec]
+
+
+def is_local_path(spec: str) -> bool:
+    """A model spec written as a path (absolute, ./, ../, ~) rather than a hub id (org/name) or a packaged model."""
+    return spec.startswith(("/", "./", "../", "~"))
+
+
 def model_checks(cfg: dict[str, Any]) -> list[Check]:
     """Each model the preset names: a packaged one by its package (installed?), a hub id as downloaded on first
     use."""
     from divcore.models import packaged_model_package
 
     checks = []
-    for key, spec in (("embed.model", (cfg.get("embed") or {}).get("model")),
-                      ("finetune.base_model", (cfg.get("finetune") or {}).get("base_model"))):
-        if not isinstance(spec, str) or not spec:
-            continue
+    for key, spec in model_specs(cfg):
         package = packaged_model_package(spec)
         if package is not None:
             checks.append(Check(key, f"{spec} from {package[0]}" + ("" if package[1] else " (not installed)"),
                                 ok=package[1], fix=f"pip install {package[0]} (scripts/install.sh)"))
-        elif not spec.startswith(("/", "./", "../", "~")) and not Path(spec).exists():
+        elif not is_local_path(spec) and not Path(spec).exists():
             checks.append(Check(key, f"{spec} (hub id: downloaded on first use, needs internet or the HF cache)"))
     return checks
 
@@ -335,10 +344,8 @@ def model_problems(cfg: dict[str, Any]) -> list[str]:
     """Model specs that are local paths (absolute, ./, ../, ~) but are not there (a hub id is checked when it
     loads)."""
     problems = []
-    for key, spec in (("embed.model", (cfg.get("embed") or {}).get("model")),
-                      ("finetune.base_model", (cfg.get("finetune") or {}).get("base_model"))):
-        local = isinstance(spec, str) and spec.startswith(("/", "./", "../", "~"))  # a hub id is org/name
-        if local and not Path(spec).expanduser().exists():
+    for key, spec in model_specs(cfg):
+        if is_local_path(spec) and not Path(spec).expanduser().exists():
             problems.append(f"{key}={spec}: no such model folder; point it at a checkpoint folder or a hub id")
     return problems
 
