@@ -372,3 +372,18 @@ def test_report_combines_sweep_variants_with_their_difference(tmp_path, capsys):
     assert diff["pearson_diff_ci_low"] <= diff["pearson_diff"] <= diff["pearson_diff_ci_high"]
     single = pd.read_csv(a)
     assert "variant" not in single  # the inputs are read, never rewritten
+
+
+def test_report_variant_from_a_malformed_study_config_is_an_error(tmp_path, capsys):
+    """A study_config.json beside a variant's runs.csv that is not JSON is named, not read as "no variant": the
+    folder name would silently stand in for the variant the study recorded."""
+    from tests.helpers import run_cli
+
+    a = _variant_runs(tmp_path, "a", 0.0)
+    b = _variant_runs(tmp_path, "b", 1.0)
+    (b.parent / "study_config.json").write_text("{not json")
+    code, output = run_cli("report", f"runs=['{a}','{b}']", f"out={tmp_path}/both", "n_boot=50", "n_perm=0",
+                           f"hydra.run.dir={tmp_path}/h", capsys=capsys)
+    assert code == 2, output[-3000:]
+    assert f"{b.parent / 'study_config.json'}: malformed JSON at line 1" in output
+    assert not (tmp_path / "both").exists()

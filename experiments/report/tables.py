@@ -30,7 +30,7 @@ import pandas as pd
 from scipy import stats
 
 from divcore.errors import InputError
-from divcore.io import atomic_write, make_temp_dir, remove_stale_temps
+from divcore.io import atomic_write, make_temp_dir, read_json, remove_stale_temps
 from divcore.ownership import check_output_dir, publish_dir
 from divcore.registry import did_you_mean
 from experiments.report import decisions as dec
@@ -680,12 +680,12 @@ def variant_name(path: Path) -> str:
     study_config.json beside it), else its folder's name (a sweep job's folder is named by them)."""
     config = path.parent / "study_config.json"
     if config.is_file():
-        try:
-            recorded = json.loads(config.read_text()).get("variant")
-        except (json.JSONDecodeError, AttributeError):
-            recorded = None
-        if recorded:
-            return str(recorded)
+        recorded = read_json(config, "study configuration")
+        if not isinstance(recorded, dict):
+            raise InputError(f"{config}: a study configuration is a JSON object, found {type(recorded).__name__}; "
+                             "rebuild it with divbench-study, or remove it to name the variant by its folder")
+        if recorded.get("variant"):
+            return str(recorded["variant"])
     return path.parent.name
 
 
