@@ -205,26 +205,31 @@ def check_sweep(config: DictConfig, checks: Checks) -> None:
     """Before a multirun submits anything: a SLURM launcher's request against the cluster's nodes
     (:func:`experiments.engine.cluster.check_slurm_request`), then each job's config, composed as the sweeper will
     compose it, checked as a single run is (:func:`check_before_run`: a typo costs no queue wait per job)."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     from experiments.engine.cluster import check_slurm_request, is_slurm, sweep_jobs, varying_keys
 
     if is_slurm(config.hydra.launcher):  # first: one sinfo call, before composing every job
         check_slurm_request(config.hydra.launcher)
     jobs = sweep_jobs(config, list(config.hydra.overrides.task)) or []  # another sweeper: its jobs check themselves
-    loader = GlobalHydra.instance().config_loader()
     varying = varying_keys(jobs)
     for number, job in enumerate(jobs):
         try:
-            try:
-                check_before_run(loader.load_sweep_config(config, job), checks)
-            except (HydraException, OmegaConfBaseException) as e:
-                raise InputError(f"{e} (check the key's spelling and its config group)") from None
+            check_sweep_job(config, job, checks)
         except InputError as e:
             swept = " ".join(o for o in job if o.lstrip("+~").partition("=")[0] in varying) or " ".join(job)
             raise InputError(f"sweep job #{number} ({swept}) of {len(jobs)}: {e}; nothing was submitted") from None
+
+
+def check_sweep_job(config: DictConfig, job: list[str], checks: Checks) -> None:
+    """One sweep job's config, composed from the multirun's config and the job's overrides, through
+    :func:`check_before_run`; a key Hydra cannot compose is an :class:`InputError` like any other."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        check_before_run(GlobalHydra.instance().config_loader().load_sweep_config(config, job), checks)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise InputError(f"{e} (check the key's spelling and its config group)") from None
 
 
 class BeforeRun(Callback):
