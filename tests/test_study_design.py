@@ -17,7 +17,7 @@ from eval.nll_targets import check as check_nll_targets
 from eval.nll_targets import summarise
 from experiments.data.pools import split_holdout
 from experiments.engine.dag import replicate_entries, stage_specs, subset_plan
-from experiments.engine.pipeline import write_chunk_timings
+from experiments.engine.pipeline import scoped_plan, study_entries, write_chunk_timings
 from experiments.engine.plan import measured_cpu_hours
 from experiments.report.tables import write_report
 from tests.test_study_e2e import _compose
@@ -104,6 +104,49 @@ def test_nll_targets_summaries_and_config_checks():
                      ({"targets": {"ref": {"kind": "reference"}}}, "path")):
         with pytest.raises(InputError, match=msg):
             check_nll_targets(good | bad)
+
+
+def test_scope_trains_part_of_the_plan_and_keeps_its_design(tmp_path):
+    """selection.scope: '<label>' takes every seed of a label, '<label>:<seed>' one; the design key (token matching,
+    overlap cap) stays the whole plan's, so the scoped subsets are the full study's own."""
+    sel = _sel(scope=["f", "r:1"], max_overlap=0.3)
+    assert [(e["label"], e["seed"]) for e in scoped_plan(sel)] == [("r", 1), ("f", 3)]
+    assert scoped_plan(_sel()) == subset_plan(_sel())
+    for bad in (["r:7"], ["nope"], "r", []):
+        with pytest.raises(InputError, match="selection.scope"):
+            scoped_plan(_sel(scope=bad))
+    base = OmegaConf.to_container(_compose(["experiment=demo", f"cache_dir={tmp_path}",
+                                            "+selection.max_overlap=0.3"]), resolve=True)
+    scoped = base | {"selection": base["selection"] | {"scope": ["random:1", "kcenter"]}}
+    assert [(e["label"], e["seed"]) for e in study_entries(scoped)] == [("random", 1), ("kcenter", 0)]
+    assert stage_specs(scoped)["design"] == stage_specs(base)["design"]
+    with pytest.raises(InputError, match="selection.only"):  # a chunk inside the scope
+        study_entries(scoped | {"selection": scoped["selection"] | {"only": ["novelselect"]}})
+
+
+def test_subset_train_seeds_off_trains_each_subset_once_per_finetune_seeds():
+    cfg = {"finetune": {"seeds": [1], "args": {"seed": 9}}, "selection": {"subset_train_seeds": False}}
+    reps = replicate_entries(subset_plan(_sel()), cfg)
+    assert [(e["label"], e["seed"], e["train_seed"]) for e in reps] == [("r", 0, 1), ("r", 1, 1), ("f", 3, 1)]
+    assert all(e["replicated"] for e in reps)  # named <label>-s<seed>-t1, as the full study's seed-1 replicates
+    with pytest.raises(InputError, match="subset_train_seeds must be true or false"):
+        replicate_entries(subset_plan(_sel()), cfg | {"selection": {"subset_train_seeds": "no"}})
+
+
+def test_mini_v2_gemma_preset_is_a_stratified_half_on_mini_v2s_design(tmp_path):
+    """The replication preset: Gemma-3-270M base, one seed, the first ceil(n/2) seeds of every label (35 of 64),
+    on the same design key as mini_v2 (so its subsets are mini_v2's, from one cache)."""
+    full = OmegaConf.to_container(_compose(["experiment=mini_v2", f"cache_dir={tmp_path}"]), resolve=True)
+    cfg = OmegaConf.to_container(_compose(["experiment=mini_v2_gemma", f"cache_dir={tmp_path}"]), resolve=True)
+    assert cfg["finetune"]["base_model"] == "packaged:gemma3-270m" and cfg["finetune"]["chat_template"] == "chatml_bos"
+    entries = study_entries(cfg)
+    plan = subset_plan(full["selection"])
+    assert len(entries) == 35 >= len(plan) / 2 and {e["train_seed"] for e in entries} == {1}
+    for label, group in pd.DataFrame(plan).groupby("label"):
+        seeds = sorted(group["seed"])
+        assert sorted(e["seed"] for e in entries if e["label"] == label) == seeds[:(len(seeds) + 1) // 2]
+    assert stage_specs(cfg)["design"] == stage_specs(full)["design"]
+    assert cfg["eval"] == full["eval"] and cfg["finetune"]["max_length"] == full["finetune"]["max_length"]
 
 
 def test_mini_v2_preset_meets_the_issue(tmp_path):

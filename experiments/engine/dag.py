@@ -129,7 +129,14 @@ def finetune_config(cfg: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any
 
 
 def replicate_entries(entries: list[dict[str, Any]], cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each (subset, seed) entry once per training seed; subset and metrics artifacts are shared by them."""
+    """Each (subset, seed) entry once per training seed; subset and metrics artifacts are shared by them.
+    ``selection.subset_train_seeds=false`` sets aside the items' own ``train_seeds``: every subset trains once per
+    ``finetune.seeds`` (a replication without the study's noise-floor replicates)."""
+    own = (cfg.get("selection") or {}).get("subset_train_seeds", True)
+    if not isinstance(own, bool):
+        raise InputError(f"selection.subset_train_seeds must be true or false, got {own!r}")
+    if not own:
+        entries = [{k: v for k, v in e.items() if k != "train_seeds"} for e in entries]
     replicated = cfg["finetune"].get("seeds") is not None or any("train_seeds" in e for e in entries)
     return [e | {"train_seed": t, "replicated": replicated} for e in entries
             for t in e.get("train_seeds") or train_seeds(cfg["finetune"])]

@@ -404,10 +404,31 @@ def selected_entries(plan: list[dict], only: Any) -> list[dict]:
     return [e for e in plan if e["label"] in wanted]
 
 
+def scoped_plan(sel_cfg: dict[str, Any]) -> list[dict]:
+    """The subsets this study fine-tunes, evaluates and reports: the whole plan, or the entries ``selection.scope``
+    names, each ``<label>`` (every seed of it) or ``<label>:<seed>`` (one). The design stage still selects the whole
+    plan (token matching and the overlap cap are over every subset), so a scoped study trains exactly the full
+    study's subsets: a replication on another base model over part of them (``experiment=mini_v2_gemma``)."""
+    plan = subset_plan(sel_cfg)
+    scope = sel_cfg.get("scope")
+    if scope is None:
+        return plan
+    if isinstance(scope, str) or not scope:
+        raise InputError(f"selection.scope must be a non-empty list of '<label>' or '<label>:<seed>' names, got "
+                         f"{scope!r}; e.g. selection.scope=[random:0,kcenter], or null for every subset")
+    names = {e["label"] for e in plan} | {f"{e['label']}:{e['seed']}" for e in plan}
+    unknown = [str(name) for name in scope if str(name) not in names]
+    if unknown:
+        raise InputError(f"selection.scope names no subset of the plan: {unknown}; name a label "
+                         f"({sorted({e['label'] for e in plan})}) or a label:seed of it")
+    wanted = {str(name) for name in scope}
+    return [e for e in plan if e["label"] in wanted or f"{e['label']}:{e['seed']}" in wanted]
+
+
 def study_entries(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """The study's entries this job runs: every (subset, seed) of the plan or of ``selection.only``, once per
+    """The study's entries this job runs: every (subset, seed) of the scoped plan or of ``selection.only``, once per
     training seed."""
-    return replicate_entries(selected_entries(subset_plan(cfg["selection"]), cfg["selection"].get("only")), cfg)
+    return replicate_entries(selected_entries(scoped_plan(cfg["selection"]), cfg["selection"].get("only")), cfg)
 
 
 def check_stop_after(stop_after: Any) -> str | None:
@@ -431,7 +452,7 @@ def check_study_config(cfg: dict[str, Any]) -> None:
     """Every check that needs no data or model, before any work (and, from the CLI, before Hydra writes)."""
     check_metric_configs(list(cfg["metrics"]["compute"]), cfg.get("report"))
     evaluation(cfg["eval"]).check(check_key=not cfg.get("dry_run"))  # a dry run calls no judge
-    selected_entries(subset_plan(cfg["selection"]), cfg["selection"].get("only"))
+    selected_entries(scoped_plan(cfg["selection"]), cfg["selection"].get("only"))
     check_finetune_config(cfg["finetune"])
     check_embed_config(cfg["embed"])
     check_pool_config(cfg["pool"])  # last: a plugin's bad value is named even when the pool is also wrong
@@ -461,7 +482,7 @@ def run_study(cfg: dict[str, Any]) -> dict[str, Any]:
     memo: dict[str, Any] = {}
     runs = pd.DataFrame([study_row(cfg, e, out, memo) for e, out in zip(entries, done.outputs, strict=True)])
     runs = runs.assign(schema=RUNS_SCHEMA)
-    n_planned = len(replicate_entries(subset_plan(cfg["selection"]), cfg))
+    n_planned = len(replicate_entries(scoped_plan(cfg["selection"]), cfg))
     if len(entries) < n_planned:
         log.info("selection.only: %d of %d subsets done; run without selection.only to gather the report",
                  len(entries), n_planned)
