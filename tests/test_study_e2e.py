@@ -147,6 +147,8 @@ def _cli(*args: str, tmp: Path) -> CliResult:
     (["eval=demo", "eval.judge.kind=openai"], "eval.judge.base_url is empty"),  # the demo's judged option
     (["eval=demo", "eval.performance.method=median"], "eval.performance.method must be one of"),
     (["finetune.seeds=[1,1]"], "finetune.seeds must be a non-empty list of distinct integers"),
+    (["selection.scope=[nope:1]"], "selection.scope names no subset of the plan: ['nope:1']"),
+    (["selection.subset_train_seeds=maybe"], "selection.subset_train_seeds must be true or false"),
     (["report.reference_metric=nope"], "report.reference_metric='nope' is not among metrics.compute"),
 ])
 def test_cli_bad_input_fails_clearly(tmp_path, args, message):

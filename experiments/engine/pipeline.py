@@ -452,7 +452,7 @@ def check_study_config(cfg: dict[str, Any]) -> None:
     """Every check that needs no data or model, before any work (and, from the CLI, before Hydra writes)."""
     check_metric_configs(list(cfg["metrics"]["compute"]), cfg.get("report"))
     evaluation(cfg["eval"]).check(check_key=not cfg.get("dry_run"))  # a dry run calls no judge
-    selected_entries(scoped_plan(cfg["selection"]), cfg["selection"].get("only"))
+    study_entries(cfg)  # scope, only and the training seeds (finetune.seeds, subset_train_seeds)
     check_finetune_config(cfg["finetune"])
     check_embed_config(cfg["embed"])
     check_pool_config(cfg["pool"])  # last: a plugin's bad value is named even when the pool is also wrong
